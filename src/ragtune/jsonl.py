@@ -1,0 +1,72 @@
+"""Deterministic JSON / JSON Lines I/O for the files passed between stages.
+
+Every interchange file is written with sorted keys and ``ensure_ascii=False`` so that two runs over the same
+inputs give byte-identical outputs (DVC then sees "unchanged" and downstream stages are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+class JsonlError(ValueError):
+    """A JSONL line could not be parsed; the message names ``file:line`` and the fix."""
+
+
+def dumps(record: Any) -> str:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically (tmp file + rename) and return how many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+        for rec in records:
+            fh.write(dumps(rec))
+            fh.write("\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, record)``; blank lines are skipped, malformed lines raise :class:`JsonlError`."""
+    path = Path(path)
+    with path.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise JsonlError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}). "
+                    "Each line must be one complete JSON object."
+                ) from exc
+            if not isinstance(rec, dict):
+                raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}.")
+            yield lineno, rec
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    return [rec for _, rec in iter_jsonl(path)]
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write a metrics/report JSON file (indented, sorted keys, trailing newline)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, ensure_ascii=False, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
