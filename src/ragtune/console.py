@@ -71,6 +71,4 @@ def stage(name: str) -> Iterator[dict[str, str]]:
     start = time.perf_counter()
     yield summary
     elapsed = time.perf_counter() - start
-    console.print(
-        f"[bold green]\\[{name}][/] read {summary['read']} → wrote {summary['wrote']} ({elapsed:.1f}s)"
-    )
+    console.print(f"[bold green]\\[{name}][/] read {summary['read']} → wrote {summary['wrote']} ({elapsed:.1f}s)")

@@ -1,0 +1,259 @@
+"""Token-aware chunking that respects section and sentence boundaries.
+
+Why token-aware: the embedder truncates at ``max_seq_length`` tokens, so a chunk measured in characters can
+silently lose its tail (Vietnamese averages ~3.5 characters per XLM-R token, but tables and codes run far
+denser). Chunks are measured with the *embedder's own tokenizer*, and the configured size is checked against the
+model's limit before anything is written.
+
+Why boundaries: a chunk that starts mid-sentence or mixes two sections is a worse retrieval unit and a worse
+training positive. Sections are packed whole while they fit; a long section is split between sentences, with
+``overlap_tokens`` of trailing sentences repeated so an answer that straddles the cut is found from either side.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Section headings: Markdown (ingest renders DOCX/HTML/PDF headings this way) and Vietnamese legal structure.
+_HEADING = re.compile(r"^(#{1,6}\s+\S.*|(?:Chương|CHƯƠNG|Mục|MỤC|Phần|PHẦN|Điều|ĐIỀU)\s+[\dIVXLCM]+[\.:]?(?:\s.*)?)$")
+# Sentence end: . ! ? … (optionally followed by closing quotes/brackets) then whitespace and an upper-case letter,
+# digit, quote or list marker. Abbreviations like "TP. HCM" are split at worst into two units, never mid-word.
+_SENT_END = re.compile(r"(?<=[.!?…])[\"”’)\]]*\s+(?=[\"“(\[\-–•*0-9A-ZÀ-Ỹ])")
+
+
+@dataclass
+class Unit:
+    """A sentence or heading line with its character span in the document text."""
+
+    text: str
+    start: int
+    end: int
+    heading: bool = False
+    n_tokens: int = 0
+
+
+@dataclass
+class Section:
+    heading: str
+    units: list[Unit] = field(default_factory=list)
+
+
+@dataclass
+class Chunk:
+    chunk_id: str
+    doc_id: str
+    title: str
+    section: str
+    text: str
+    n_tokens: int
+    char_start: int
+    char_end: int
+
+    def to_record(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def split_units(text: str) -> list[Section]:
+    """Split a document into sections of sentence units, keeping character offsets into ``text``."""
+    sections: list[Section] = [Section(heading="")]
+    pos = 0
+    for line in text.split("\n"):
+        line_start = pos
+        pos += len(line) + 1
+        stripped = line.strip()
+        if not stripped:
+            continue
+        offset = line_start + (len(line) - len(line.lstrip()))
+        if _HEADING.match(stripped) and len(stripped) <= 200:
+            heading = stripped.lstrip("#").strip()
+            sections.append(Section(heading=heading, units=[Unit(stripped, offset, offset + len(stripped), True)]))
+            continue
+        cursor = 0
+        for m in _SENT_END.finditer(stripped):
+            piece = stripped[cursor : m.start()].strip()
+            if piece:
+                s = offset + stripped.index(piece, cursor)
+                sections[-1].units.append(Unit(piece, s, s + len(piece)))
+            cursor = m.end()
+        piece = stripped[cursor:].strip()
+        if piece:
+            s = offset + stripped.index(piece, cursor)
+            sections[-1].units.append(Unit(piece, s, s + len(piece)))
+    return [s for s in sections if s.units]
+
+
+class Chunker:
+    """Packs sentence units into chunks of at most ``max_tokens`` tokens (prefix included).
+
+    ``count_tokens`` is the embedder tokenizer's length function (without special tokens); ``split_tokens``
+    cuts a single over-long unit (a table row, a code block) into token windows.
+    """
+
+    def __init__(
+        self,
+        count_tokens: Callable[[list[str]], list[int]],
+        split_tokens: Callable[[str, int], list[tuple[int, int]]],
+        max_tokens: int = 256,
+        overlap_tokens: int = 32,
+        prepend_title: bool = True,
+    ):
+        if overlap_tokens >= max_tokens // 2:
+            raise ValueError(
+                f"chunk.overlap_tokens ({overlap_tokens}) must be less than half of chunk.max_tokens "
+                f"({max_tokens}); otherwise consecutive chunks are mostly the same text."
+            )
+        self.count_tokens = count_tokens
+        self.split_tokens = split_tokens
+        self.max_tokens = max_tokens
+        self.overlap_tokens = overlap_tokens
+        self.prepend_title = prepend_title
+
+    def _prefix(self, title: str, section: str, continuation: bool) -> str:
+        parts = []
+        if self.prepend_title and title:
+            parts.append(title)
+        if continuation and section:
+            parts.append(section)
+        return "\n".join(parts)
+
+    def chunk_document(self, doc_id: str, title: str, text: str) -> list[Chunk]:
+        sections = split_units(text)
+        units = [u for s in sections for u in s.units]
+        for u, n in zip(units, self.count_tokens([u.text for u in units]), strict=True):
+            u.n_tokens = n
+        title_tokens = self.count_tokens([title])[0] + 1 if (self.prepend_title and title) else 0
+        budget = self.max_tokens - title_tokens
+        if budget < self.max_tokens // 2:
+            # A very long title would eat the chunk; fall back to no title prefix for this document.
+            title_tokens, budget = 0, self.max_tokens
+        use_title = title_tokens > 0
+
+        # Units with their section heading, over-long units split into token windows.
+        flat: list[tuple[str, Unit]] = []
+        for sec in sections:
+            for u in sec.units:
+                if u.n_tokens <= budget - 16:
+                    flat.append((sec.heading, u))
+                    continue
+                for a, b in self.split_tokens(u.text, budget - 16):
+                    piece = u.text[a:b].strip()
+                    if piece:
+                        s = u.start + a
+                        flat.append((sec.heading, Unit(piece, s, s + len(piece), False, self.count_tokens([piece])[0])))
+
+        chunks: list[list[tuple[str, Unit]]] = []
+        current: list[tuple[str, Unit]] = []
+        used = 0
+        fresh = 0  # units in `current` that are not overlap carried from the previous chunk
+
+        def section_tokens_from(i: int) -> int:
+            head = flat[i][0]
+            total = 0
+            for h, u in flat[i:]:
+                if h != head:
+                    break
+                total += u.n_tokens + 1
+            return total
+
+        i = 0
+        while i < len(flat):
+            head, unit = flat[i]
+            cost = unit.n_tokens + 1
+            # At a section start, only keep packing if the whole section fits (respect section boundaries).
+            whole_section_fits = used + section_tokens_from(i) <= budget
+            fits = used + cost <= budget and (not unit.heading or not fresh or whole_section_fits)
+            if fits:
+                current.append((head, unit))
+                used += cost
+                fresh += 1
+                i += 1
+                continue
+            if not fresh:
+                if current:  # only overlap so far and the next unit does not fit beside it: drop the overlap
+                    current, used = [], 0
+                    continue
+                current.append((head, unit))  # a single unit over budget even after splitting: emit alone
+                fresh, i = 1, i + 1
+            chunks.append(current)
+            # overlap: trailing sentences of the same section, up to overlap_tokens
+            carry: list[tuple[str, Unit]] = []
+            carry_tokens = 0
+            if i < len(flat) and not flat[i][1].heading:
+                for h, u in reversed(current):
+                    if u.heading or h != flat[i][0] or carry_tokens + u.n_tokens + 1 > self.overlap_tokens:
+                        break
+                    carry.insert(0, (h, u))
+                    carry_tokens += u.n_tokens + 1
+            current, used, fresh = carry, carry_tokens, 0
+        if fresh:
+            chunks.append(current)
+
+        out: list[Chunk] = []
+        for n, parts in enumerate(chunks):
+            first_head, first_unit = parts[0]
+            continuation = not first_unit.heading and bool(first_head)
+            prefix = self._prefix(title if use_title else "", first_head, continuation)
+            body = "\n".join(u.text for _, u in parts)
+            full = f"{prefix}\n{body}" if prefix else body
+            out.append(
+                Chunk(
+                    chunk_id=f"{doc_id}#{n:04d}",
+                    doc_id=doc_id,
+                    title=title,
+                    section=first_head,
+                    text=full,
+                    n_tokens=0,
+                    char_start=parts[0][1].start,
+                    char_end=parts[-1][1].end,
+                )
+            )
+        for c, n in zip(out, self.count_tokens([c.text for c in out]), strict=True):
+            c.n_tokens = n
+        return out
+
+
+def hf_token_functions(
+    tokenizer: Any,
+) -> tuple[Callable[[list[str]], list[int]], Callable[[str, int], list[tuple[int, int]]]]:
+    """Token counting and splitting backed by a Hugging Face fast tokenizer."""
+
+    def count(texts: list[str]) -> list[int]:
+        if not texts:
+            return []
+        enc = tokenizer(texts, add_special_tokens=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def split(text: str, max_tokens: int) -> list[tuple[int, int]]:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        spans = []
+        for start in range(0, len(offsets), max_tokens):
+            window = offsets[start : start + max_tokens]
+            spans.append((window[0][0], window[-1][1]))
+        return spans
+
+    return count, split
+
+
+def chunk_corpus(documents: Iterable[dict[str, Any]], chunker: Chunker) -> list[dict[str, Any]]:
+    from ragtune.console import track
+
+    docs = list(documents)
+    out: list[dict[str, Any]] = []
+    for doc in track(docs, "Chunking", total=len(docs)):
+        out.extend(c.to_record() for c in chunker.chunk_document(doc["doc_id"], doc.get("title", ""), doc["text"]))
+    return out
+
+
+def check_fits_model(max_tokens: int, model_max_seq_length: int, prompt_tokens: int) -> None:
+    """Refuse a chunk size the embedder would truncate (2 special tokens + the passage prompt)."""
+    limit = model_max_seq_length - 2 - prompt_tokens
+    if max_tokens > limit:
+        raise ValueError(
+            f"chunk.max_tokens={max_tokens} does not fit the embedder: max_seq_length={model_max_seq_length} minus "
+            f"2 special tokens and {prompt_tokens} prompt tokens leaves {limit}. Lower chunk.max_tokens to ≤ {limit} "
+            "(or raise model.max_seq_length if the model supports it)."
+        )

@@ -1,0 +1,144 @@
+"""Held-out evaluation: score every system on the same queries, at document and chunk level, and report.
+
+Systems are chunk rankings (see :mod:`ragtune.retrieval`). Document-level scores are the headline because labels
+are per document; chunk-level scores use the aligned positive chunk (see :func:`ragtune.pairs.align_positive_chunks`)
+and show what a RAG prompt would actually receive.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ragtune.metrics import evaluate_ranking
+from ragtune.retrieval import Ranking, to_doc_ranking
+
+HEADLINE = ("ndcg@10", "mrr@10", "map@10", "recall@1", "recall@5", "recall@10", "hit@1", "hit@10")
+
+
+def score_systems(
+    systems: dict[str, Ranking],
+    queries: Sequence[dict[str, Any]],
+    chunk_to_doc: dict[str, str],
+    ks: Sequence[int],
+) -> dict[str, Any]:
+    """Mean and per-query metrics per system at both levels: ``{"doc": {...}, "chunk": {...}, "per_query": ...}``."""
+    doc_qrels = {q["query_id"]: set(q["positive_doc_ids"]) for q in queries}
+    chunk_qrels = {q["query_id"]: set(q["positive_chunk_ids"]) for q in queries if q["positive_chunk_ids"]}
+    out: dict[str, Any] = {"doc": {}, "chunk": {}, "per_query": {}, "doc_rankings": {}}
+    for name, ranking in systems.items():
+        doc_ranking = to_doc_ranking(ranking, chunk_to_doc)
+        out["doc"][name], per_q = evaluate_ranking(doc_ranking, doc_qrels, ks)
+        out["chunk"][name], _ = evaluate_ranking(ranking, chunk_qrels, ks)
+        out["per_query"][name] = per_q
+        out["doc_rankings"][name] = doc_ranking
+    return out
+
+
+def recall_curve(
+    doc_rankings: dict[str, Ranking], queries: Sequence[dict[str, Any]], ks: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Rows ``{"k": k, <system>: recall@k, ...}`` for the recall@k plot declared in dvc.yaml."""
+    qrels = {q["query_id"]: set(q["positive_doc_ids"]) for q in queries}
+    rows = [{"k": k} for k in ks]
+    for name, ranking in doc_rankings.items():
+        mean, _ = evaluate_ranking(ranking, qrels, ks)
+        for row in rows:
+            row[name] = mean[f"recall@{row['k']}"]
+    return rows
+
+
+def write_curve_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0].keys()), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def per_query_records(
+    scored: dict[str, Any],
+    queries: Sequence[dict[str, Any]],
+    titles: dict[str, str],
+    top_n: int = 5,
+) -> list[dict[str, Any]]:
+    """One record per query for error analysis: each system's rank of the first relevant document and top hits."""
+    out = []
+    for q in queries:
+        qid = q["query_id"]
+        rel = set(q["positive_doc_ids"])
+        rec: dict[str, Any] = {
+            "query_id": qid,
+            "query": q["query"],
+            "positive_doc_ids": q["positive_doc_ids"],
+            "systems": {},
+        }
+        for name, ranking in scored["doc_rankings"].items():
+            docs = [d for d, _ in ranking.get(qid, [])]
+            first = next((i + 1 for i, d in enumerate(docs) if d in rel), None)
+            rec["systems"][name] = {
+                "first_relevant_rank": first,
+                "ndcg@10": round(scored["per_query"][name][qid].get("ndcg@10", 0.0), 4),
+                "top": [{"doc_id": d, "title": titles.get(d, "")} for d in docs[:top_n]],
+            }
+        out.append(rec)
+    return out
+
+
+def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list[str]:
+    cols = [c for c in columns if any(c in m for m in metrics.values())]
+    lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    best = {c: max(m.get(c, 0.0) for m in metrics.values()) for c in cols}
+    for name, m in metrics.items():
+        cells = []
+        for c in cols:
+            v = m.get(c)
+            cell = "–" if v is None else f"{v:.4f}"
+            cells.append(f"**{cell}**" if v is not None and v == best[c] and len(metrics) > 1 else cell)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_report(
+    results: dict[str, dict[str, Any]],
+    records: list[dict[str, Any]],
+    *,
+    system_for_errors: str,
+    context: dict[str, Any],
+    warnings: Sequence[str] = (),
+    worst_n: int = 15,
+) -> str:
+    """Markdown report: comparison tables per split, then the worst test queries of the best system."""
+    lines = ["# ragtune evaluation report", ""]
+    lines.append(
+        f"Corpus: {context['n_documents']} documents, {context['n_chunks']} chunks. "
+        f"Base embedder: `{context['base_model']}`. Metrics are macro-averages over held-out queries; "
+        "a document scores as its best chunk."
+    )
+    lines.append("")
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- ⚠️ {w}" for w in warnings] + [""]
+    for split, res in results.items():
+        lines += [f"## {split} split — document level ({res['n_queries']} queries)", ""]
+        lines += [*_table(res["doc"], HEADLINE), ""]
+        lines += [f"### {split} split — chunk level (aligned positive chunk)", ""]
+        lines += [*_table(res["chunk"], HEADLINE), ""]
+    if records:
+        lines += [f"## Worst test queries for `{system_for_errors}`", ""]
+        lines += ["| query | relevant | first relevant rank | top-3 retrieved |", "|---|---|---:|---|"]
+
+        def badness(r: dict[str, Any]) -> tuple[float, str]:
+            s = r["systems"][system_for_errors]
+            return (-(s["first_relevant_rank"] or 10**6), r["query_id"])
+
+        for r in sorted(records, key=badness)[:worst_n]:
+            s = r["systems"][system_for_errors]
+            top = "; ".join(f"{t['doc_id']} {t['title'][:40]}" for t in s["top"][:3])
+            rank = s["first_relevant_rank"] or "not retrieved"
+            query = r["query"].replace("|", "\\|")
+            lines.append(f"| {query} | {', '.join(r['positive_doc_ids'])} | {rank} | {top.replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)

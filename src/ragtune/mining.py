@@ -1,0 +1,198 @@
+"""Hard-negative mining: BM25 + base-dense (via sentence-transformers' ``mine_hard_negatives``) + random.
+
+Each training pair becomes a FlagEmbedding-style group ``{"query", "pos": [...], "neg": [...]}``.
+
+False negatives are the main risk: a "negative" that actually answers the query teaches the model to push a
+right answer away. Three guards apply to every source:
+
+1. Chunks of a positive *document* are never negatives (labels are per document, so a sibling chunk may well
+   answer the query), nor is any chunk whose text equals a positive.
+2. BM25: the top ``bm25.skip_top`` candidates are skipped, and a candidate scoring ≥ ``bm25.max_ratio`` × the
+   positive's BM25 score is dropped as "too close to call".
+3. Dense: ``mine_hard_negatives`` with ``range_min`` and ``relative_margin`` (the NV-Retriever TopK-PercPos
+   rule): a candidate within ``relative_margin`` of the positive's similarity is dropped.
+
+Random negatives keep easy contrast in the mix, so the model does not only see near-misses.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ragtune.retrieval import BM25Index
+
+
+def _positive_texts(pair: dict[str, Any], chunk_text: dict[str, str]) -> list[str]:
+    return pair.get("positive_texts") or [chunk_text[c] for c in pair["positive_chunk_ids"]]
+
+
+def mine_dense(
+    pairs: Sequence[dict[str, Any]],
+    corpus_texts: Sequence[str],
+    model: Any,
+    *,
+    num_candidates: int,
+    range_min: int,
+    range_max: int,
+    relative_margin: float,
+    query_prompt: str,
+    passage_prompt: str,
+    chunk_text: dict[str, str],
+    batch_size: int = 32,
+    cache_folder: str | None = None,
+) -> tuple[dict[str, list[tuple[str, float]]], dict[str, float]]:
+    """Dense candidates per query id via ``mine_hard_negatives`` (best first, already margin-filtered).
+
+    More candidates than needed are requested, because same-document chunks are removed afterwards (the
+    function only knows the explicit positive texts).
+    """
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    rows = {"query_id": [], "anchor": [], "positive": []}
+    for p in pairs:
+        for text in _positive_texts(p, chunk_text):
+            rows["query_id"].append(p["query_id"])
+            rows["anchor"].append(p["query"])
+            rows["positive"].append(text)
+    if not rows["anchor"]:
+        return {}, {}
+    dataset = Dataset.from_dict({"anchor": rows["anchor"], "positive": rows["positive"]})
+    range_max = min(range_max, len(corpus_texts) - 1)
+    num_candidates = max(1, min(num_candidates, range_max - range_min))
+    mined = mine_hard_negatives(
+        dataset,
+        model,
+        anchor_column_name="anchor",
+        positive_column_name="positive",
+        corpus=list(corpus_texts),
+        range_min=range_min,
+        range_max=range_max,
+        relative_margin=relative_margin,
+        num_negatives=num_candidates,
+        sampling_strategy="top",
+        query_prompt=query_prompt or None,
+        corpus_prompt=passage_prompt or None,
+        output_format="labeled-list",
+        output_scores=True,
+        batch_size=batch_size,
+        verbose=False,
+        cache_folder=cache_folder,
+    )
+    by_anchor_pos: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    pos_scores, neg_scores = [], []
+    for row in mined:
+        texts, scores = row["positive"], row["scores"]
+        pos_scores.append(scores[0])
+        neg_scores.extend(scores[1:])
+        by_anchor_pos[(row["anchor"], texts[0])] = list(zip(texts[1:], scores[1:], strict=True))
+    out: dict[str, list[tuple[str, float]]] = {}
+    for qid, anchor, pos in zip(rows["query_id"], rows["anchor"], rows["positive"], strict=True):
+        out.setdefault(qid, by_anchor_pos.get((anchor, pos), []))
+    stats = {
+        "dense_positive_score_mean": round(float(np.mean(pos_scores)), 4) if pos_scores else 0.0,
+        "dense_negative_score_mean": round(float(np.mean(neg_scores)), 4) if neg_scores else 0.0,
+    }
+    return out, stats
+
+
+def build_groups(
+    pairs: Sequence[dict[str, Any]],
+    chunks: Sequence[dict[str, Any]],
+    bm25: BM25Index | None,
+    dense_candidates: dict[str, list[tuple[str, float]]],
+    *,
+    n_bm25: int,
+    n_dense: int,
+    n_random: int,
+    bm25_skip_top: int,
+    bm25_max_ratio: float,
+    seed: int,
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Assemble groups from the three sources, applying the same-document guard to all of them."""
+    rng = random.Random(seed)
+    ids = [c["chunk_id"] for c in chunks]
+    texts = [c["text"] for c in chunks]
+    chunk_text = dict(zip(ids, texts, strict=True))
+    text_to_idx: dict[str, int] = {}
+    for i, t in enumerate(texts):
+        text_to_idx.setdefault(t, i)
+    doc_chunks: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(chunks):
+        doc_chunks[c["doc_id"]].append(i)
+    id_to_idx = {cid: i for i, cid in enumerate(ids)}
+
+    stats: Counter = Counter()
+    groups = []
+    from ragtune.console import track
+
+    for p in track(pairs, "Mining negatives", total=len(pairs)):
+        pos_texts = _positive_texts(p, chunk_text)
+        excluded = {i for d in p["positive_doc_ids"] for i in doc_chunks.get(d, [])}
+        excluded |= {text_to_idx[t] for t in pos_texts if t in text_to_idx}
+        chosen: list[int] = []
+        sources: list[str] = []
+
+        if n_bm25 and bm25 is not None:
+            scores = bm25.scores(p["query"])
+            pos_idx = [id_to_idx[c] for c in p["positive_chunk_ids"] if c in id_to_idx]
+            pos_score = max((float(scores[i]) for i in pos_idx), default=0.0)
+            order = np.argsort(-scores, kind="stable")
+            taken = 0
+            for rank, i in enumerate(order):
+                i = int(i)
+                if taken >= n_bm25 or scores[i] <= 0:
+                    break
+                if i in excluded:
+                    continue
+                if rank < bm25_skip_top:
+                    stats["bm25_skipped_top_rank"] += 1
+                    continue
+                if pos_score > 0 and scores[i] >= bm25_max_ratio * pos_score:
+                    stats["bm25_dropped_too_close_to_positive"] += 1
+                    continue
+                chosen.append(i)
+                sources.append("bm25")
+                taken += 1
+
+        if n_dense:
+            taken = 0
+            for text, _score in dense_candidates.get(p["query_id"], []):
+                i = text_to_idx.get(text)
+                if i is None or i in excluded or i in chosen:
+                    if i is not None and i in excluded:
+                        stats["dense_dropped_same_document"] += 1
+                    continue
+                chosen.append(i)
+                sources.append("dense")
+                taken += 1
+                if taken >= n_dense:
+                    break
+
+        if n_random:
+            pool = [i for i in range(len(ids)) if i not in excluded and i not in chosen]
+            for i in rng.sample(pool, min(n_random, len(pool))):
+                chosen.append(i)
+                sources.append("random")
+
+        wanted = n_bm25 + n_dense + n_random
+        if len(chosen) < wanted:
+            stats["groups_short_of_negatives"] += 1
+        stats.update(sources)
+        groups.append(
+            {
+                "query_id": p["query_id"],
+                "query": p["query"],
+                "pos": pos_texts,
+                "pos_ids": list(p["positive_chunk_ids"]),
+                "neg": [texts[i] for i in chosen],
+                "neg_ids": [ids[i] for i in chosen],
+                "neg_sources": sources,
+            }
+        )
+    return groups, stats

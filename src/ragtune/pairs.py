@@ -1,0 +1,224 @@
+"""Training/evaluation pairs: a seeded, leak-free split of labeled queries, plus self-supervised pairs.
+
+Positives only ever come from labels (a query's relevant documents) or from a document's own structure (its
+title, a section heading, one of its sentences). Neighbouring documents are never positives, and pairs carry no
+invented graded scores: MultipleNegativesRankingLoss needs only (query, positive), with other positives in the
+batch as negatives.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+SPLITS = ("train", "dev", "test")
+
+
+def query_key(text: str) -> str:
+    """Normalized query text used to detect the same question under different ids (case, spacing, punctuation)."""
+    text = unicodedata.normalize("NFC", text).lower()
+    return re.sub(r"[\W_]+", " ", text).strip()
+
+
+def split_queries(
+    queries: Sequence[dict[str, Any]], dev_ratio: float, test_ratio: float, seed: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Split labeled queries into train/dev/test.
+
+    Queries with the same normalized text are kept in one split (so a test question can never reappear in
+    training under another id). Assignment is by a seeded shuffle of those groups; sizes are rounded to whole
+    groups. ``test_ratio=1`` evaluates on every labeled query (e.g. to benchmark a base model).
+    """
+    if not 0 <= dev_ratio <= 1 or not 0 <= test_ratio <= 1 or dev_ratio + test_ratio > 1:
+        raise ValueError(
+            f"pairs.dev_ratio={dev_ratio} and pairs.test_ratio={test_ratio} must be in [0, 1] and sum to ≤ 1."
+        )
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for q in queries:
+        groups[query_key(q["query"])].append(q)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n = len(keys)
+    n_test = round(n * test_ratio)
+    n_dev = min(round(n * dev_ratio), n - n_test)
+    assignment = {k: "test" for k in keys[:n_test]}
+    assignment.update({k: "dev" for k in keys[n_test : n_test + n_dev]})
+    out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    for k in keys:
+        out[assignment.get(k, "train")].extend(groups[k])
+    for s in SPLITS:
+        out[s].sort(key=lambda q: q["query_id"])
+    return out
+
+
+ScoreFn = Callable[[int, list[int]], np.ndarray]
+
+
+def align_positive_chunks(
+    queries: Sequence[dict[str, Any]],
+    chunks_by_doc: dict[str, list[int]],
+    chunk_ids: Sequence[str],
+    scorers: Sequence[ScoreFn],
+) -> list[list[str]]:
+    """For each query, the chunk of each relevant document that best matches it.
+
+    Labels name documents; training and chunk-level evaluation need the passage. Within a relevant document the
+    chunk is chosen by reciprocal-rank fusion of the ``scorers`` (BM25 and base dense: either alone would bias
+    chunk-level evaluation towards that system). A scorer maps ``(query_index, chunk_indices)`` to scores.
+    """
+    out: list[list[str]] = []
+    for qi, q in enumerate(queries):
+        picked = []
+        for doc_id in q["positive_doc_ids"]:
+            idx = chunks_by_doc.get(doc_id, [])
+            if not idx:
+                continue
+            if len(idx) == 1:
+                picked.append(chunk_ids[idx[0]])
+                continue
+            fused = np.zeros(len(idx))
+            for scorer in scorers:
+                local = np.asarray(scorer(qi, idx))
+                ranks = np.empty(len(idx))
+                ranks[np.argsort(-local, kind="stable")] = np.arange(1, len(idx) + 1)
+                fused += 1.0 / (60 + ranks)
+            picked.append(chunk_ids[idx[int(np.argmax(fused))]])
+        out.append(picked)
+    return out
+
+
+_SENT = re.compile(r"(?<=[.!?…])\s+")
+
+
+def synthetic_pairs(
+    documents: Sequence[dict[str, Any]],
+    chunks: Sequence[dict[str, Any]],
+    per_doc: dict[str, int],
+    max_pairs: int,
+    seed: int,
+    ict_keep_sentence: float = 0.1,
+) -> tuple[list[dict[str, Any]], Counter]:
+    """Self-supervised (query, positive) pairs for corpora with few or no labels.
+
+    - ``title``: a document's title → its first chunk;
+    - ``heading``: a section heading → the first chunk of that section;
+    - ``ict``: inverse cloze task (Lee et al., 2019): a sentence → the rest of its chunk. The sentence is removed
+      from the positive (kept with probability ``ict_keep_sentence``), so the model learns context, not copy.
+
+    Anchors that are shared by several documents (e.g. "Phạm vi điều chỉnh" heads article 1 of every law) are
+    ambiguous: they would put true positives among in-batch negatives, so they are dropped and counted.
+    """
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    by_doc: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for c in chunks:
+        by_doc[c["doc_id"]].append(c)
+    candidates: list[dict[str, Any]] = []
+    for doc in documents:
+        doc_chunks = by_doc.get(doc["doc_id"], [])
+        if not doc_chunks:
+            continue
+        if per_doc.get("title", 0) > 0 and doc.get("title") and doc["title"] != doc["doc_id"]:
+            candidates.append(_pair(doc, doc_chunks[0], doc["title"], "title"))
+        n_head = per_doc.get("heading", 0)
+        if n_head > 0:
+            heads, seen_sections = [], set()
+            for c in doc_chunks:
+                if c["section"] and c["section"] not in seen_sections and c["section"] != doc.get("title"):
+                    seen_sections.add(c["section"])
+                    heads.append(_pair(doc, c, c["section"], "heading"))
+            # at most n_head heading pairs per document, chosen reproducibly
+            candidates.extend(heads if len(heads) <= n_head else rng.sample(heads, n_head))
+        for _ in range(per_doc.get("ict", 0)):
+            c = rng.choice(doc_chunks)
+            body = c["text"]
+            sentences = [s for s in _SENT.split(body) if len(s.split()) >= 8]
+            if len(sentences) < 2:
+                counts["ict_skipped_short_chunk"] += 1
+                continue
+            sentence = rng.choice(sentences)
+            rest = body if rng.random() < ict_keep_sentence else " ".join(body.replace(sentence, " ").split())
+            pair = _pair(doc, c, sentence, "ict")
+            pair["positive_texts"] = [rest]
+            candidates.append(pair)
+
+    docs_per_anchor: dict[str, set[str]] = defaultdict(set)
+    for p in candidates:
+        docs_per_anchor[query_key(p["query"])].add(p["positive_doc_ids"][0])
+    kept, seen = [], set()
+    for p in candidates:
+        key = query_key(p["query"])
+        if len(docs_per_anchor[key]) > 1:
+            counts["dropped_ambiguous_anchor"] += 1
+            continue
+        if (key, p["positive_chunk_ids"][0]) in seen:
+            counts["dropped_duplicate"] += 1
+            continue
+        seen.add((key, p["positive_chunk_ids"][0]))
+        kept.append(p)
+    if len(kept) > max_pairs:
+        counts["dropped_over_max_pairs"] += len(kept) - max_pairs
+        kept = rng.sample(kept, max_pairs)
+    kept.sort(key=lambda p: (p["kind"], p["positive_chunk_ids"][0], p["query"]))
+    for i, p in enumerate(kept):
+        p["query_id"] = f"syn-{p['kind']}-{i:06d}"
+    counts.update(p["kind"] for p in kept)
+    return kept, counts
+
+
+def _pair(doc: dict[str, Any], chunk: dict[str, Any], query: str, kind: str) -> dict[str, Any]:
+    return {
+        "query": query.strip(),
+        "positive_doc_ids": [doc["doc_id"]],
+        "positive_chunk_ids": [chunk["chunk_id"]],
+        "kind": kind,
+    }
+
+
+def validate(
+    splits: dict[str, list[dict[str, Any]]],
+    synthetic: Sequence[dict[str, Any]],
+    chunks: dict[str, dict[str, Any]],
+    documents: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Statistics that make bad pair data visible in `metrics/pairs.json` (and fail loudly on leakage)."""
+    heldout = {query_key(q["query"]) for s in ("dev", "test") for q in splits[s]}
+    train_keys = [query_key(q["query"]) for q in splits["train"]] + [query_key(p["query"]) for p in synthetic]
+    leaked = sorted({k for k in train_keys if k in heldout})
+    if leaked:
+        raise AssertionError(f"{len(leaked)} held-out query texts also appear in training, e.g. {leaked[:3]}")
+
+    def lengths(items):
+        return [len(x["query"].split()) for x in items]
+
+    report: dict[str, Any] = {"leaked_heldout_queries": 0}
+    for name, items in [*splits.items(), ("synthetic", synthetic)]:
+        qlens = lengths(items)
+        pos = [chunks[c] for x in items for c in x["positive_chunk_ids"]]
+        by_type = Counter(
+            documents[d].get("metadata", {}).get("document_type", "unknown")
+            for x in items
+            for d in x["positive_doc_ids"]
+        )
+        keys = Counter((query_key(x["query"]), tuple(x["positive_chunk_ids"])) for x in items)
+        report[name] = {
+            "pairs": len(items),
+            "duplicates": sum(n - 1 for n in keys.values() if n > 1),
+            "empty_queries": sum(1 for x in items if not x["query"].strip()),
+            "no_positive_chunk": sum(1 for x in items if not x["positive_chunk_ids"]),
+            "query_words_median": statistics.median(qlens) if qlens else 0,
+            "query_length_outliers": sum(1 for n in qlens if n < 2 or n > 64),
+            "positive_tokens_median": statistics.median([p["n_tokens"] for p in pos]) if pos else 0,
+            "positives_per_query_mean": round(sum(len(x["positive_doc_ids"]) for x in items) / len(items), 3)
+            if items
+            else 0,
+            "by_document_type": dict(sorted(by_type.items())),
+        }
+    return report

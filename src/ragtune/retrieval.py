@@ -1,0 +1,292 @@
+"""Retrieval systems over chunks: BM25 on word-segmented Vietnamese, dense bi-encoder, and RRF fusion.
+
+A ranking is ``{query_id: [(item_id, score), ...]}`` sorted best-first. Systems rank *chunks*; document-level
+rankings are derived by :func:`to_doc_ranking` (a document scores as its best chunk), because labels are usually
+given per document while retrieval for RAG happens per chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Ranking = dict[str, list[tuple[str, float]]]
+
+_WORD = re.compile(r"[\w]+", re.UNICODE)
+
+
+# --------------------------------------------------------------------------------------------------- BM25 text
+@lru_cache(maxsize=1)
+def _pyvi():
+    from pyvi import ViTokenizer
+
+    return ViTokenizer
+
+
+def bm25_tokenize(text: str, method: Literal["pyvi", "syllable"] = "pyvi") -> list[str]:
+    """Tokens for BM25.
+
+    Vietnamese writes one syllable per space-separated unit, so a "word" like *ma túy* is two syllables; BM25 on
+    syllables matches ``ma`` everywhere. ``pyvi`` joins multi-syllable words (``ma_túy``) first, which makes IDF
+    meaningful. Segmentation runs before lower-casing because pyvi uses capitalisation as a feature.
+    """
+    text = unicodedata.normalize("NFC", text)
+    if method == "pyvi":
+        text = _pyvi().tokenize(text)
+    elif method != "syllable":
+        raise ValueError(f"bm25 tokenizer must be 'pyvi' or 'syllable', got {method!r} (params.yaml: bm25.tokenizer)")
+    return [t for t in _WORD.findall(text.lower()) if not t.isdigit() or len(t) > 1]
+
+
+def bm25_tokenize_many(texts: Sequence[str], method: Literal["pyvi", "syllable"] = "pyvi") -> list[list[str]]:
+    from ragtune.console import track
+
+    return [bm25_tokenize(t, method) for t in track(texts, f"BM25 tokenizing ({method})", total=len(texts))]
+
+
+@dataclass
+class BM25Index:
+    """BM25 over a fixed list of ids/texts, with a swappable backend.
+
+    ``bm25s`` (sparse matrices, default) and ``rank_bm25`` (the reference pure-Python implementation) give the
+    same ranking up to BM25-variant details; ``benchmarks/bm25_backends.py`` measures both.
+    """
+
+    ids: list[str]
+    tokenizer: Literal["pyvi", "syllable"] = "pyvi"
+    backend: Literal["bm25s", "rank_bm25"] = "bm25s"
+    k1: float = 1.5
+    b: float = 0.75
+
+    def fit(self, texts: Sequence[str]) -> BM25Index:
+        tokens = bm25_tokenize_many(texts, self.tokenizer)
+        if self.backend == "bm25s":
+            import bm25s
+
+            self._engine = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
+            self._engine.index(tokens, show_progress=False)
+        elif self.backend == "rank_bm25":
+            from rank_bm25 import BM25Okapi
+
+            # rank_bm25 divides by zero on an all-empty corpus; a placeholder token keeps it defined.
+            self._engine = BM25Okapi([t or ["∅"] for t in tokens], k1=self.k1, b=self.b)
+        else:
+            raise ValueError(f"bm25 backend must be 'bm25s' or 'rank_bm25', got {self.backend!r}")
+        return self
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every indexed item for one query (shape ``[n_items]``)."""
+        q = bm25_tokenize(query, self.tokenizer)
+        if self.backend == "bm25s":
+            return np.asarray(self._engine.get_scores(q), dtype=np.float32)
+        return np.asarray(self._engine.get_scores(q), dtype=np.float32)
+
+    def search(self, queries: dict[str, str], k: int) -> Ranking:
+        out: Ranking = {}
+        for qid, text in queries.items():
+            out[qid] = top_k(self.ids, self.scores(text), k)
+        return out
+
+
+def top_k(ids: Sequence[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
+    """Best ``k`` items, ties broken by id so rankings are deterministic across runs and backends."""
+    k = min(k, len(ids))
+    if k <= 0:
+        return []
+    # argpartition then a stable sort on (-score, id)
+    cand = np.argpartition(-scores, k - 1)[:k] if k < len(ids) else np.arange(len(ids))
+    # include everything tied with the k-th score so the tie-break by id is global
+    kth = scores[cand].min()
+    cand = np.nonzero(scores >= kth)[0]
+    order = sorted(cand.tolist(), key=lambda i: (-float(scores[i]), ids[i]))[:k]
+    return [(ids[i], round(float(scores[i]), 6)) for i in order]
+
+
+# --------------------------------------------------------------------------------------------------- dense
+def cache_root() -> Path:
+    return Path(os.environ.get("RAGTUNE_CACHE", Path.home() / ".cache" / "ragtune"))
+
+
+def model_prompt(model: Any, role: Literal["query", "passage"], override: str | None = None) -> str:
+    """The instruction prefix the model was trained with (``query: `` / ``passage: `` for e5).
+
+    Prompts stored in the model's config win; ``override`` (params) covers models that document prompts only in
+    their README. Using the wrong prefix silently costs e5 several NDCG points, so this is never guessed.
+    """
+    if override is not None:
+        return override
+    prompts = getattr(model, "prompts", None) or {}
+    names = {"query": ("query",), "passage": ("passage", "document", "corpus")}[role]
+    for name in names:
+        if name in prompts:
+            return prompts[name]
+    return ""
+
+
+class DenseEncoder:
+    """Encodes texts with a SentenceTransformer, caching vectors on disk by (model, prompt, text).
+
+    Several stages embed the same chunks with the same base model (pairs alignment, negatives, evaluate); the cache
+    makes that cost paid once, and ``dvc exp run`` over non-model params becomes cheap. Keys include the model's
+    weight fingerprint, so a fine-tuned model never reads the base model's vectors.
+    """
+
+    def __init__(self, model: Any, fingerprint: str, batch_size: int = 32, use_cache: bool = True):
+        self.model = model
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self.use_cache = use_cache
+
+    def _cache_file(self, prompt: str) -> Path:
+        key = hashlib.sha256(f"{self.fingerprint}\x00{prompt}".encode()).hexdigest()[:24]
+        return cache_root() / "embeddings" / f"{key}.npz"
+
+    def encode(self, texts: Sequence[str], prompt: str, description: str = "Encoding") -> np.ndarray:
+        texts = list(texts)
+        if not texts:
+            dim = self.model.get_sentence_embedding_dimension()
+            return np.zeros((0, dim), dtype=np.float32)
+        hashes = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        cached: dict[str, np.ndarray] = {}
+        path = self._cache_file(prompt)
+        if self.use_cache and path.exists():
+            with np.load(path) as data:
+                keys = data["keys"].tolist()
+                vecs = data["vecs"]
+                want = set(hashes)
+                cached = {k: vecs[i] for i, k in enumerate(keys) if k in want}
+                all_keys, all_vecs = keys, vecs
+        else:
+            all_keys, all_vecs = [], None
+        missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
+        if missing:
+            new = self._encode_raw([t for _, t in missing], prompt, description)
+            for (h, _), v in zip(missing, new, strict=True):
+                cached[h] = v
+            if self.use_cache:
+                keys = list(all_keys) + [h for h, _ in missing]
+                vecs = new if all_vecs is None else np.concatenate([all_vecs, new])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
+                np.savez(tmp, keys=np.array(keys), vecs=vecs)
+                os.replace(tmp, path)
+        return np.stack([cached[h] for h in hashes]).astype(np.float32)
+
+    def _encode_raw(self, texts: list[str], prompt: str, description: str) -> np.ndarray:
+        from ragtune.console import progress
+
+        out = []
+        with progress() as bar:
+            task = bar.add_task(description, total=len(texts))
+            for start in range(0, len(texts), self.batch_size * 8):
+                block = texts[start : start + self.batch_size * 8]
+                out.append(
+                    self.model.encode(
+                        block,
+                        prompt=prompt,
+                        batch_size=self.batch_size,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
+                )
+                bar.advance(task, len(block))
+        return np.concatenate(out).astype(np.float32)
+
+
+@dataclass
+class DenseIndex:
+    """Cosine-similarity search over normalized chunk embeddings (exact; a sample corpus needs no ANN)."""
+
+    ids: list[str]
+    embeddings: np.ndarray
+
+    def search_vectors(self, query_ids: Sequence[str], query_vecs: np.ndarray, k: int) -> Ranking:
+        sims = query_vecs @ self.embeddings.T
+        return {qid: top_k(self.ids, sims[i], k) for i, qid in enumerate(query_ids)}
+
+
+# --------------------------------------------------------------------------------------------------- fusion
+def rrf(rankings: Sequence[Ranking], k: int = 60, depth: int | None = None) -> Ranking:
+    """Reciprocal rank fusion: ``score = Σ 1 / (k + rank)`` over systems (Cormack et al., 2009).
+
+    RRF needs no score calibration between BM25 (unbounded) and cosine (−1..1), which is why it is the default
+    hybrid.
+    """
+    fused: Ranking = {}
+    qids = sorted(set().union(*[r.keys() for r in rankings]))
+    for qid in qids:
+        scores: dict[str, float] = {}
+        for ranking in rankings:
+            for rank, (item, _) in enumerate(ranking.get(qid, [])[:depth], start=1):
+                scores[item] = scores.get(item, 0.0) + 1.0 / (k + rank)
+        order = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        fused[qid] = [(item, round(s, 8)) for item, s in order]
+    return fused
+
+
+def to_doc_ranking(ranking: Ranking, chunk_to_doc: dict[str, str]) -> Ranking:
+    """Document ranking from a chunk ranking: a document scores as its best chunk (max-pooling, "MaxP")."""
+    out: Ranking = {}
+    for qid, items in ranking.items():
+        seen: dict[str, float] = {}
+        for chunk_id, score in items:
+            doc = chunk_to_doc[chunk_id]
+            if doc not in seen:
+                seen[doc] = score
+        out[qid] = list(seen.items())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- factories
+def build_bm25(chunks: Sequence[dict[str, Any]], params: dict[str, Any]) -> BM25Index:
+    """BM25 over chunk texts, configured by the ``bm25:`` params section."""
+    return BM25Index(
+        ids=[c["chunk_id"] for c in chunks],
+        tokenizer=params.get("tokenizer", "pyvi"),
+        backend=params.get("backend", "bm25s"),
+        k1=float(params.get("k1", 1.5)),
+        b=float(params.get("b", 0.75)),
+    ).fit([c["text"] for c in chunks])
+
+
+@dataclass
+class Embedder:
+    """A loaded embedder with the prompts it expects and a cached encoder."""
+
+    name: str
+    model: Any
+    encoder: DenseEncoder
+    query_prompt: str
+    passage_prompt: str
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(texts, self.query_prompt, "Encoding queries")
+
+    def encode_passages(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(texts, self.passage_prompt, "Encoding passages")
+
+
+def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
+    """Load the embedder named in the ``model:`` params section (or ``name``), with prompts resolved."""
+    from ragtune.models import load_embedder, model_fingerprint, resolve_model
+
+    name = name or params["embedder"]
+    path = resolve_model(name)
+    model = load_embedder(path, max_seq_length=params.get("max_seq_length"))
+    return Embedder(
+        name=name,
+        model=model,
+        encoder=DenseEncoder(model, model_fingerprint(path), batch_size=int(params.get("batch_size", 32))),
+        query_prompt=model_prompt(model, "query", params.get("query_prompt")),
+        passage_prompt=model_prompt(model, "passage", params.get("passage_prompt")),
+    )

@@ -1,0 +1,101 @@
+"""pairs: labeled queries → seeded train/dev/test split with aligned positive chunks; plus self-supervised pairs."""
+
+from collections import defaultdict
+
+import numpy as np
+
+from ragtune.console import stage
+from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.pairs import SPLITS, align_positive_chunks, query_key, split_queries, synthetic_pairs, validate
+from ragtune.params import load_params, section
+from ragtune.retrieval import build_bm25, load_dense
+
+
+def main() -> None:
+    params = load_params()
+    p, model_p, bm25_p = section(params, "pairs"), section(params, "model"), section(params, "bm25")
+    with stage("pairs") as summary:
+        docs = read_jsonl("data/interim/documents.jsonl")
+        queries = read_jsonl("data/interim/queries.jsonl")
+        chunks = read_jsonl("data/chunks/chunks.jsonl")
+        chunk_ids = [c["chunk_id"] for c in chunks]
+        chunks_by_doc: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(chunks):
+            chunks_by_doc[c["doc_id"]].append(i)
+
+        splits = split_queries(queries, float(p["dev_ratio"]), float(p["test_ratio"]), int(p["seed"]))
+        # Only relevant documents with several chunks need alignment (and only their chunks need embedding).
+        needed = sorted(
+            {i for q in queries for d in q["positive_doc_ids"] if len(chunks_by_doc[d]) > 1 for i in chunks_by_doc[d]}
+        )
+        if needed:
+            bm25 = build_bm25(chunks, bm25_p)
+            dense = load_dense(model_p)
+            q_vecs = dense.encode_queries([q["query"] for q in queries])
+            row = {ci: r for r, ci in enumerate(needed)}
+            c_vecs = dense.encode_passages([chunks[i]["text"] for i in needed])
+            bm25_cache: dict[int, np.ndarray] = {}
+
+            def bm25_scorer(qi: int, idx: list[int]) -> np.ndarray:
+                if qi not in bm25_cache:
+                    bm25_cache.clear()
+                    bm25_cache[qi] = bm25.scores(queries[qi]["query"])
+                return bm25_cache[qi][idx]
+
+            def dense_scorer(qi: int, idx: list[int]) -> np.ndarray:
+                return c_vecs[[row[i] for i in idx]] @ q_vecs[qi]
+
+            aligned = align_positive_chunks(queries, chunks_by_doc, chunk_ids, [bm25_scorer, dense_scorer])
+        else:
+            aligned = [[chunk_ids[chunks_by_doc[d][0]] for d in q["positive_doc_ids"]] for q in queries]
+        by_qid = {q["query_id"]: a for q, a in zip(queries, aligned, strict=True)}
+
+        out_splits = {}
+        for name in SPLITS:
+            out_splits[name] = [
+                {
+                    "query_id": q["query_id"],
+                    "query": q["query"],
+                    "positive_doc_ids": q["positive_doc_ids"],
+                    "positive_chunk_ids": by_qid[q["query_id"]],
+                    "split": name,
+                }
+                for q in splits[name]
+            ]
+            write_jsonl(f"data/pairs/{name}.jsonl", out_splits[name])
+
+        syn_p = p["synthetic"]
+        synthetic, syn_counts = [], {}
+        if syn_p.get("enabled", True):
+            synthetic, syn_counts = synthetic_pairs(
+                docs,
+                chunks,
+                per_doc=dict(syn_p["per_doc"]),
+                max_pairs=int(syn_p["max_pairs"]),
+                seed=int(p["seed"]),
+                ict_keep_sentence=float(syn_p["ict_keep_sentence"]),
+            )
+            # A held-out question must never be a training anchor, even by coincidence.
+            heldout = {query_key(q["query"]) for s in ("dev", "test") for q in out_splits[s]}
+            before = len(synthetic)
+            synthetic = [s for s in synthetic if query_key(s["query"]) not in heldout]
+            syn_counts["dropped_equal_to_heldout_query"] = before - len(synthetic)
+        write_jsonl("data/pairs/synthetic.jsonl", synthetic)
+
+        report = validate(
+            out_splits,
+            synthetic,
+            {c["chunk_id"]: c for c in chunks},
+            {d["doc_id"]: d for d in docs},
+        )
+        report["synthetic"]["by_kind_and_drops"] = dict(sorted(syn_counts.items()))
+        write_json("metrics/pairs.json", report)
+        summary["read"] = f"{len(queries)} labeled queries, {len(chunks)} chunks"
+        summary["wrote"] = (
+            f"train {len(out_splits['train'])} / dev {len(out_splits['dev'])} / test {len(out_splits['test'])} "
+            f"labeled + {len(synthetic)} synthetic pairs"
+        )
+
+
+if __name__ == "__main__":
+    main()
