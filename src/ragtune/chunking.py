@@ -131,23 +131,30 @@ class Chunker:
             title_tokens, budget = 0, self.max_tokens
         use_title = title_tokens > 0
 
+        head_tokens = dict(
+            zip([s.heading for s in sections], self.count_tokens([s.heading for s in sections]), strict=True)
+        )
+        # a unit must fit a chunk even as a continuation (prefix = title + section heading)
+        unit_limit = max(budget // 2, budget - max(head_tokens.values(), default=0) - 2)
         # Units with their section heading, over-long units split into token windows.
         flat: list[tuple[str, Unit]] = []
         for sec in sections:
             for u in sec.units:
-                if u.n_tokens <= budget - 16:
+                if u.n_tokens <= unit_limit:
                     flat.append((sec.heading, u))
                     continue
-                for a, b in self.split_tokens(u.text, budget - 16):
+                for a, b in self.split_tokens(u.text, unit_limit):
                     piece = u.text[a:b].strip()
                     if piece:
                         s = u.start + a
                         flat.append((sec.heading, Unit(piece, s, s + len(piece), False, self.count_tokens([piece])[0])))
 
-        chunks: list[list[tuple[str, Unit]]] = []
-        current: list[tuple[str, Unit]] = []
-        used = 0
-        fresh = 0  # units in `current` that are not overlap carried from the previous chunk
+        def render(parts: list[tuple[str, Unit]]) -> str:
+            first_head, first_unit = parts[0]
+            continuation = not first_unit.heading and bool(first_head)
+            prefix = self._prefix(title if use_title else "", first_head, continuation)
+            body = "\n".join(u.text for _, u in parts)
+            return f"{prefix}\n{body}" if prefix else body
 
         def section_tokens_from(i: int) -> int:
             head = flat[i][0]
@@ -158,10 +165,19 @@ class Chunker:
                 total += u.n_tokens + 1
             return total
 
+        chunks: list[list[tuple[str, Unit]]] = []
+        current: list[tuple[str, Unit]] = []
+        used = 0
+        fresh = 0  # units in `current` that are not overlap carried from the previous chunk
+
+        def start_cost(head: str, unit: Unit) -> int:
+            # a chunk that starts mid-section repeats the section heading in its prefix
+            return head_tokens.get(head, 0) + 1 if head and not unit.heading else 0
+
         i = 0
         while i < len(flat):
             head, unit = flat[i]
-            cost = unit.n_tokens + 1
+            cost = unit.n_tokens + 1 + (start_cost(head, unit) if not current else 0)
             # At a section start, only keep packing if the whole section fits (respect section boundaries).
             whole_section_fits = used + section_tokens_from(i) <= budget
             fits = used + cost <= budget and (not unit.heading or not fresh or whole_section_fits)
@@ -177,6 +193,11 @@ class Chunker:
                     continue
                 current.append((head, unit))  # a single unit over budget even after splitting: emit alone
                 fresh, i = 1, i + 1
+            # The per-unit sums are estimates (tokenizers merge across joins); trim to the exact limit.
+            while fresh > 1 and self.count_tokens([render(current)])[0] > self.max_tokens:
+                current.pop()
+                fresh -= 1
+                i -= 1
             chunks.append(current)
             # overlap: trailing sentences of the same section, up to overlap_tokens
             carry: list[tuple[str, Unit]] = []
@@ -187,24 +208,27 @@ class Chunker:
                         break
                     carry.insert(0, (h, u))
                     carry_tokens += u.n_tokens + 1
+            if carry:
+                carry_tokens += start_cost(carry[0][0], carry[0][1])
             current, used, fresh = carry, carry_tokens, 0
         if fresh:
+            while fresh > 1 and self.count_tokens([render(current)])[0] > self.max_tokens:
+                # rare: the tail over-ran on exact count; emit it in two pieces
+                tail = [current.pop()]
+                fresh -= 1
+                chunks.append(current)
+                current, fresh = tail, 1
             chunks.append(current)
 
         out: list[Chunk] = []
         for n, parts in enumerate(chunks):
-            first_head, first_unit = parts[0]
-            continuation = not first_unit.heading and bool(first_head)
-            prefix = self._prefix(title if use_title else "", first_head, continuation)
-            body = "\n".join(u.text for _, u in parts)
-            full = f"{prefix}\n{body}" if prefix else body
             out.append(
                 Chunk(
                     chunk_id=f"{doc_id}#{n:04d}",
                     doc_id=doc_id,
                     title=title,
-                    section=first_head,
-                    text=full,
+                    section=parts[0][0],
+                    text=render(parts),
                     n_tokens=0,
                     char_start=parts[0][1].start,
                     char_end=parts[-1][1].end,

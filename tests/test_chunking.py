@@ -1,0 +1,95 @@
+import pytest
+
+from ragtune.chunking import Chunker, check_fits_model, hf_token_functions, split_units
+
+
+def word_count(texts):
+    return [len(t.split()) for t in texts]
+
+
+def word_split(text, n):
+    words = text.split()
+    spans, pos = [], 0
+    starts = []
+    for w in words:
+        i = text.index(w, pos)
+        starts.append((i, i + len(w)))
+        pos = i + len(w)
+    for s in range(0, len(starts), n):
+        win = starts[s : s + n]
+        spans.append((win[0][0], win[-1][1]))
+    return spans
+
+
+DOC = """Mở đầu ngắn gọn về chính sách.
+
+## Điều kiện áp dụng
+Nhân viên chính thức được áp dụng. Nhân viên thử việc không được áp dụng. Thực tập sinh xem quy định riêng.
+
+## Số ngày nghỉ
+Mỗi năm có mười hai ngày phép. Thâm niên năm năm được cộng thêm một ngày. Phép không dùng hết được chuyển sang quý một năm sau. Quá hạn thì phép bị hủy. Trường hợp đặc biệt do giám đốc quyết định.
+"""
+
+
+def test_split_units_finds_sections_and_offsets():
+    sections = split_units(DOC)
+    assert [s.heading for s in sections] == ["", "Điều kiện áp dụng", "Số ngày nghỉ"]
+    for s in sections:
+        for u in s.units:
+            assert DOC[u.start : u.end] == u.text
+
+
+def test_legal_article_headings_are_sections():
+    text = "Điều 1. Phạm vi điều chỉnh\nLuật này quy định về phòng, chống ma túy.\nĐiều 2. Giải thích từ ngữ\nChất ma túy là chất gây nghiện."
+    assert [s.heading for s in split_units(text)] == ["Điều 1. Phạm vi điều chỉnh", "Điều 2. Giải thích từ ngữ"]
+
+
+def test_chunks_respect_budget_sections_and_overlap():
+    chunker = Chunker(word_count, word_split, max_tokens=36, overlap_tokens=12, prepend_title=True)
+    chunks = chunker.chunk_document("pol-1", "Nghỉ phép", DOC)
+    assert len(chunks) >= 3
+    assert all(c.n_tokens <= 36 for c in chunks)
+    assert [c.chunk_id for c in chunks] == [f"pol-1#{i:04d}" for i in range(len(chunks))]
+    assert all(c.text.startswith("Nghỉ phép") for c in chunks)
+    # the long section is split between sentences, never mid-sentence, with overlap inside the section
+    long = [c for c in chunks if c.section == "Số ngày nghỉ"]
+    assert len(long) >= 2
+    assert any(s in long[1].text for s in long[0].text.split("\n")[-1:])
+    # a continuation chunk carries its section heading in the prefix
+    assert "Số ngày nghỉ" in long[1].text
+    # every sentence of the document is in some chunk
+    for sent in ["Nhân viên thử việc không được áp dụng.", "Quá hạn thì phép bị hủy."]:
+        assert any(sent in c.text for c in chunks)
+
+
+def test_small_sections_pack_together():
+    chunker = Chunker(word_count, word_split, max_tokens=200, overlap_tokens=16)
+    chunks = chunker.chunk_document("d", "T", DOC)
+    assert len(chunks) == 1
+
+
+def test_oversized_sentence_is_split_into_windows():
+    text = " ".join(f"từ{i}" for i in range(100))
+    chunks = Chunker(word_count, word_split, max_tokens=40, overlap_tokens=0, prepend_title=False).chunk_document(
+        "d", "", text
+    )
+    assert len(chunks) >= 3 and all(c.n_tokens <= 40 for c in chunks)
+
+
+def test_deterministic_ids(tiny_embedder_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
+    count, split = hf_token_functions(tok)
+    a = Chunker(count, split, max_tokens=32, overlap_tokens=8).chunk_document("x", "Tiêu đề", DOC)
+    b = Chunker(count, split, max_tokens=32, overlap_tokens=8).chunk_document("x", "Tiêu đề", DOC)
+    assert [c.to_record() for c in a] == [c.to_record() for c in b]
+    assert all(c.n_tokens <= 32 for c in a)
+
+
+def test_size_must_fit_model():
+    check_fits_model(256, 512, 3)
+    with pytest.raises(ValueError, match="chunk.max_tokens"):
+        check_fits_model(510, 512, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        Chunker(word_count, word_split, max_tokens=64, overlap_tokens=40)

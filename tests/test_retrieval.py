@@ -1,0 +1,62 @@
+import numpy as np
+
+from ragtune.retrieval import BM25Index, DenseEncoder, bm25_tokenize, model_prompt, rrf, to_doc_ranking, top_k
+
+TEXTS = [
+    "Nhân viên được nghỉ phép năm 12 ngày, đăng ký trên LamHR.",
+    "Quy trình đăng ký khóa đào tạo trên LamAcademy cần quản lý phê duyệt.",
+    "Người nghiện ma túy bị đưa vào cơ sở cai nghiện bắt buộc.",
+    "Hướng dẫn kết nối HL-VPN trên Windows.",
+]
+
+
+def test_pyvi_segments_words_and_lowercases():
+    toks = bm25_tokenize("Người nghiện Ma Túy", "pyvi")
+    assert toks == [t.lower() for t in toks]
+    assert any("_" in t for t in bm25_tokenize("Người nghiện ma túy bị xử lý hành chính", "pyvi"))
+    assert bm25_tokenize("ma túy", "syllable") == ["ma", "túy"]
+
+
+def test_bm25_backends_agree_on_top_result():
+    ids = [f"c{i}" for i in range(len(TEXTS))]
+    for backend in ("bm25s", "rank_bm25"):
+        idx = BM25Index(ids, backend=backend).fit(TEXTS)
+        ranking = idx.search({"q": "cai nghiện ma túy"}, k=2)
+        assert ranking["q"][0][0] == "c2", backend
+
+
+def test_top_k_breaks_ties_by_id():
+    ids = ["b", "a", "c"]
+    assert [i for i, _ in top_k(ids, np.array([1.0, 1.0, 0.5]), 2)] == ["a", "b"]
+
+
+def test_rrf_and_doc_aggregation():
+    r1 = {"q": [("x#0", 9.0), ("y#0", 5.0)]}
+    r2 = {"q": [("y#0", 0.9), ("x#1", 0.8)]}
+    fused = rrf([r1, r2], k=60)
+    assert fused["q"][0][0] == "y#0"  # ranked 2nd and 1st beats 1st and absent
+    docs = to_doc_ranking({"q": [("x#1", 3.0), ("y#0", 2.0), ("x#0", 1.0)]}, {"x#0": "x", "x#1": "x", "y#0": "y"})
+    assert docs["q"] == [("x", 3.0), ("y", 2.0)]
+
+
+def test_dense_encoder_caches_by_text(tiny_embedder_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    assert model_prompt(model, "query") == "query: "
+    assert model_prompt(model, "passage") == "passage: "
+    assert model_prompt(model, "query", override="") == ""
+    calls = []
+    enc = DenseEncoder(model, fingerprint="tiny")
+    original = enc._encode_raw
+
+    def counting(texts, prompt, description):
+        calls.append(len(texts))
+        return original(texts, prompt, description)
+
+    enc._encode_raw = counting
+    a = enc.encode(TEXTS[:2], "passage: ")
+    b = enc.encode(TEXTS[:3], "passage: ")
+    assert calls == [2, 1]
+    np.testing.assert_allclose(a, b[:2], atol=1e-6)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
