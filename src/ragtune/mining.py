@@ -175,10 +175,16 @@ def build_groups(
                     break
 
         if n_random:
-            pool = [i for i in range(len(ids)) if i not in excluded and i not in chosen]
-            for i in rng.sample(pool, min(n_random, len(pool))):
+            # rejection sampling: O(n_random) per pair, so million-chunk corpora stay cheap
+            taken, tries = 0, 0
+            while taken < n_random and tries < 50 * n_random:
+                tries += 1
+                i = rng.randrange(len(ids))
+                if i in excluded or i in chosen:
+                    continue
                 chosen.append(i)
                 sources.append("random")
+                taken += 1
 
         wanted = n_bm25 + n_dense + n_random
         if len(chosen) < wanted:

@@ -1,0 +1,73 @@
+from ragtune.mining import build_groups, mine_dense
+from ragtune.retrieval import BM25Index
+
+CHUNKS = [
+    {"chunk_id": "leave#0", "doc_id": "leave", "text": "Nghỉ phép năm: nhân viên có mười hai ngày phép mỗi năm."},
+    {"chunk_id": "leave#1", "doc_id": "leave", "text": "Đăng ký nghỉ phép trên LamHR trước ba ngày làm việc."},
+    {"chunk_id": "train#0", "doc_id": "train", "text": "Đăng ký khóa đào tạo trên LamAcademy trước năm ngày làm việc."},
+    {
+        "chunk_id": "unpaid#0",
+        "doc_id": "unpaid",
+        "text": "Nghỉ không lương tối đa ba mươi ngày mỗi năm, cần giám đốc duyệt.",
+    },
+    {"chunk_id": "vpn#0", "doc_id": "vpn", "text": "Kết nối HL-VPN bằng WireGuard trên máy tính Windows."},
+    {"chunk_id": "mfa#0", "doc_id": "mfa", "text": "Bật xác thực hai lớp cho tài khoản công ty."},
+]
+PAIR = {
+    "query_id": "q1",
+    "query": "đăng ký nghỉ phép ở đâu",
+    "positive_doc_ids": ["leave"],
+    "positive_chunk_ids": ["leave#1"],
+}
+
+
+def test_groups_never_use_positive_document_chunks_as_negatives(tiny_embedder_path):
+    from sentence_transformers import SentenceTransformer
+
+    bm25 = BM25Index([c["chunk_id"] for c in CHUNKS]).fit([c["text"] for c in CHUNKS])
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    chunk_text = {c["chunk_id"]: c["text"] for c in CHUNKS}
+    dense, stats = mine_dense(
+        [PAIR],
+        [c["text"] for c in CHUNKS],
+        model,
+        num_candidates=4,
+        range_min=0,
+        range_max=5,
+        relative_margin=0.0,
+        query_prompt="query: ",
+        passage_prompt="passage: ",
+        chunk_text=chunk_text,
+    )
+    groups, counts = build_groups(
+        [PAIR], CHUNKS, bm25, dense, n_bm25=1, n_dense=1, n_random=1, bm25_skip_top=0, bm25_max_ratio=1.0, seed=0
+    )
+    (g,) = groups
+    assert g["pos"] == [chunk_text["leave#1"]]
+    assert not any(n.startswith("leave#") for n in g["neg_ids"])
+    assert len(set(g["neg_ids"])) == len(g["neg_ids"])
+    assert g["neg_sources"][0] == "bm25"
+    # FlagEmbedding shape
+    assert set(g) >= {"query", "pos", "neg"} and len(g["neg"]) == len(g["neg_ids"])
+    # the lexical near-miss (training registration) is the BM25 hard negative
+    assert g["neg_ids"][0] == "train#0"
+
+
+def test_bm25_margin_guard_drops_candidates_as_strong_as_the_positive():
+    bm25 = BM25Index([c["chunk_id"] for c in CHUNKS]).fit([c["text"] for c in CHUNKS])
+    pair = dict(PAIR, query="đăng ký trước ngày làm việc")  # matches leave#1 and train#0 about equally
+    strict, counts = build_groups(
+        [pair], CHUNKS, bm25, {}, n_bm25=1, n_dense=0, n_random=0, bm25_skip_top=0, bm25_max_ratio=0.5, seed=0
+    )
+    assert "train#0" not in strict[0]["neg_ids"]
+    assert counts["bm25_dropped_too_close_to_positive"] >= 1
+
+
+def test_random_negatives_are_seeded():
+    a, _ = build_groups(
+        [PAIR], CHUNKS, None, {}, n_bm25=0, n_dense=0, n_random=2, bm25_skip_top=0, bm25_max_ratio=1, seed=3
+    )
+    b, _ = build_groups(
+        [PAIR], CHUNKS, None, {}, n_bm25=0, n_dense=0, n_random=2, bm25_skip_top=0, bm25_max_ratio=1, seed=3
+    )
+    assert a == b and a[0]["neg_sources"] == ["random", "random"]
