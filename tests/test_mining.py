@@ -27,7 +27,7 @@ def test_groups_never_use_positive_document_chunks_as_negatives(tiny_embedder_pa
     bm25 = BM25Index([c["chunk_id"] for c in CHUNKS]).fit([c["text"] for c in CHUNKS])
     model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     chunk_text = {c["chunk_id"]: c["text"] for c in CHUNKS}
-    dense, stats = mine_dense(
+    dense, _stats = mine_dense(
         [PAIR],
         [c["text"] for c in CHUNKS],
         model,
@@ -39,7 +39,7 @@ def test_groups_never_use_positive_document_chunks_as_negatives(tiny_embedder_pa
         passage_prompt="passage: ",
         chunk_text=chunk_text,
     )
-    groups, counts = build_groups(
+    groups, _counts = build_groups(
         [PAIR], CHUNKS, bm25, dense, n_bm25=1, n_dense=1, n_random=1, bm25_skip_top=0, bm25_max_ratio=1.0, seed=0
     )
     (g,) = groups

