@@ -148,7 +148,7 @@ def _hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> tuple[bool, str]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~")) or name in {".", ".."} or os.sep + os.sep in name
+    return name.startswith(("/", "./", "../", "~")) or name in {".", ".."}
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -177,6 +177,7 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
             f"empty model name; pass a local folder or a Hugging Face id such as {DEFAULT_EMBEDDER!r}."
         )
     tried: list[str] = []
+    build_error: Exception | None = None  # chained onto the final error so the builder's traceback survives
 
     # 1. an explicit local folder
     local = Path(name).expanduser()
@@ -222,6 +223,7 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
         try:
             return str(_build_cached(name, builder, built))
         except Exception as exc:
+            build_error = exc
             tried.append(f"offline builder -> {built}: {_short(exc)}")
 
     steps = "\n  - ".join(tried)
@@ -230,7 +232,7 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
         "Fix: pass a local model folder instead of a hub id; or, on a machine with internet, run "
         f"`huggingface-cli download {name}` and copy the HF cache here (point HF_HOME at it); "
         "or unset HF_HUB_OFFLINE if this machine can reach the hub."
-    )
+    ) from build_error
 
 
 def _short(exc: BaseException, limit: int = 300) -> str:
@@ -324,12 +326,23 @@ def load_embedder(
 
     path = resolve_model(name, cache_dir=cache_dir)
     model = SentenceTransformer(path, device=device, local_files_only=True)
-    for prompt_name, prompt in KNOWN_PROMPTS.get(name, {}).items():
+    for prompt_name, prompt in KNOWN_PROMPTS.get(name, KNOWN_PROMPTS.get(_hub_id_of_snapshot(path), {})).items():
         if not model.prompts.get(prompt_name):  # missing, or the "" placeholder ST 6 adds
             model.prompts[prompt_name] = prompt
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
+
+
+def _hub_id_of_snapshot(path: str | Path) -> str | None:
+    """``.../models--intfloat--multilingual-e5-small/snapshots/<rev>`` → ``intfloat/multilingual-e5-small``.
+
+    Callers often pass the already-resolved folder; this keeps the known-prompt lookup working for HF snapshots.
+    """
+    for part in reversed(Path(path).parts):
+        if part.startswith("models--"):
+            return part.removeprefix("models--").replace("--", "/")
+    return None
 
 
 def load_tokenizer(name: str, *, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
