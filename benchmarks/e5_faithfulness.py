@@ -11,7 +11,7 @@ Note the C engine is not an fp32 reference either: it quantizes activations to i
 every matmul (llama.cpp-style Q8_0 x Q4_0). So the two sides differ by that activation rounding, which is the
 floor on the achievable agreement.
 
-Usage: ``python benchmarks/e5_faithfulness.py [--threads 2] [--out metrics/e5_faithfulness.json]``
+Usage: ``python benchmarks/e5_faithfulness.py [--threads 2] [--out metrics/benchmarks/e5_faithfulness.json]``
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
     ap.add_argument("--model", default=None, help=f"model folder or name (default {E5_NAME})")
-    ap.add_argument("--out", default="metrics/e5_faithfulness.json")
+    ap.add_argument("--out", default="metrics/benchmarks/e5_faithfulness.json")
     args = ap.parse_args(argv)
 
     res = compare(corpus(), threads=args.threads, model_path=args.model)
