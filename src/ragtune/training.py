@@ -1,0 +1,425 @@
+"""Fine-tuning the bi-encoder with sentence-transformers' Trainer, from params that all provably reach it.
+
+The shape is the canonical one from sentence-transformers' examples: a ``datasets.Dataset`` of
+``(anchor, positive, negative_1..n)`` columns, a MultipleNegativesRankingLoss-family loss, an
+``InformationRetrievalEvaluator`` on the dev split, ``SentenceTransformerTrainingArguments`` and
+``SentenceTransformerTrainer``. Nothing here re-implements what the Trainer does (optimizer, scheduler,
+checkpointing, resume, early stopping, DDP); this module only translates params into those objects, and refuses
+params it does not know, so a knob in params.yaml can never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("mnrl", "cached_mnrl", "gist")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class TrainConfigError(ValueError):
+    """A train_embedder param is unknown or invalid; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class EmbedderTrainConfig:
+    """Every knob of the train_embedder stage. Field names are the params.yaml keys under ``train_embedder:``."""
+
+    seed: int = 42
+    loss: str = "mnrl"
+    mini_batch_size: int = 16  # cached_mnrl: forward chunk size; memory, not the effective batch
+    gist_temperature: float = 0.01
+    matryoshka_dims: tuple[int, ...] = ()
+    n_hard_negatives: int = 1
+    max_seq_length: int = 256
+    epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 16
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    weight_decay: float = 0.01
+    eval_steps: int = 25
+    save_steps: int = 25
+    save_total_limit: int = 2
+    early_stopping_patience: int = 0  # 0 = off
+    load_best_model_at_end: bool = True
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    precision: str = "auto"  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
+    cpu_bf16: bool = False  # bf16 autocast on CPU (see benchmarks/train_throughput.py)
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    logging_steps: int = 5
+    dataloader_num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> EmbedderTrainConfig:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise TrainConfigError(
+                f"params.yaml train_embedder: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
+                "A param the trainer does not read would be silently ignored, so it is refused instead."
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in params or f.name == "extra":
+                continue
+            v = params[f.name]
+            if f.name == "matryoshka_dims":
+                v = tuple(int(x) for x in (v or ()))
+            elif f.type in ("int", int):
+                v = int(v)
+            elif f.type in ("float", float):
+                v = float(v)
+            elif f.type in ("bool", bool):
+                v = bool(v)
+            values[f.name] = v
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise TrainConfigError(f"train_embedder.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.precision not in PRECISIONS:
+            raise TrainConfigError(f"train_embedder.precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.batch_size < 2:
+            raise TrainConfigError("train_embedder.batch_size must be ≥ 2: MNRL needs in-batch negatives")
+        if self.n_hard_negatives < 0:
+            raise TrainConfigError("train_embedder.n_hard_negatives must be ≥ 0")
+        if self.lr <= 0 or self.lr > 1e-2:
+            raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
+
+    def fingerprint(self, *inputs: str) -> str:
+        """Hash of everything that changes the training trajectory: resuming across a change would be wrong."""
+        payload = json.dumps(
+            {k: v for k, v in asdict(self).items() if k not in ("extra", "logging_steps", "dataloader_num_workers")},
+            sort_keys=True,
+        )
+        h = hashlib.sha256(payload.encode())
+        for item in inputs:
+            h.update(b"\x00" + item.encode())
+        return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------- data
+def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tuple[Any, int]:
+    """FlagEmbedding groups → a ``Dataset`` with columns anchor, positive, negative_1..n.
+
+    MNRL needs the same number of columns in every row; a group with fewer mined negatives than asked for is
+    dropped and counted (never padded with made-up negatives).
+    """
+    from datasets import Dataset
+
+    cols: dict[str, list[str]] = {"anchor": [], "positive": []}
+    for i in range(1, n_hard_negatives + 1):
+        cols[f"negative_{i}"] = []
+    dropped = 0
+    for g in groups:
+        if len(g["neg"]) < n_hard_negatives or not g["pos"]:
+            dropped += 1
+            continue
+        cols["anchor"].append(g["query"])
+        cols["positive"].append(g["pos"][0])
+        for i in range(n_hard_negatives):
+            cols[f"negative_{i + 1}"].append(g["neg"][i])
+    return Dataset.from_dict(cols), dropped
+
+
+def build_ir_evaluator(
+    dev: list[dict[str, Any]],
+    chunks: list[dict[str, Any]],
+    query_prompt: str,
+    passage_prompt: str,
+    name: str = "dev",
+    batch_size: int = 32,
+) -> Any:
+    """InformationRetrievalEvaluator over all chunks, with each dev query's aligned positive chunks as relevant."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    queries = {q["query_id"]: q["query"] for q in dev if q["positive_chunk_ids"]}
+    relevant = {q["query_id"]: set(q["positive_chunk_ids"]) for q in dev if q["positive_chunk_ids"]}
+    corpus = {c["chunk_id"]: c["text"] for c in chunks}
+    return InformationRetrievalEvaluator(
+        queries=queries,
+        corpus=corpus,
+        relevant_docs=relevant,
+        name=name,
+        query_prompt=query_prompt or None,
+        corpus_prompt=passage_prompt or None,
+        mrr_at_k=[10],
+        ndcg_at_k=[10],
+        accuracy_at_k=[1, 10],
+        precision_recall_at_k=[10],
+        map_at_k=[10],
+        batch_size=batch_size,
+        show_progress_bar=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- model
+def freeze(model: Any, cfg: EmbedderTrainConfig) -> dict[str, int]:
+    """Freeze the word embeddings and/or the first N encoder layers; returns trainable/frozen parameter counts.
+
+    Freezing the 96M-parameter XLM-R embedding matrix of e5-small keeps the 250k-token vocabulary (most of it
+    unseen in a small corpus) from drifting, and cuts optimizer memory by ~80%.
+    """
+    hf = model[0].auto_model
+    if cfg.freeze_embeddings:
+        for p in hf.embeddings.word_embeddings.parameters():
+            p.requires_grad = False
+    if cfg.freeze_layers:
+        layers = hf.encoder.layer
+        if cfg.freeze_layers > len(layers):
+            raise TrainConfigError(
+                f"train_embedder.freeze_layers={cfg.freeze_layers} but the model has {len(layers)} layers"
+            )
+        for layer in layers[: cfg.freeze_layers]:
+            for p in layer.parameters():
+                p.requires_grad = False
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable_params": trainable, "frozen_params": total - trainable}
+
+
+def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distributed: bool = False) -> Any:
+    """The configured loss. All are MNRL-family: (anchor, positive, negatives…) with in-batch negatives.
+
+    ``gather_across_devices`` under DDP shares every device's passages as negatives for every query, so the
+    effective number of in-batch negatives grows with the number of processes.
+    """
+    from sentence_transformers.sentence_transformer import losses
+
+    if cfg.loss == "mnrl":
+        loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
+    elif cfg.loss == "cached_mnrl":
+        loss = losses.CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=distributed
+        )
+    else:
+        if guide is None:
+            raise TrainConfigError("train_embedder.loss=gist needs the base model as guide")
+        loss = losses.GISTEmbedLoss(model, guide, temperature=cfg.gist_temperature, gather_across_devices=distributed)
+    if cfg.matryoshka_dims:
+        dim = model.get_embedding_dimension()
+        bad = [d for d in cfg.matryoshka_dims if d > dim or d <= 0]
+        if bad:
+            raise TrainConfigError(f"train_embedder.matryoshka_dims {bad} must be in 1..{dim}")
+        loss = losses.MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(cfg.matryoshka_dims), reverse=True))
+    return loss
+
+
+def precision_flags(cfg: EmbedderTrainConfig, cuda: bool, bf16_supported: bool) -> dict[str, bool]:
+    """fp16/bf16 flags for TrainingArguments: mixed precision on CUDA by default, bf16 autocast on CPU if asked."""
+    if cfg.precision == "fp32":
+        return {"fp16": False, "bf16": False}
+    if cfg.precision == "bf16":
+        return {"fp16": False, "bf16": True}
+    if cfg.precision == "fp16":
+        if not cuda:
+            raise TrainConfigError("train_embedder.precision=fp16 needs CUDA; use bf16 (cpu_bf16) on CPU")
+        return {"fp16": True, "bf16": False}
+    if cuda:
+        return {"fp16": not bf16_supported, "bf16": bf16_supported}
+    return {"fp16": False, "bf16": cfg.cpu_bf16}
+
+
+def build_args(
+    cfg: EmbedderTrainConfig,
+    output_dir: str | Path,
+    prompts: dict[str, str],
+    *,
+    cuda: bool | None = None,
+    bf16_supported: bool | None = None,
+    has_eval: bool = True,
+) -> Any:
+    """SentenceTransformerTrainingArguments from the config, every field mapped explicitly."""
+    import torch
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if bf16_supported is None:
+        bf16_supported = bool(cuda and torch.cuda.is_bf16_supported())
+    eval_strategy = "steps" if has_eval else "no"
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        warmup_steps=cfg.warmup_ratio,  # transformers v5: a float < 1 is a ratio of total steps
+        lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        eval_strategy=eval_strategy,
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
+        metric_for_best_model="eval_dev_cosine_ndcg@10" if has_eval else None,
+        greater_is_better=True,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        prompts=prompts,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        report_to="none",
+        use_cpu=not cuda,
+        # CPU processes under torchrun talk over gloo; a single process needs no backend at all
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        ddp_find_unused_parameters=False,
+        **precision_flags(cfg, cuda, bf16_supported),
+    )
+
+
+def column_prompts(n_hard_negatives: int, query_prompt: str, passage_prompt: str) -> dict[str, str]:
+    """Per-column prompts: e5 was trained with ``query: `` / ``passage: `` and must be fine-tuned with them too."""
+    prompts = {"anchor": query_prompt, "positive": passage_prompt}
+    prompts.update({f"negative_{i}": passage_prompt for i in range(1, n_hard_negatives + 1)})
+    return {k: v for k, v in prompts.items() if v}
+
+
+# --------------------------------------------------------------------------------------------------- resume
+FINGERPRINT_FILE = "ragtune_fingerprint.txt"
+
+
+def prepare_checkpoint_dir(path: str | Path, fingerprint: str) -> str | None:
+    """Return the checkpoint to resume from, or None; wipe checkpoints made with different params or data.
+
+    DVC keeps this folder between runs (``persist: true``). A checkpoint is only resumed if it was written for
+    the same training fingerprint, so changing e.g. the learning rate starts fresh instead of continuing a stale
+    trajectory.
+    """
+    path = Path(path)
+    marker = path / FINGERPRINT_FILE
+    if path.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint):
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    marker.write_text(fingerprint + "\n")
+    ckpts = sorted(
+        (p for p in path.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    return str(ckpts[-1]) if ckpts else None
+
+
+# --------------------------------------------------------------------------------------------------- guards
+def training_warnings(
+    *,
+    optimizer_steps: int,
+    final_loss: float | None,
+    batch_size: int,
+    dev_before: float | None,
+    dev_after: float | None,
+    leaked_queries: int,
+    min_steps: int = 50,
+) -> list[str]:
+    """Signs that "fine-tuned" did not mean trained. Each is printed, stored in metrics and shown in the report."""
+    out = []
+    if optimizer_steps < min_steps:
+        out.append(f"only {optimizer_steps} optimizer steps (< {min_steps}): this model is barely trained")
+    chance = math.log(batch_size)
+    if final_loss is not None and final_loss >= chance:
+        out.append(
+            f"final train loss {final_loss:.3f} ≥ ln(batch size) = {chance:.3f}: no better than chance in-batch ranking"
+        )
+    if dev_before is not None and dev_after is not None and dev_after < dev_before:
+        out.append(f"dev NDCG@10 fell from {dev_before:.4f} to {dev_after:.4f} after training")
+    if leaked_queries:
+        out.append(f"{leaked_queries} training queries are also dev/test queries")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+def write_model_card(out_dir: str | Path, base_model: str, cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> None:
+    """README.md for the model folder: what it was trained from, with which params, and what it measured."""
+    before, after = metrics["dev"]["before"], metrics["dev"]["after"]
+    eff = metrics["effective"]
+    rows = "\n".join(
+        f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
+    )
+    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")
+    warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
+    text = f"""---
+library_name: sentence-transformers
+base_model: {base_model}
+language: [vi]
+tags: [sentence-transformers, feature-extraction, retrieval, ragtune]
+---
+
+# ragtune fine-tuned embedder
+
+Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
+{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}).
+
+```python
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{out_dir}")
+q = model.encode_query(["Nhân viên được nghỉ phép bao nhiêu ngày?"])
+d = model.encode_document(["Nhân viên chính thức có 12 ngày phép năm."])
+print(model.similarity(q, d))
+```
+
+## Dev split (chunk level), before → after
+
+| metric | base | fine-tuned |
+|---|---:|---:|
+{rows}
+
+The held-out **test** comparison with BM25 and the base model is in the repository's `reports/evaluation.md`.
+
+## Warnings
+
+{warn}
+
+## Training params
+
+| param | value |
+|---|---|
+{params}
+"""
+    Path(out_dir, "README.md").write_text(text, encoding="utf-8")
+
+
+def build_trainer(
+    model: Any,
+    cfg: EmbedderTrainConfig,
+    train_dataset: Any,
+    evaluator: Any,
+    output_dir: str | Path,
+    prompts: dict[str, str],
+    *,
+    guide: Any = None,
+    distributed: bool = False,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The SentenceTransformerTrainer for a config: loss, arguments, evaluator and early stopping wired up."""
+    from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
+    from transformers import EarlyStoppingCallback
+
+    callbacks = list(callbacks or [])
+    if cfg.early_stopping_patience and evaluator is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return SentenceTransformerTrainer(
+        model=model,
+        args=build_args(cfg, output_dir, prompts, has_eval=evaluator is not None),
+        train_dataset=train_dataset,
+        loss=build_loss(model, cfg, guide=guide, distributed=distributed),
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )

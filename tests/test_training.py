@@ -1,0 +1,198 @@
+"""train_embedder: every param reaches the trainer, unknown params are refused, and a tiny model really trains."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ragtune.training import (
+    EmbedderTrainConfig,
+    TrainConfigError,
+    build_ir_evaluator,
+    build_loss,
+    build_trainer,
+    column_prompts,
+    freeze,
+    groups_to_dataset,
+    precision_flags,
+    prepare_checkpoint_dir,
+    training_warnings,
+)
+
+# Non-default value for every knob, so a knob that does not reach the trainer fails the test.
+PARAMS = {
+    "seed": 7,
+    "loss": "cached_mnrl",
+    "mini_batch_size": 3,
+    "gist_temperature": 0.05,
+    "matryoshka_dims": [32, 16],
+    "n_hard_negatives": 2,
+    "max_seq_length": 64,
+    "epochs": 3,
+    "max_steps": 11,
+    "batch_size": 4,
+    "lr": 5e-5,
+    "warmup_ratio": 0.2,
+    "scheduler": "cosine",
+    "weight_decay": 0.05,
+    "eval_steps": 3,
+    "save_steps": 6,
+    "save_total_limit": 4,
+    "early_stopping_patience": 2,
+    "load_best_model_at_end": False,
+    "gradient_accumulation_steps": 2,
+    "gradient_checkpointing": True,
+    "precision": "auto",
+    "cpu_bf16": True,
+    "freeze_embeddings": True,
+    "freeze_layers": 1,
+    "logging_steps": 2,
+    "dataloader_num_workers": 0,
+}
+
+
+def test_params_cover_every_config_field():
+    names = {f.name for f in dataclasses.fields(EmbedderTrainConfig)} - {"extra"}
+    assert names == set(PARAMS), "a new train_embedder param needs a row in PARAMS and an assertion below"
+
+
+def test_unknown_or_invalid_params_are_refused():
+    with pytest.raises(TrainConfigError, match="learning_rate"):
+        EmbedderTrainConfig.from_params({"learning_rate": 1e-4})  # the classic: a key nobody reads
+    with pytest.raises(TrainConfigError, match="loss"):
+        EmbedderTrainConfig.from_params({"loss": "cosine_similarity"})
+    with pytest.raises(TrainConfigError, match="batch_size"):
+        EmbedderTrainConfig.from_params({"batch_size": 1})
+
+
+def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.sampler import BatchSamplers
+    from transformers import EarlyStoppingCallback
+
+    cfg = EmbedderTrainConfig.from_params(PARAMS)
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    model.max_seq_length = cfg.max_seq_length
+    counts = freeze(model, cfg)
+    hf = model[0].auto_model
+    assert not hf.embeddings.word_embeddings.weight.requires_grad
+    assert not any(p.requires_grad for p in hf.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in hf.encoder.layer[1].parameters())
+    assert counts["frozen_params"] > 0
+
+    groups = [{"query": f"câu hỏi {i}", "pos": [f"đoạn văn {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(12)]
+    ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives)
+    assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and dropped == 0
+    prompts = column_prompts(cfg.n_hard_negatives, "query: ", "passage: ")
+    chunks = [{"chunk_id": f"c{i}", "text": f"đoạn văn {i}"} for i in range(12)]
+    dev = [{"query_id": "d1", "query": "câu hỏi 1", "positive_chunk_ids": ["c1"]}]
+    evaluator = build_ir_evaluator(dev, chunks, "query: ", "passage: ")
+    trainer = build_trainer(model, cfg, ds, evaluator=evaluator, output_dir=tmp_path, prompts=prompts)
+    a = trainer.args
+    assert (a.seed, a.data_seed) == (7, 7)
+    assert a.learning_rate == 5e-5
+    assert a.warmup_steps == 0.2  # transformers v5: float < 1 = ratio
+    assert getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type) == "cosine"
+    assert a.weight_decay == 0.05
+    assert a.num_train_epochs == 3 and a.max_steps == 11
+    assert a.per_device_train_batch_size == 4
+    assert a.eval_steps == 3 and a.save_steps == 6 and a.save_total_limit == 4
+    assert a.load_best_model_at_end is False
+    assert a.metric_for_best_model == "eval_dev_cosine_ndcg@10"
+    assert a.gradient_accumulation_steps == 2 and a.activation_checkpointing is True
+    assert a.bf16 is True and a.fp16 is False  # cpu_bf16 on a CPU machine
+    assert a.logging_steps == 2 and a.dataloader_num_workers == 0
+    assert a.batch_sampler == BatchSamplers.NO_DUPLICATES
+    assert a.prompts == {
+        "anchor": "query: ",
+        "positive": "passage: ",
+        "negative_1": "passage: ",
+        "negative_2": "passage: ",
+    }
+    assert any(
+        isinstance(cb, EarlyStoppingCallback) and cb.early_stopping_patience == 2
+        for cb in trainer.callback_handler.callbacks
+    )
+    loss = trainer.loss
+    assert type(loss).__name__ == "MatryoshkaLoss" and list(loss.matryoshka_dims) == [32, 16]
+    assert type(loss.loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.loss.mini_batch_size == 3
+    assert model.max_seq_length == 64
+
+    gist_cfg = dataclasses.replace(cfg, loss="gist", matryoshka_dims=())
+    gist = build_loss(model, gist_cfg, guide=model)
+    assert type(gist).__name__ == "GISTEmbedLoss" and gist.temperature == 0.05
+    with pytest.raises(TrainConfigError, match="guide"):
+        build_loss(model, gist_cfg)
+
+
+def test_precision_defaults():
+    cfg = EmbedderTrainConfig()
+    assert precision_flags(cfg, cuda=True, bf16_supported=True) == {"fp16": False, "bf16": True}
+    assert precision_flags(cfg, cuda=True, bf16_supported=False) == {"fp16": True, "bf16": False}
+    assert precision_flags(cfg, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": False}
+    with pytest.raises(TrainConfigError):
+        precision_flags(dataclasses.replace(cfg, precision="fp16"), cuda=False, bf16_supported=False)
+
+
+def test_groups_short_of_negatives_are_dropped_not_padded():
+    groups = [{"query": "a", "pos": ["p"], "neg": ["n1"]}, {"query": "b", "pos": ["p2"], "neg": ["n1", "n2"]}]
+    ds, dropped = groups_to_dataset(groups, 2)
+    assert len(ds) == 1 and dropped == 1
+
+
+def test_checkpoints_are_wiped_when_the_fingerprint_changes(tmp_path):
+    ck = tmp_path / "ckpt"
+    assert prepare_checkpoint_dir(ck, "aaa") is None
+    (ck / "checkpoint-5").mkdir()
+    (ck / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    (ck / "checkpoint-10").mkdir()  # incomplete (killed while saving): ignored
+    assert prepare_checkpoint_dir(ck, "aaa").endswith("checkpoint-5")
+    assert prepare_checkpoint_dir(ck, "bbb") is None and not (ck / "checkpoint-5").exists()
+    a = EmbedderTrainConfig(lr=1e-5).fingerprint("data")
+    assert a != EmbedderTrainConfig(lr=2e-5).fingerprint("data") and a != EmbedderTrainConfig(lr=1e-5).fingerprint(
+        "other"
+    )
+    assert a == EmbedderTrainConfig(lr=1e-5, logging_steps=1).fingerprint("data")  # logging does not change training
+
+
+def test_guards_fire():
+    w = training_warnings(
+        optimizer_steps=5, final_loss=3.0, batch_size=16, dev_before=0.5, dev_after=0.4, leaked_queries=2
+    )
+    assert len(w) == 4
+    assert (
+        training_warnings(
+            optimizer_steps=200, final_loss=0.3, batch_size=16, dev_before=0.5, dev_after=0.6, leaked_queries=0
+        )
+        == []
+    )
+
+
+def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    cfg = EmbedderTrainConfig.from_params(
+        {
+            "max_steps": 30,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "n_hard_negatives": 0,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "warmup_ratio": 0.0,
+        }
+    )
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]
+    groups = [
+        {"query": f"hỏi về {t} lần {i}", "pos": [f"tài liệu {t} quy định {i}"], "neg": []}
+        for t in topics
+        for i in range(4)
+    ]
+    ds, _ = groups_to_dataset(groups, 0)
+    trainer = build_trainer(model, cfg, ds, None, tmp_path, column_prompts(0, "query: ", "passage: "))
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
