@@ -89,7 +89,7 @@ def test_deterministic_ids(tiny_embedder_path):
 
 def test_size_must_fit_model():
     check_fits_model(256, 512, 3)
-    with pytest.raises(ValueError, match="chunk.max_tokens"):
+    with pytest.raises(ValueError, match=r"chunk\.max_tokens"):
         check_fits_model(510, 512, 3)
     with pytest.raises(ValueError, match="overlap"):
         Chunker(word_count, word_split, max_tokens=64, overlap_tokens=40)
