@@ -442,3 +442,17 @@ def test_alqac_format_needs_only_params(tmp_path: Path) -> None:
     assert second["title"] == f"{law}@2"  # no blank line after the first line: fall back to the id
     assert result.queries[0]["positive_doc_ids"] == [f"{law}@1"]
     assert result.queries[0]["metadata"] == {"answer": "Đúng", "question_type": "Đúng/Sai"}
+
+
+def test_title_format_builds_titles_from_metadata(tmp_path: Path) -> None:
+    jsonl(
+        tmp_path / "c.jsonl",
+        [{"id": "L@1", "text": "Phạm vi điều chỉnh\n\nLuật này quy định về cư trú của công dân.", "law_id": "Luật Cư trú",
+          "article_id": "1"}],
+    )  # fmt: skip
+    section = {"documents": [{"path": "c.jsonl", "title_format": "{law_id}, Điều {article_id}: {title}"}]}
+    (doc,) = ingest(load_config(section, repo=tmp_path)).documents
+    assert doc["title"] == "Luật Cư trú, Điều 1: Phạm vi điều chỉnh"
+    bad = {"documents": [{"path": "c.jsonl", "title_format": "{law}: {title}"}]}
+    with pytest.raises(IngestError, match="law"):
+        ingest(load_config(bad, repo=tmp_path))

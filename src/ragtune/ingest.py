@@ -40,7 +40,7 @@ FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm")
 TABLE_FORMATS = ("csv", "xlsx", "jsonl")
 DOC_DEFAULT_COLUMNS = {"id": "id", "title": "title", "text": "text"}
 QUERY_DEFAULT_COLUMNS = {"id": "id", "query": "query", "positives": "positives"}
-_SOURCE_KEYS = {"path", "columns", "metadata", "sheet"}
+_SOURCE_KEYS = {"path", "columns", "metadata", "sheet", "title_format"}
 _FIRST_LINE_TITLE_MAX = 120
 
 
@@ -70,6 +70,9 @@ class SourceConfig:
     columns: dict[str, str] = field(default_factory=dict)
     metadata: Path | None = None
     sheet: str | None = None
+    # e.g. "{law_id}, Điều {article_id}: {title}" — builds titles from metadata fields when the corpus has no
+    # informative title (ALQAC articles are all titled like "Phạm vi điều chỉnh", which says nothing of the law)
+    title_format: str | None = None
 
     @property
     def is_folder(self) -> bool:
@@ -123,7 +126,20 @@ def _source(raw: Any, key: str, root: Path, *, queries: bool) -> SourceConfig:
                 f"params.yaml: `{key}.metadata` = {raw['metadata']!r}: no such file (resolved to {metadata}). "
                 "Fix the path (relative to `ingest.root`) or remove the key (the sidecar is optional)."
             )
-    return SourceConfig(path=path, key=key, columns=dict(columns), metadata=metadata, sheet=raw.get("sheet"))
+    title_format = raw.get("title_format")
+    if title_format is not None and (not isinstance(title_format, str) or "{" not in title_format):
+        raise IngestError(
+            f"params.yaml: `{key}.title_format` must be a string with {{field}} placeholders, "
+            f"e.g. '{{law_id}}: {{title}}' (got {title_format!r})."
+        )
+    return SourceConfig(
+        path=path,
+        key=key,
+        columns=dict(columns),
+        metadata=metadata,
+        sheet=raw.get("sheet"),
+        title_format=title_format,
+    )
 
 
 def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig:
@@ -665,7 +681,7 @@ class _Run:
 
     def add_document(
         self, *, doc_id: str | None, title: str | None, text: str | None, source: str, metadata: dict[str, Any],
-        origin: str, fmt: str, raw: Any,
+        origin: str, fmt: str, raw: Any, title_format: str | None = None,
     ) -> None:  # fmt: skip
         """Normalize, validate and keep (or quarantine) one document candidate."""
         self.doc_read += 1
@@ -674,6 +690,16 @@ class _Run:
         if norm_title is None:
             norm_title = first_line_title(norm_text) or doc_id or ""
         meta = self._metadata(metadata)
+        if title_format:
+            fields = {**{k: v for k, v in meta.items() if not isinstance(v, (list, dict))}, "title": norm_title}
+            fields["id"] = doc_id
+            try:
+                norm_title = normalize_text(title_format.format_map(fields), self.config.tone_style)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise IngestError(
+                    f"{source}: title_format {title_format!r} needs field {exc}; available: {sorted(fields)}. "
+                    "Fix `title_format` in params.yaml."
+                ) from exc
         record = {"doc_id": doc_id, "title": norm_title, "text": norm_text, "source": source, "metadata": meta}
         if not norm_text:
             self.reject("document", source, "empty_text", raw if raw is not None else record)
@@ -772,7 +798,15 @@ def _ingest_file(run: _Run, source: SourceConfig, path: Path, sidecar: dict[str,
         title = first_line_title(extracted.text)
     title = str(title) if title else path.stem
     run.add_document(
-        doc_id=doc_id, title=title, text=extracted.text, source=src, metadata=meta, origin=origin, fmt=fmt, raw=None
+        doc_id=doc_id,
+        title=title,
+        text=extracted.text,
+        source=src,
+        metadata=meta,
+        origin=origin,
+        fmt=fmt,
+        raw=None,
+        title_format=source.title_format,
     )
 
 
@@ -818,6 +852,7 @@ def _ingest_table(run: _Run, source: SourceConfig) -> None:
             origin=src,
             fmt=fmt,
             raw=rec,
+            title_format=source.title_format,
         )
 
 
