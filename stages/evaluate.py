@@ -4,9 +4,12 @@ from pathlib import Path
 
 from ragtune.console import stage, warn
 from ragtune.evaluation import per_query_records, recall_curve, render_report, score_systems, write_curve_csv
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
 from ragtune.retrieval import DenseIndex, build_bm25, load_dense, rrf
+
+FT_MODEL = "models/embedder"
+TRAIN_METRICS = "metrics/train_embedder.json"
 
 
 def main() -> None:
@@ -31,6 +34,9 @@ def main() -> None:
         base = load_dense(model_p)
         chunk_vecs = base.encode_passages([c["text"] for c in chunks])
         base_index = DenseIndex([c["chunk_id"] for c in chunks], chunk_vecs)
+        tuned = load_dense(model_p, name=FT_MODEL) if Path(FT_MODEL).exists() else None
+        if tuned is not None:
+            ft_index = DenseIndex([c["chunk_id"] for c in chunks], tuned.encode_passages([c["text"] for c in chunks]))
 
         results, records, curves = {}, [], []
         for split, queries in splits.items():
@@ -39,6 +45,9 @@ def main() -> None:
             systems = {"bm25": bm25.search(qtext, depth)}
             systems["base_dense"] = base_index.search_vectors(qids, base.encode_queries(list(qtext.values())), depth)
             systems["hybrid"] = rrf([systems["bm25"], systems["base_dense"]], k=int(e["rrf_k"]), depth=depth)
+            if tuned is not None:
+                systems["ft_dense"] = ft_index.search_vectors(qids, tuned.encode_queries(list(qtext.values())), depth)
+                systems["ft_hybrid"] = rrf([systems["bm25"], systems["ft_dense"]], k=int(e["rrf_k"]), depth=depth)
             scored = score_systems(systems, queries, chunk_to_doc, ks)
             results[split] = {"n_queries": len(queries), "doc": scored["doc"], "chunk": scored["chunk"]}
             if split == "test":
@@ -47,6 +56,12 @@ def main() -> None:
                 curves = recall_curve(scored["doc_rankings"], queries, plot_ks)
 
         warnings = []
+        if Path(TRAIN_METRICS).exists():
+            warnings += [f"train_embedder: {w}" for w in read_json(TRAIN_METRICS).get("warnings", [])]
+        if tuned is not None:
+            gain = results["test"]["doc"]["ft_dense"]["ndcg@10"] - results["test"]["doc"]["base_dense"]["ndcg@10"]
+            if gain <= 0:
+                warnings.append(f"the fine-tuned embedder does not beat its base model on test ndcg@10 ({gain:+.4f})")
         if results["test"]["n_queries"] < 30:
             warnings.append(
                 f"only {results['test']['n_queries']} test queries: differences under ~5 points are noise "

@@ -298,7 +298,7 @@ def column_prompts(n_hard_negatives: int, query_prompt: str, passage_prompt: str
 FINGERPRINT_FILE = "ragtune_fingerprint.txt"
 
 
-def prepare_checkpoint_dir(path: str | Path, fingerprint: str) -> str | None:
+def prepare_checkpoint_dir(path: str | Path, fingerprint: str, *, owner: bool = True) -> str | None:
     """Return the checkpoint to resume from, or None; wipe checkpoints made with different params or data.
 
     DVC keeps this folder between runs (``persist: true``). A checkpoint is only resumed if it was written for
@@ -307,10 +307,19 @@ def prepare_checkpoint_dir(path: str | Path, fingerprint: str) -> str | None:
     """
     path = Path(path)
     marker = path / FINGERPRINT_FILE
-    if path.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint):
+    stale = path.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
+    if not owner:  # other DDP ranks only read; rank 0 owns the folder
+        return None if stale else _last_checkpoint(path)
+    if stale:
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     marker.write_text(fingerprint + "\n")
+    return _last_checkpoint(path)
+
+
+def _last_checkpoint(path: Path) -> str | None:
+    if not path.exists():
+        return None
     ckpts = sorted(
         (p for p in path.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -423,3 +432,66 @@ def build_trainer(
         evaluator=evaluator,
         callbacks=callbacks,
     )
+
+
+def run_metrics(
+    trainer: Any,
+    cfg: EmbedderTrainConfig,
+    *,
+    world: int,
+    counts: dict[str, int],
+    groups: int,
+    dropped: int,
+    seconds: float,
+    samples_per_second: float,
+    resumed_from: str | None,
+    dev_before: dict[str, float],
+    dev_after: dict[str, float],
+    leaked_queries: int,
+) -> dict[str, Any]:
+    """metrics/train_embedder.json: the values the trainer *actually* used, read back from the trainer."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    final_loss = losses[-1] if losses else None
+    steps = trainer.state.global_step
+    key = "dev_cosine_ndcg@10"
+    warnings = training_warnings(
+        optimizer_steps=steps,
+        final_loss=final_loss,
+        batch_size=cfg.batch_size * world,
+        dev_before=dev_before.get(key),
+        dev_after=dev_after.get(key),
+        leaked_queries=leaked_queries,
+    )
+
+    def dev(scores: dict[str, float]) -> dict[str, float]:
+        return {k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in scores.items() if "cosine" in k}
+
+    return {
+        "effective": {
+            "learning_rate": float(trainer.lr_scheduler.base_lrs[0]) if trainer.lr_scheduler else cfg.lr,
+            "optimizer_steps": steps,
+            "epochs": round(float(trainer.state.epoch or 0), 3),
+            "per_device_batch_size": trainer.args.per_device_train_batch_size,
+            "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * world,
+            "in_batch_negatives_per_query": cfg.batch_size * world - 1,
+            "hard_negatives_per_query": cfg.n_hard_negatives,
+            "warmup_steps": trainer.args.get_warmup_steps(steps) if steps else 0,
+            "scheduler": str(getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type)),
+            "loss": type(trainer.loss).__name__,
+            "bf16": bool(trainer.args.bf16),
+            "fp16": bool(trainer.args.fp16),
+            "world_size": world,
+            **counts,
+        },
+        "train": {
+            "groups": groups,
+            "groups_dropped_short_of_negatives": dropped,
+            "final_loss": round(final_loss, 4) if final_loss is not None else None,
+            "chance_loss": round(math.log(cfg.batch_size * world), 4),
+            "seconds": round(seconds, 1),
+            "samples_per_second": round(samples_per_second, 2),
+            "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0,
+        },
+        "dev": {"before": dev(dev_before), "after": dev(dev_after)},
+        "warnings": warnings,
+    }
