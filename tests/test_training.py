@@ -24,6 +24,7 @@ from ragtune.training import (
 PARAMS = {
     "seed": 7,
     "loss": "cached_mnrl",
+    "scale": 50.0,
     "mini_batch_size": 3,
     "gist_temperature": 0.05,
     "matryoshka_dims": [32, 16],
@@ -117,6 +118,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     loss = trainer.loss
     assert type(loss).__name__ == "MatryoshkaLoss" and list(loss.matryoshka_dims) == [32, 16]
     assert type(loss.loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.loss.mini_batch_size == 3
+    assert loss.loss.scale == 50.0
     assert model.max_seq_length == 64
 
     gist_cfg = dataclasses.replace(cfg, loss="gist", matryoshka_dims=())

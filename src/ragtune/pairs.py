@@ -104,6 +104,7 @@ def synthetic_pairs(
     max_pairs: int,
     seed: int,
     ict_keep_sentence: float = 0.1,
+    min_anchor_words: int = 3,
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Self-supervised (query, positive) pairs for corpora with few or no labels.
 
@@ -113,27 +114,50 @@ def synthetic_pairs(
       from the positive (kept with probability ``ict_keep_sentence``), so the model learns context, not copy.
 
     Anchors that are shared by several documents (e.g. "Phạm vi điều chỉnh" heads article 1 of every law) are
-    ambiguous: they would put true positives among in-batch negatives, so they are dropped and counted.
+    ambiguous: they would put true positives among in-batch negatives, so they are dropped and counted. So are
+    anchors shorter than ``min_anchor_words`` words ("Mục đích" says nothing about which document it heads).
     """
     rng = random.Random(seed)
     counts: Counter = Counter()
     by_doc: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for c in chunks:
         by_doc[c["doc_id"]].append(c)
+    # Ambiguity is judged over the whole corpus, before sampling: "Mục đích" heads a section in many documents,
+    # so it must never become an anchor even if only one of those documents is sampled.
+    docs_per_text: dict[str, set[str]] = defaultdict(set)
+    for doc in documents:
+        docs_per_text[query_key(doc.get("title") or "")].add(doc["doc_id"])
+        for c in by_doc.get(doc["doc_id"], []):
+            if c["section"]:
+                docs_per_text[query_key(c["section"])].add(doc["doc_id"])
+
+    def usable(anchor: str) -> bool:
+        key = query_key(anchor)
+        if len(key.split()) < min_anchor_words:
+            counts["dropped_short_anchor"] += 1
+            return False
+        if len(docs_per_text.get(key, ())) > 1:
+            counts["dropped_ambiguous_anchor"] += 1
+            return False
+        return True
+
     candidates: list[dict[str, Any]] = []
     for doc in documents:
         doc_chunks = by_doc.get(doc["doc_id"], [])
         if not doc_chunks:
             continue
-        if per_doc.get("title", 0) > 0 and doc.get("title") and doc["title"] != doc["doc_id"]:
-            candidates.append(_pair(doc, doc_chunks[0], doc["title"], "title"))
+        title = doc.get("title") or ""
+        if per_doc.get("title", 0) > 0 and title and title != doc["doc_id"] and usable(title):
+            candidates.append(_pair(doc, doc_chunks[0], title, "title"))
         n_head = per_doc.get("heading", 0)
         if n_head > 0:
             heads, seen_sections = [], set()
             for c in doc_chunks:
-                if c["section"] and c["section"] not in seen_sections and c["section"] != doc.get("title"):
-                    seen_sections.add(c["section"])
-                    heads.append(_pair(doc, c, c["section"], "heading"))
+                sec = c["section"]
+                if sec and sec not in seen_sections and sec != title:
+                    seen_sections.add(sec)
+                    if usable(sec):
+                        heads.append(_pair(doc, c, sec, "heading"))
             # at most n_head heading pairs per document, chosen reproducibly
             candidates.extend(heads if len(heads) <= n_head else rng.sample(heads, n_head))
         for _ in range(per_doc.get("ict", 0)):

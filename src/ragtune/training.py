@@ -33,6 +33,7 @@ class EmbedderTrainConfig:
 
     seed: int = 42
     loss: str = "mnrl"
+    scale: float = 20.0  # MNRL logit scale = 1 / temperature; e5 was trained with temperature 0.01 (scale 100)
     mini_batch_size: int = 16  # cached_mnrl: forward chunk size; memory, not the effective batch
     gist_temperature: float = 0.01
     matryoshka_dims: tuple[int, ...] = ()
@@ -96,6 +97,8 @@ class EmbedderTrainConfig:
             raise TrainConfigError("train_embedder.batch_size must be ≥ 2: MNRL needs in-batch negatives")
         if self.n_hard_negatives < 0:
             raise TrainConfigError("train_embedder.n_hard_negatives must be ≥ 0")
+        if self.scale <= 0:
+            raise TrainConfigError("train_embedder.scale must be > 0 (it is 1 / temperature)")
         if self.lr <= 0 or self.lr > 1e-2:
             raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
 
@@ -191,6 +194,19 @@ def freeze(model: Any, cfg: EmbedderTrainConfig) -> dict[str, int]:
     return {"trainable_params": trainable, "frozen_params": total - trainable}
 
 
+def fp32_cos_sim(a: Any, b: Any) -> Any:
+    """Cosine similarity computed in fp32 even under bf16 autocast.
+
+    Embeddings may be computed in bf16 (the expensive part), but bf16 keeps 8 mantissa bits: at a logit scale of
+    100, similarities 0.004 apart (typical gaps between e5's positives and hard negatives) would round together.
+    """
+    import torch
+    from sentence_transformers.util import cos_sim
+
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return cos_sim(a.float(), b.float())
+
+
 def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distributed: bool = False) -> Any:
     """The configured loss. All are MNRL-family: (anchor, positive, negatives…) with in-batch negatives.
 
@@ -200,10 +216,16 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
     from sentence_transformers.sentence_transformer import losses
 
     if cfg.loss == "mnrl":
-        loss = losses.MultipleNegativesRankingLoss(model, gather_across_devices=distributed)
+        loss = losses.MultipleNegativesRankingLoss(
+            model, scale=cfg.scale, similarity_fct=fp32_cos_sim, gather_across_devices=distributed
+        )
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
-            model, mini_batch_size=cfg.mini_batch_size, gather_across_devices=distributed
+            model,
+            scale=cfg.scale,
+            similarity_fct=fp32_cos_sim,
+            mini_batch_size=cfg.mini_batch_size,
+            gather_across_devices=distributed,
         )
     else:
         if guide is None:
