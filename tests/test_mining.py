@@ -46,11 +46,11 @@ def test_groups_never_use_positive_document_chunks_as_negatives(tiny_embedder_pa
     assert g["pos"] == [chunk_text["leave#1"]]
     assert not any(n.startswith("leave#") for n in g["neg_ids"])
     assert len(set(g["neg_ids"])) == len(g["neg_ids"])
-    assert g["neg_sources"][0] == "bm25"
+    assert g["neg_sources"] == ["dense", "bm25", "random"]  # dense first: trainers taking n use those first
     # FlagEmbedding shape
     assert set(g) >= {"query", "pos", "neg"} and len(g["neg"]) == len(g["neg_ids"])
-    # the lexical near-miss (training registration) is the BM25 hard negative
-    assert g["neg_ids"][0] == "train#0"
+    # the lexical near-miss (training registration) is a hard negative
+    assert "train#0" in g["neg_ids"][:2]
 
 
 def test_bm25_margin_guard_drops_candidates_as_strong_as_the_positive():

@@ -114,7 +114,11 @@ def build_groups(
     bm25_max_ratio: float,
     seed: int,
 ) -> tuple[list[dict[str, Any]], Counter]:
-    """Assemble groups from the three sources, applying the same-document guard to all of them."""
+    """Assemble groups from the three sources, applying the same-document guard to all of them.
+
+    Negatives are ordered dense, then BM25, then random: a trainer that takes only the first n uses the
+    margin-filtered dense negatives first (lexical top hits are likelier to be unlabeled positives).
+    """
     rng = random.Random(seed)
     ids = [c["chunk_id"] for c in chunks]
     texts = [c["text"] for c in chunks]
@@ -138,6 +142,20 @@ def build_groups(
         chosen: list[int] = []
         sources: list[str] = []
 
+        if n_dense:
+            taken = 0
+            for text, _score in dense_candidates.get(p["query_id"], []):
+                i = text_to_idx.get(text)
+                if i is None or i in excluded or i in chosen:
+                    if i is not None and i in excluded:
+                        stats["dense_dropped_same_document"] += 1
+                    continue
+                chosen.append(i)
+                sources.append("dense")
+                taken += 1
+                if taken >= n_dense:
+                    break
+
         if n_bm25 and bm25 is not None:
             scores = bm25.scores(p["query"])
             pos_idx = [id_to_idx[c] for c in p["positive_chunk_ids"] if c in id_to_idx]
@@ -159,20 +177,6 @@ def build_groups(
                 chosen.append(i)
                 sources.append("bm25")
                 taken += 1
-
-        if n_dense:
-            taken = 0
-            for text, _score in dense_candidates.get(p["query_id"], []):
-                i = text_to_idx.get(text)
-                if i is None or i in excluded or i in chosen:
-                    if i is not None and i in excluded:
-                        stats["dense_dropped_same_document"] += 1
-                    continue
-                chosen.append(i)
-                sources.append("dense")
-                taken += 1
-                if taken >= n_dense:
-                    break
 
         if n_random:
             # rejection sampling: O(n_random) per pair, so million-chunk corpora stay cheap
