@@ -6,7 +6,15 @@ import numpy as np
 
 from ragtune.console import stage
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
-from ragtune.pairs import SPLITS, align_positive_chunks, query_key, split_queries, synthetic_pairs, validate
+from ragtune.pairs import (
+    SPLITS,
+    align_positive_chunks,
+    query_key,
+    split_queries,
+    synthetic_pairs,
+    use_synthetic,
+    validate,
+)
 from ragtune.params import load_params, section
 from ragtune.retrieval import build_bm25, load_dense
 
@@ -66,7 +74,7 @@ def main() -> None:
 
         syn_p = p["synthetic"]
         synthetic, syn_counts = [], {}
-        if syn_p.get("enabled", True):
+        if use_synthetic(syn_p["enabled"], len(out_splits["train"]), int(syn_p["min_labeled_train"])):
             synthetic, syn_counts = synthetic_pairs(
                 docs,
                 chunks,

@@ -113,3 +113,12 @@ def test_validate_reports_and_refuses_leakage():
     leaky = {"train": [q], "dev": [], "test": [dict(q, query_id="t1", query="Được nghỉ mấy ngày?")]}
     with pytest.raises(AssertionError, match="held-out"):
         validate(leaky, [], chunks, docs)
+
+
+def test_synthetic_pairs_auto_only_when_labels_are_scarce():
+    from ragtune.pairs import use_synthetic
+
+    assert use_synthetic("auto", 40, 100) and not use_synthetic("auto", 184, 100)
+    assert use_synthetic(True, 1000, 100) and not use_synthetic(False, 0, 100)
+    with pytest.raises(ValueError, match="auto"):
+        use_synthetic("sometimes", 0, 100)
