@@ -38,6 +38,7 @@ def test_sigkill_then_resume_then_fresh_on_param_change(tiny_repo):
     params["train_embedder"]["load_best_model_at_end"] = False
     write_params(work, params)
     run("repro", "negatives")
+    (work / "metrics/train_embedder.json").unlink(missing_ok=True)  # the copy carries the committed one
 
     proc = subprocess.Popen(
         [sys.executable, "stages/train_embedder.py"], cwd=work, env=_env(work), stdout=subprocess.DEVNULL,

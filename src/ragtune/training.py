@@ -177,6 +177,11 @@ def freeze(model: Any, cfg: EmbedderTrainConfig) -> dict[str, int]:
     unseen in a small corpus) from drifting, and cuts optimizer memory by ~80%.
     """
     hf = model[0].auto_model
+    # sentence-transformers pools token embeddings and never uses BERT's pooler head; left trainable it gets no
+    # gradient, which DDP reports as an error ("parameters that were not used in producing loss").
+    if getattr(hf, "pooler", None) is not None:
+        for p in hf.pooler.parameters():
+            p.requires_grad = False
     if cfg.freeze_embeddings:
         for p in hf.embeddings.word_embeddings.parameters():
             p.requires_grad = False
