@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+from ragtune import training
 from ragtune.console import console, stage, warn
 from ragtune.jsonl import read_jsonl, write_json
 from ragtune.models import load_embedder, model_fingerprint, resolve_model
@@ -18,6 +19,7 @@ from ragtune.training import (
     EmbedderTrainConfig,
     build_ir_evaluator,
     build_trainer,
+    clear_checkpoints,
     column_prompts,
     freeze,
     groups_to_dataset,
@@ -70,6 +72,8 @@ def main() -> None:
             model_fingerprint(base_path),
             digest("data/negatives/train_groups.jsonl"),
             digest("data/pairs/dev.jsonl"),
+            digest(__file__),
+            digest(training.__file__),  # a code change must not resume a checkpoint made by other code
             f"world={world}",
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint, owner=rank0)
@@ -115,6 +119,7 @@ def main() -> None:
         for w in metrics["warnings"]:
             warn(w)
         model.save(OUT_DIR, safe_serialization=True)
+        clear_checkpoints(CKPT_DIR)
         write_model_card(OUT_DIR, model_p["embedder"], cfg, metrics)
         write_json("metrics/train_embedder.json", metrics)
         before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")

@@ -344,6 +344,13 @@ def prepare_checkpoint_dir(path: str | Path, fingerprint: str, *, owner: bool = 
     return _last_checkpoint(path)
 
 
+def clear_checkpoints(path: str | Path) -> None:
+    """Drop checkpoints after a finished run: they exist to resume an *interrupted* run, and a later forced re-run
+    of the same stage must train again rather than "resume" at the final step and change nothing."""
+    for ckpt in Path(path).glob("checkpoint-*"):
+        shutil.rmtree(ckpt, ignore_errors=True)
+
+
 def _last_checkpoint(path: Path) -> str | None:
     if not path.exists():
         return None
