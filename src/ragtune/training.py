@@ -334,7 +334,8 @@ def prepare_checkpoint_dir(path: str | Path, fingerprint: str, *, owner: bool = 
     """
     path = Path(path)
     marker = path / FINGERPRINT_FILE
-    stale = path.exists() and (not marker.exists() or marker.read_text().strip() != fingerprint)
+    has_checkpoints = path.exists() and any(path.glob("checkpoint-*"))
+    stale = has_checkpoints and (not marker.exists() or marker.read_text().strip() != fingerprint)
     if not owner:  # other DDP ranks only read; rank 0 owns the folder
         return None if stale else _last_checkpoint(path)
     if stale:
@@ -345,10 +346,19 @@ def prepare_checkpoint_dir(path: str | Path, fingerprint: str, *, owner: bool = 
 
 
 def clear_checkpoints(path: str | Path) -> None:
-    """Drop checkpoints after a finished run: they exist to resume an *interrupted* run, and a later forced re-run
-    of the same stage must train again rather than "resume" at the final step and change nothing."""
-    for ckpt in Path(path).glob("checkpoint-*"):
-        shutil.rmtree(ckpt, ignore_errors=True)
+    """Empty the checkpoint folder after a finished run.
+
+    Checkpoints exist to resume an *interrupted* run; a later forced re-run must train again rather than "resume"
+    at the final step and change nothing. Emptying the folder completely (marker and evaluator CSVs too) also
+    leaves DVC the same empty ``persist`` output after every finished run, so switching experiments does not make
+    the stage look modified.
+    """
+    path = Path(path)
+    for child in path.iterdir() if path.exists() else ():
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _last_checkpoint(path: Path) -> str | None:
