@@ -65,7 +65,9 @@ def main() -> None:
                 f"train_embedder: only {len(train_ds)} usable training groups ({dropped} had fewer than "
                 f"n_hard_negatives={cfg.n_hard_negatives} negatives); need at least batch_size={cfg.batch_size}."
             )
-        evaluator = build_ir_evaluator(dev, chunks, qp, pp, batch_size=cfg.batch_size) if dev else None
+        evaluator = (
+            build_ir_evaluator(dev, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level) if dev else None
+        )
         dev_before = evaluator(model) if evaluator and rank0 else {}
 
         fingerprint = cfg.fingerprint(

@@ -37,6 +37,7 @@ PARAMS = {
     "warmup_ratio": 0.2,
     "scheduler": "cosine",
     "weight_decay": 0.05,
+    "dev_level": "chunk",
     "eval_steps": 3,
     "save_steps": 6,
     "save_total_limit": 4,
@@ -88,7 +89,8 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     prompts = column_prompts(cfg.n_hard_negatives, "query: ", "passage: ")
     chunks = [{"chunk_id": f"c{i}", "text": f"đoạn văn {i}"} for i in range(12)]
     dev = [{"query_id": "d1", "query": "câu hỏi 1", "positive_chunk_ids": ["c1"]}]
-    evaluator = build_ir_evaluator(dev, chunks, "query: ", "passage: ")
+    evaluator = build_ir_evaluator(dev, chunks, "query: ", "passage: ", level=cfg.dev_level)
+    assert type(evaluator).__name__ == "InformationRetrievalEvaluator"  # dev_level=chunk: ST's evaluator as is
     trainer = build_trainer(model, cfg, ds, evaluator=evaluator, output_dir=tmp_path, prompts=prompts)
     a = trainer.args
     assert (a.seed, a.data_seed) == (7, 7)
@@ -126,6 +128,37 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert type(gist).__name__ == "GISTEmbedLoss" and gist.temperature == 0.05
     with pytest.raises(TrainConfigError, match="guide"):
         build_loss(model, gist_cfg)
+
+
+def test_document_level_dev_evaluator_matches_the_evaluate_stage():
+    """Dev metrics during training are computed on documents (best chunk per document), as evaluate computes them."""
+    from ragtune.metrics import evaluate_ranking
+    from ragtune.retrieval import to_doc_ranking
+
+    chunks = [{"chunk_id": f"{d}#{i}", "doc_id": d, "text": f"{d} đoạn {i}"} for d in "ABCD" for i in range(3)]
+    dev = [
+        {"query_id": "q1", "query": "x", "positive_doc_ids": ["C"], "positive_chunk_ids": ["C#2"]},
+        {"query_id": "q2", "query": "y", "positive_doc_ids": ["A", "D"], "positive_chunk_ids": ["A#0"]},
+    ]
+    ev = build_ir_evaluator(dev, chunks, "", "", level="doc", candidate_k=50)
+    assert max(ev.precision_recall_at_k) == 50  # enough chunks retrieved for ten distinct documents
+    # Chunk hits as ST produces them (unsorted). q1: A#0 .9, A#1 .8, C#1 .7 → documents A, C: C is rank 2.
+    hits = [
+        [{"corpus_id": "C#1", "score": 0.7}, {"corpus_id": "A#0", "score": 0.9}, {"corpus_id": "A#1", "score": 0.8}],
+        [{"corpus_id": "B#0", "score": 0.9}, {"corpus_id": "B#1", "score": 0.85}, {"corpus_id": "D#2", "score": 0.5}],
+    ]
+    got = ev.compute_metrics(hits)
+    chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
+    ranking = {
+        qid: [(h["corpus_id"], h["score"]) for h in sorted(q, key=lambda h: -h["score"])]
+        for qid, q in zip(["q1", "q2"], hits, strict=True)
+    }
+    want, _ = evaluate_ranking(to_doc_ranking(ranking, chunk_to_doc), {"q1": {"C"}, "q2": {"A", "D"}}, [10])
+    assert got["mrr@k"][10] == pytest.approx(want["mrr@10"], abs=1e-4) == pytest.approx((1 / 2 + 1 / 2) / 2)
+    assert got["ndcg@k"][10] == pytest.approx(want["ndcg@10"], abs=1e-4)  # ours are rounded to 4 places
+    assert got["accuracy@k"][1] == 0.0
+    with pytest.raises(TrainConfigError, match="dev_level"):
+        build_ir_evaluator(dev, chunks, "", "", level="paragraph")
 
 
 def test_precision_defaults():

@@ -46,6 +46,7 @@ class EmbedderTrainConfig:
     warmup_ratio: float = 0.1
     scheduler: str = "linear"
     weight_decay: float = 0.01
+    dev_level: str = "doc"  # dev evaluator relevance: doc (labeled documents, MaxP) | chunk (aligned chunks)
     eval_steps: int = 25
     save_steps: int = 25
     save_total_limit: int = 2
@@ -138,6 +139,35 @@ def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tu
     return Dataset.from_dict(cols), dropped
 
 
+def _document_ir_evaluator_class() -> type:
+    """Subclass of InformationRetrievalEvaluator that scores documents, not chunks (built lazily: ST import is slow)."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    class DocumentIREvaluator(InformationRetrievalEvaluator):
+        """Retrieves chunks, then ranks each document by its best chunk (MaxP) before computing ST's metrics.
+
+        Why: the labels name documents. Chunk-level dev relevance needs one "aligned" positive chunk per query,
+        chosen by BM25 + base-dense scores, so it favours the base model and can pick the wrong checkpoint.
+        Document level is what the evaluate stage reports, so the checkpoint kept is the one evaluate would
+        prefer. All metric code is sentence-transformers' own; only the chunk → document collapse is added.
+        """
+
+        def __init__(self, *args: Any, chunk_to_doc: dict[str, str], **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.chunk_to_doc = chunk_to_doc
+
+        def compute_metrics(self, queries_result_list: list[object]) -> dict[str, Any]:
+            collapsed = []
+            for hits in queries_result_list:
+                best: dict[str, float] = {}
+                for hit in sorted(hits, key=lambda h: (-h["score"], h["corpus_id"])):
+                    best.setdefault(self.chunk_to_doc[hit["corpus_id"]], hit["score"])
+                collapsed.append([{"corpus_id": d, "score": sc} for d, sc in best.items()])
+            return super().compute_metrics(collapsed)
+
+    return DocumentIREvaluator
+
+
 def build_ir_evaluator(
     dev: list[dict[str, Any]],
     chunks: list[dict[str, Any]],
@@ -145,17 +175,25 @@ def build_ir_evaluator(
     passage_prompt: str,
     name: str = "dev",
     batch_size: int = 32,
+    level: str = "doc",
+    candidate_k: int = 100,
 ) -> Any:
-    """InformationRetrievalEvaluator over all chunks, with each dev query's aligned positive chunks as relevant."""
+    """The dev InformationRetrievalEvaluator over all chunks, at document level (default) or chunk level.
+
+    ``level="doc"``: a query's labeled documents are relevant, and each document scores as its best chunk among
+    the top ``candidate_k`` chunks (as in the evaluate stage). ``level="chunk"``: the aligned positive chunks are
+    relevant. Metrics keep ST's names (``dev_cosine_ndcg@10``), so ``metric_for_best_model`` is the same for both.
+    """
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
-    queries = {q["query_id"]: q["query"] for q in dev if q["positive_chunk_ids"]}
-    relevant = {q["query_id"]: set(q["positive_chunk_ids"]) for q in dev if q["positive_chunk_ids"]}
-    corpus = {c["chunk_id"]: c["text"] for c in chunks}
-    return InformationRetrievalEvaluator(
-        queries=queries,
-        corpus=corpus,
-        relevant_docs=relevant,
+    if level not in ("doc", "chunk"):
+        raise TrainConfigError(f"train_embedder.dev_level={level!r}: use doc or chunk")
+    key = "positive_doc_ids" if level == "doc" else "positive_chunk_ids"
+    labeled = [q for q in dev if q.get(key)]
+    kwargs: dict[str, Any] = dict(
+        queries={q["query_id"]: q["query"] for q in labeled},
+        corpus={c["chunk_id"]: c["text"] for c in chunks},
+        relevant_docs={q["query_id"]: set(q[key]) for q in labeled},
         name=name,
         query_prompt=query_prompt or None,
         corpus_prompt=passage_prompt or None,
@@ -167,6 +205,12 @@ def build_ir_evaluator(
         batch_size=batch_size,
         show_progress_bar=False,
     )
+    if level == "chunk":
+        return InformationRetrievalEvaluator(**kwargs)
+    # ST retrieves max(all k) hits per query; the extra recall@candidate_k widens that to candidate_k chunks,
+    # so ten distinct documents survive the collapse. It reads: a labeled document among the candidates.
+    kwargs["precision_recall_at_k"] = [10, candidate_k]
+    return _document_ir_evaluator_class()(**kwargs, chunk_to_doc={c["chunk_id"]: c["doc_id"] for c in chunks})
 
 
 # --------------------------------------------------------------------------------------------------- model
