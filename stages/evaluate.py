@@ -3,13 +3,24 @@
 from pathlib import Path
 
 from ragtune.console import stage, warn
-from ragtune.evaluation import per_query_records, recall_curve, render_report, score_systems, write_curve_csv
+from ragtune.evaluation import (
+    choose_pipeline,
+    per_query_records,
+    recall_curve,
+    render_report,
+    score_systems,
+    write_curve_csv,
+)
 from ragtune.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
+from ragtune.reranking import apply_rerank, rerank_ranking, top1_concentration
 from ragtune.retrieval import DenseIndex, build_bm25, load_dense, rrf
+from ragtune.search import PIPELINE_FILE
 
 FT_MODEL = "models/embedder"
-TRAIN_METRICS = "metrics/train_embedder.json"
+RERANKER = "models/reranker"
+TRAIN_METRICS = ("metrics/train_embedder.json", "metrics/train_reranker.json")
+SERVABLE = ("ft_dense", "ft_hybrid", "ft_dense+rerank", "ft_hybrid+rerank", "bm25")  # what `ragtune search` runs
 
 
 def main() -> None:
@@ -38,7 +49,7 @@ def main() -> None:
         if tuned is not None:
             ft_index = DenseIndex([c["chunk_id"] for c in chunks], tuned.encode_passages([c["text"] for c in chunks]))
 
-        results, records, curves = {}, [], []
+        systems_by_split = {}
         for split, queries in splits.items():
             qtext = {q["query_id"]: q["query"] for q in queries}
             qids = list(qtext)
@@ -48,16 +59,59 @@ def main() -> None:
             if tuned is not None:
                 systems["ft_dense"] = ft_index.search_vectors(qids, tuned.encode_queries(list(qtext.values())), depth)
                 systems["ft_hybrid"] = rrf([systems["bm25"], systems["ft_dense"]], k=int(e["rrf_k"]), depth=depth)
-            scored = score_systems(systems, queries, chunk_to_doc, ks)
+            systems_by_split[split] = systems
+
+        reranker_report = {}
+        if tuned is not None and Path(RERANKER).exists():
+            reranker_report = add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks)
+
+        results, records, curves = {}, [], []
+        for split, queries in splits.items():
+            scored = score_systems(systems_by_split[split], queries, chunk_to_doc, ks)
             results[split] = {"n_queries": len(queries), "doc": scored["doc"], "chunk": scored["chunk"]}
             if split == "test":
                 records = per_query_records(scored, queries, titles)
                 plot_ks = [int(k) for k in e["plot_ks"] if int(k) <= depth]
                 curves = recall_curve(scored["doc_rankings"], queries, plot_ks)
 
+        selection = results.get("dev", results["test"])["doc"]
+        pipeline = choose_pipeline(selection, SERVABLE) if tuned is not None else None
+        if pipeline:
+            retriever, _, rr = pipeline.partition("+")
+            write_json(
+                PIPELINE_FILE,
+                {
+                    "system": pipeline,
+                    "retriever": retriever,
+                    "rerank": bool(rr),
+                    "rerank_k": int(e["rerank_k"]),
+                    "fusion_weight": reranker_report.get(retriever, {}).get("weight", 1.0),
+                    "candidate_k": depth,
+                    "rrf_k": int(e["rrf_k"]),
+                    "chosen_on": "dev" if "dev" in results else "test (no dev split)",
+                },
+            )
+
         warnings = []
-        if Path(TRAIN_METRICS).exists():
-            warnings += [f"train_embedder: {w}" for w in read_json(TRAIN_METRICS).get("warnings", [])]
+        for path in TRAIN_METRICS:
+            if Path(path).exists():
+                warnings += [f"{Path(path).stem}: {w}" for w in read_json(path).get("warnings", [])]
+        for retr, r in reranker_report.items():
+            t = r["test_ndcg@10"]
+            if t["reranker"] < t["retriever"]:
+                warnings.append(
+                    f"the reranker alone makes {retr} worse on test: ndcg@10 {t['retriever']:.4f} → {t['reranker']:.4f}"
+                    f" (fusion weight chosen on dev: {r['weight']:.1f}, fused {t['fused']:.4f})"
+                )
+            if r["weight"] == 0.0:
+                warnings.append(f"fusion weight 0 chosen on dev for {retr}: the reranker adds nothing there")
+            if r["top1_share"] > 0.2:
+                warnings.append(
+                    f"the reranker puts {r['top1_doc']} first for {r['top1_share']:.0%} of test queries ({retr}): "
+                    "it may rank by document popularity"
+                )
+        if pipeline and "dev" not in results:
+            warnings.append("no dev split: the pipeline was chosen on test, so its test numbers are optimistic")
         if tuned is not None:
             gain = results["test"]["doc"]["ft_dense"]["ndcg@10"] - results["test"]["doc"]["base_dense"]["ndcg@10"]
             if gain <= 0:
@@ -73,6 +127,10 @@ def main() -> None:
         metrics.update({f"{split}_chunk": res["chunk"] for split, res in results.items()})
         metrics["n_queries"] = {split: res["n_queries"] for split, res in results.items()}
         metrics["warnings"] = warnings
+        if pipeline:
+            metrics["pipeline"] = {"system": pipeline, "test": results["test"]["doc"][pipeline]}
+        if reranker_report:
+            metrics["reranker"] = reranker_report
         write_json("metrics/evaluate.json", metrics)
         write_curve_csv("metrics/recall_at_k.csv", curves)
         write_jsonl("reports/per_query_test.jsonl", records)
@@ -83,6 +141,8 @@ def main() -> None:
             system_for_errors=best,
             context={"n_documents": len(docs), "n_chunks": len(chunks), "base_model": model_p["embedder"]},
             warnings=warnings,
+            pipeline=pipeline,
+            reranker=reranker_report,
         )
         Path("reports").mkdir(exist_ok=True)
         Path("reports/evaluation.md").write_text(report, encoding="utf-8")
@@ -93,6 +153,68 @@ def main() -> None:
             + ", ".join(f"{s} {m['ndcg@10']:.3f}" for s, m in test.items())
             + ")"
         )
+
+
+def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) -> dict:
+    """Add ``<retriever>+rerank`` systems, with the fusion weight per retriever chosen on dev ndcg@10.
+
+    Reranker scores are computed once per (query, chunk): the dense and hybrid candidate lists overlap.
+    """
+    from sentence_transformers import CrossEncoder
+
+    from ragtune.evaluation import score_systems as score
+
+    model = CrossEncoder(RERANKER)
+    k = int(e["rerank_k"])
+    weights = [float(w) for w in e["fusion_weights"]]
+    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+    report = {}
+    scores = {}
+    for split, queries in splits.items():
+        qtext = {q["query_id"]: q["query"] for q in queries}
+        union = {}
+        for retr in ("ft_dense", "ft_hybrid"):
+            for qid, items in systems_by_split[split][retr].items():
+                for cid, _ in items[:k]:
+                    union.setdefault(qid, {})[cid] = 0.0
+        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
+        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9)
+        scores[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
+
+    def reranked(split: str, retr: str, w: float) -> dict:
+        ranking = systems_by_split[split][retr]
+        s = {qid: [scores[split][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
+        return apply_rerank(ranking, s, w)
+
+    def ndcg(split: str, ranking: dict) -> float:
+        return score({"x": ranking}, splits[split], chunk_to_doc, ks)["doc"]["x"]["ndcg@10"]
+
+    tune = "dev" if "dev" in splits else "test"
+    for retr in ("ft_dense", "ft_hybrid"):
+        curve = {w: ndcg(tune, reranked(tune, retr, w)) for w in weights}
+        best = max(weights, key=lambda w: (curve[w], -w))  # ties: the smaller weight (less reliance on the reranker)
+        for split in splits:
+            systems_by_split[split][f"{retr}+rerank"] = reranked(split, retr, best)
+        pure_test = reranked("test", retr, 1.0)
+        doc, share = top1_concentration(pure_test, chunk_to_doc)
+        report[retr] = {
+            "rerank_k": k,
+            "weight": best,
+            "dev_curve": {f"{w:.2f}": round(v, 4) for w, v in curve.items()},
+            "dev_ndcg@10": {
+                "retriever": round(curve.get(0.0, ndcg(tune, systems_by_split[tune][retr])), 4),
+                "reranker": round(curve.get(1.0, ndcg(tune, reranked(tune, retr, 1.0))), 4),
+                "fused": round(curve[best], 4),
+            },
+            "test_ndcg@10": {
+                "retriever": round(ndcg("test", systems_by_split["test"][retr]), 4),
+                "reranker": round(ndcg("test", pure_test), 4),
+                "fused": round(ndcg("test", systems_by_split["test"][f"{retr}+rerank"]), 4),
+            },
+            "top1_doc": doc,
+            "top1_share": round(share, 4),
+        }
+    return report
 
 
 if __name__ == "__main__":

@@ -149,6 +149,10 @@ def make_tiny_repo(tmp_path: Path, tiny_embedder_path: Path) -> tuple[Path, dict
     params["train_embedder"].update(
         {"max_steps": 12, "batch_size": 4, "eval_steps": 6, "save_steps": 6, "lr": 1e-4, "max_seq_length": 64}
     )
+    params["train_reranker"].update(
+        {"max_steps": 8, "batch_size": 4, "eval_steps": 4, "save_steps": 4, "max_length": 64, "rank_max": 10}
+    )
+    params["evaluate"]["rerank_k"] = 5
     write_params(work, params)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run([*git, "add", "-A"], cwd=work, check=True)

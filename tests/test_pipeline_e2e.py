@@ -22,7 +22,7 @@ def tree_hash(root: Path, rels: list[str]) -> dict[str, str]:
 def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     work, params, run = tiny_repo
     out = run("repro")
-    for name in ("ingest", "chunk", "pairs", "negatives", "train_embedder", "evaluate"):
+    for name in ("ingest", "chunk", "pairs", "negatives", "train_embedder", "index", "train_reranker", "evaluate"):
         assert f"[{name}] read" in out, f"stage {name} printed no summary line"
 
     dag = run("dag", "--md")
@@ -31,9 +31,11 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     chain = ["ingest", "chunk", "pairs", "negatives", "train_embedder", "evaluate"]
     for edge in itertools.pairwise(chain):
         assert edge in edges, dag
+    for edge in [("train_embedder", "index"), ("train_embedder", "train_reranker"), ("train_reranker", "evaluate")]:
+        assert edge in edges, dag
 
     metrics = read_json(work / "metrics/evaluate.json")
-    for system in ("bm25", "base_dense", "hybrid", "ft_dense", "ft_hybrid"):
+    for system in ("bm25", "base_dense", "hybrid", "ft_dense", "ft_hybrid", "ft_dense+rerank", "ft_hybrid+rerank"):
         for m in ("hit@1", "recall@10", "precision@5", "mrr@10", "ndcg@10", "map@10"):
             assert 0.0 <= metrics["test"][system][m] <= 1.0
     assert metrics["n_queries"]["test"] >= 5
@@ -49,6 +51,24 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
 
     ft = SentenceTransformer(str(work / "models/embedder"), device="cpu")
     assert ft.prompts["query"] == "query: " and (work / "models/embedder/README.md").exists()
+
+    # the reranker stage: negatives from the embedder, dev before/after, guards, a loadable model with a card
+    rr = read_json(work / "metrics/train_reranker.json")
+    assert rr["effective"]["optimizer_steps"] == 8 and rr["effective"]["new_head"] is True
+    assert {"ndcg@10", "base_ndcg@10", "accuracy", "margin"} <= set(rr["dev"]["after"])
+    assert any("optimizer steps" in w for w in rr["warnings"])
+    assert (work / "models/reranker/README.md").exists()
+    rgroups = read_jsonl(work / "data/reranker/train_groups.jsonl")
+    assert rgroups and all(set(g["neg_sources"]) <= {"embedder", "random"} for g in rgroups)
+    # evaluate chose a pipeline on dev, reported it first, and search serves it from models/ alone
+    pipeline = read_json(work / "models/pipeline.json")
+    assert pipeline["system"] == metrics["pipeline"]["system"] and pipeline["chosen_on"] == "dev"
+    assert set(metrics["reranker"]) == {"ft_dense", "ft_hybrid"}
+    report = (work / "reports/evaluation.md").read_text(encoding="utf-8")
+    assert report.index("## Headline") < report.index("## test split")
+    from ragtune.cli import main as cli
+
+    assert cli(["search", "mật khẩu đổi khi nào", "--json", "--root", str(work)]) == 0
 
     outputs = [
         "data/interim/documents.jsonl",
@@ -70,3 +90,9 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     write_params(work, params)
     out = run("repro")
     assert "[evaluate] read" in out and "[chunk] read" not in out
+    # a reranker param re-runs only train_reranker and evaluate
+    params["train_reranker"]["lr"] = 5e-5
+    write_params(work, params)
+    out = run("repro")
+    ran = set(re.findall(r"\[(\w+)\] read", out))
+    assert ran == {"train_reranker", "evaluate"}, out

@@ -102,6 +102,14 @@ def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list
     return lines
 
 
+def choose_pipeline(dev: dict[str, dict[str, float]], eligible: Sequence[str]) -> str:
+    """The eligible system with the best dev ndcg@10 (then mrr@10); ties go to the earlier, simpler one."""
+    present = [s for s in eligible if s in dev]
+    if not present:
+        raise ValueError(f"none of {list(eligible)} was scored on dev")
+    return max(present, key=lambda s: (dev[s].get("ndcg@10", 0.0), dev[s].get("mrr@10", 0.0), -present.index(s)))
+
+
 def render_report(
     results: dict[str, dict[str, Any]],
     records: list[dict[str, Any]],
@@ -110,8 +118,10 @@ def render_report(
     context: dict[str, Any],
     warnings: Sequence[str] = (),
     worst_n: int = 15,
+    pipeline: str | None = None,
+    reranker: dict[str, Any] | None = None,
 ) -> str:
-    """Markdown report: comparison tables per split, then the worst test queries of the best system."""
+    """Markdown report: the chosen pipeline first, then tables per split, then the worst test queries."""
     lines = ["# ragtune evaluation report", ""]
     lines.append(
         f"Corpus: {context['n_documents']} documents, {context['n_chunks']} chunks. "
@@ -119,8 +129,40 @@ def render_report(
         "a document scores as its best chunk."
     )
     lines.append("")
+    if pipeline and "test" in results:
+        test = results["test"]["doc"]
+        shown = {pipeline: test[pipeline]}
+        shown.update({s: test[s] for s in ("bm25", "base_dense", "ft_dense") if s in test and s != pipeline})
+        lines += [
+            f"## Headline: `{pipeline}`, the pipeline chosen on dev ({results['test']['n_queries']} test queries)",
+            "",
+            "`ragtune search` uses this pipeline by default. It was picked by dev ndcg@10 among the pipelines "
+            "search can serve; the test numbers below played no part in the choice.",
+            "",
+            *_table(shown, HEADLINE),
+            "",
+        ]
     if warnings:
         lines += ["## Warnings", ""] + [f"- ⚠️ {w}" for w in warnings] + [""]
+    if reranker:
+        lines += [
+            "## Reranker",
+            "",
+            "The reranker scores each retriever's top candidates; its score is fused with the retriever's "
+            "(min-max normalised, `w × reranker + (1 − w) × retriever`), with `w` chosen on dev. `w = 1` is the "
+            "reranker alone, `w = 0` the retriever alone.",
+            "",
+            "| retriever | candidates | w (dev) | dev ndcg@10 retriever → reranker alone → fused | "
+            "test ndcg@10 retriever → reranker alone → fused |",
+            "|---|---:|---:|---|---|",
+        ]
+        for retr, r in reranker.items():
+            d, t = r["dev_ndcg@10"], r["test_ndcg@10"]
+            lines.append(
+                f"| {retr} | {r['rerank_k']} | {r['weight']:.1f} | {d['retriever']:.4f} → {d['reranker']:.4f} → "
+                f"{d['fused']:.4f} | {t['retriever']:.4f} → {t['reranker']:.4f} → {t['fused']:.4f} |"
+            )
+        lines.append("")
     for split, res in results.items():
         lines += [f"## {split} split — document level ({res['n_queries']} queries)", ""]
         lines += [*_table(res["doc"], HEADLINE), ""]

@@ -1,0 +1,90 @@
+"""The ``ragtune`` command: search your corpus with the models the pipeline trained.
+
+    ragtune search "Nhân viên được nghỉ phép bao nhiêu ngày?" --k 5
+    ragtune search "..." --json            # for scripts
+    ragtune search "..." --pipeline ft_dense   # override the pipeline evaluate chose on dev
+
+It works offline from the repository's ``models/`` folder alone (index, embedder, reranker, pipeline.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ragtune.search import INDEX_DIR, PIPELINE_FILE, Pipeline, Searcher, SearchSetupError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragtune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="retrieve (and rerank) passages for a question")
+    s.add_argument("query", help="the question, in quotes")
+    s.add_argument("--k", type=int, default=5, help="how many passages to show (default 5)")
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    s.add_argument(
+        "--pipeline",
+        help="ft_dense | ft_hybrid | bm25, optionally +rerank (default: the one evaluate chose on dev, "
+        f"from {PIPELINE_FILE})",
+    )
+    s.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
+    return parser
+
+
+def _print_table(query: str, results: list[dict], searcher: Searcher) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    p = searcher.pipeline
+    table = Table(title=f"[bold]{query}[/]", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("document")
+    table.add_column("passage", ratio=3)
+    table.add_column("scores", justify="right")
+    for r in results:
+        meta = ", ".join(f"{k}: {v}" for k, v in r["metadata"].items() if v not in ("", None, []))
+        doc = f"[bold]{r['title'] or r['doc_id']}[/]\n[dim]{r['doc_id']}[/]" + (f"\n[dim]{meta}[/]" if meta else "")
+        text = r["text"] if len(r["text"]) <= 400 else r["text"][:400] + "…"
+        scores = "\n".join(f"{k} {v:.3f}" for k, v in r["scores"].items() if v is not None)
+        table.add_row(str(r["rank"]), doc, text, scores)
+    console.print(table)
+    t = searcher.timings
+    console.print(
+        f"[dim]pipeline {p.name}"
+        + (f" (rerank top {p.rerank_k}, fusion weight {p.fusion_weight})" if p.rerank else "")
+        + f" · load {searcher.load_seconds:.2f}s · query {t['total_s'] * 1000:.0f} ms[/]"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    root = Path(args.root)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        chosen = Pipeline.load(root / PIPELINE_FILE)
+        pipeline = Pipeline.parse(args.pipeline, chosen) if args.pipeline else chosen
+        searcher = Searcher.load(root / INDEX_DIR, pipeline, reranker_dir=root / "models/reranker")
+    except SearchSetupError as exc:
+        print(f"ragtune search: {exc}", file=sys.stderr)
+        return 2
+    results = searcher.search(args.query, k=args.k)
+    if args.json:
+        payload = {
+            "query": args.query,
+            "pipeline": searcher.pipeline.name,
+            "fusion_weight": searcher.pipeline.fusion_weight if searcher.pipeline.rerank else None,
+            "timings": {k: round(v, 4) for k, v in searcher.timings.items()},
+            "results": results,
+        }
+        print(json.dumps(payload, ensure_ascii=False, indent=2))
+    else:
+        _print_table(args.query, results, searcher)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

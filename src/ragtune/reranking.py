@@ -1,0 +1,562 @@
+"""The cross-encoder reranker: its training groups, its trainer, and how its scores join the retriever's.
+
+Why it is built this way:
+
+* **Negatives come from the fine-tuned embedder's own top-k** (:func:`mine_rerank_groups`), because those are the
+  candidates the reranker will be asked to order. Chunks of a labeled document are never negatives, and a
+  candidate within ``margin`` of the positive's similarity is dropped as a likely false negative.
+* **Positives are capped per document** (``max_pos_per_doc``). A reranker trained on a few hundred questions
+  otherwise learns document popularity: one document that answers many training questions ends up first for
+  everything (see :func:`top1_concentration`).
+* **A new head learns faster than the body** (``head_lr``, via sentence-transformers' ``learning_rate_mapping``):
+  a one-logit head initialised from nothing needs a larger step than a pretrained encoder can take.
+* **Its score is fused with the retriever's** (:func:`fuse`), with the weight chosen on dev by the evaluate stage.
+  Weight 0 is the retriever alone, so a reranker that learned nothing useful cannot make the chosen pipeline worse
+  on dev, and the report shows the weight it got.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ragtune.retrieval import Ranking
+
+LOSSES = ("bce", "lambda", "mnrl")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class RerankerConfigError(ValueError):
+    """A ``train_reranker`` param is unknown or out of range."""
+
+
+@dataclass
+class RerankerTrainConfig:
+    """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``."""
+
+    seed: int = 42
+    # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
+    # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
+    base: str = "embedder"
+    loss: str = "bce"
+    pos_weight: float = 0.0  # bce: weight of positives; 0 = negatives per positive (balances the classes)
+    mnrl_scale: float = 10.0
+    n_hard: int = 2  # hard negatives per positive, from the fine-tuned embedder's ranks [rank_min, rank_max)
+    n_random: int = 1
+    rank_min: int = 0
+    rank_max: int = 30
+    margin: float = 0.02  # drop candidates scoring ≥ (1 - margin) × the positive's similarity (false negatives)
+    max_pos_per_doc: int = 8  # cap on training questions per positive document; 0 = no cap
+    use_synthetic: bool = True  # add the pairs stage's self-supervised pairs (when it wrote any)
+    max_length: int = 320
+    epochs: float = 2.0
+    max_steps: int = -1
+    batch_size: int = 16
+    lr: float = 3e-5
+    head_lr: float = 1e-3  # learning rate of a newly initialised head; 0 = same as lr
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"
+    weight_decay: float = 0.01
+    rerank_k: int = 20  # dev evaluator: rerank this many embedder candidates per query
+    eval_steps: int = 25
+    save_steps: int = 25
+    save_total_limit: int = 2
+    early_stopping_patience: int = 0
+    load_best_model_at_end: bool = True
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False
+    precision: str = "auto"
+    cpu_bf16: bool = True
+    logging_steps: int = 5
+    dataloader_num_workers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> RerankerTrainConfig:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise RerankerConfigError(
+                f"params.yaml train_reranker: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
+                "A param the trainer does not read would be silently ignored, so it is refused instead."
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in params or f.name == "extra":
+                continue
+            v = params[f.name]
+            if f.type in ("int", int):
+                v = int(v)
+            elif f.type in ("float", float):
+                v = float(v)
+            elif f.type in ("bool", bool):
+                v = bool(v)
+            elif f.type in ("str", str):
+                v = str(v)
+            values[f.name] = v
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise RerankerConfigError(f"train_reranker.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.precision not in PRECISIONS:
+            raise RerankerConfigError(f"train_reranker.precision={self.precision!r}: choose one of {PRECISIONS}")
+        if self.n_hard + self.n_random < 1:
+            raise RerankerConfigError("train_reranker: n_hard + n_random must be ≥ 1 (a reranker needs negatives)")
+        if not 0 <= self.rank_min < self.rank_max:
+            raise RerankerConfigError("train_reranker: need 0 ≤ rank_min < rank_max")
+        if self.lr <= 0 or self.lr > 1e-2:
+            raise RerankerConfigError(f"train_reranker.lr={self.lr} is outside (0, 1e-2]")
+        if self.head_lr < 0:
+            raise RerankerConfigError("train_reranker.head_lr must be ≥ 0 (0 = same as lr)")
+        if self.batch_size < 2:
+            raise RerankerConfigError("train_reranker.batch_size must be ≥ 2")
+
+    def fingerprint(self, *inputs: str) -> str:
+        """Hash of everything that changes the training trajectory (checkpoints of another config are not resumed)."""
+        payload = json.dumps(
+            {k: v for k, v in asdict(self).items() if k not in ("extra", "logging_steps", "dataloader_num_workers")},
+            sort_keys=True,
+        )
+        h = hashlib.sha256(payload.encode())
+        for item in inputs:
+            h.update(b"\x00" + item.encode())
+        return h.hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------- data
+def cap_per_document(
+    pairs: Sequence[dict[str, Any]], max_per_doc: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Keep at most ``max_per_doc`` pairs per (first) positive document, chosen at random with ``seed``.
+
+    Returns the kept pairs in their input order, and the number dropped per document (for the metrics).
+    """
+    if max_per_doc <= 0:
+        return list(pairs), {}
+    by_doc: dict[str, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_doc.setdefault(p["positive_doc_ids"][0], []).append(i)
+    keep: set[int] = set()
+    dropped: dict[str, int] = {}
+    for doc, idx in sorted(by_doc.items()):
+        if len(idx) > max_per_doc:
+            idx = sorted(random.Random(f"{seed}:{doc}").sample(idx, max_per_doc))
+            dropped[doc] = len(by_doc[doc]) - max_per_doc
+        keep.update(idx)
+    return [p for i, p in enumerate(pairs) if i in keep], dropped
+
+
+def mine_rerank_groups(
+    pairs: Sequence[dict[str, Any]],
+    ranking: Ranking,
+    chunk_text: dict[str, str],
+    chunk_to_doc: dict[str, str],
+    cfg: RerankerTrainConfig,
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """FlagEmbedding groups ``{"query", "pos", "neg", ...}`` with negatives from the embedder's ranking.
+
+    Per pair: the positive is its aligned positive chunk (or its ICT text). Hard negatives are the first
+    ``n_hard`` candidates in ranks ``[rank_min, rank_max)`` that are not from a positive document and score below
+    ``(1 - margin)`` × the positive's similarity; ``n_random`` more are drawn from the rest of the corpus. A group
+    short of hard negatives is kept with what it has, and counted.
+    """
+    all_chunks = sorted(chunk_text)
+    groups, counts = [], Counter()
+    for p in pairs:
+        positive_docs = set(p["positive_doc_ids"])
+        pos_ids = list(p.get("positive_chunk_ids") or [])[:1]
+        pos_texts = list(p.get("positive_texts") or [chunk_text[c] for c in pos_ids])[:1]
+        if not pos_texts:
+            counts["skipped_no_positive"] += 1
+            continue
+        ranked = ranking.get(p["query_id"], [])
+        pos_scores = [s for cid, s in ranked if chunk_to_doc[cid] in positive_docs]
+        ceiling = (1.0 - cfg.margin) * max(pos_scores) if pos_scores else math.inf
+        hard: list[str] = []
+        for rank, (cid, score) in enumerate(ranked):
+            if len(hard) == cfg.n_hard:
+                break
+            if rank < cfg.rank_min or rank >= cfg.rank_max or chunk_to_doc[cid] in positive_docs:
+                continue
+            if score >= ceiling:
+                counts["dropped_by_margin"] += 1
+                continue
+            hard.append(cid)
+        if len(hard) < cfg.n_hard:
+            counts["groups_short_of_hard_negatives"] += 1
+        rng = random.Random(f"{cfg.seed}:{p['query_id']}")
+        taken = set(hard)
+        rand: list[str] = []
+        for cid in rng.sample(all_chunks, min(len(all_chunks), 4 * cfg.n_random + 16)):
+            if len(rand) == cfg.n_random:
+                break
+            if cid not in taken and chunk_to_doc[cid] not in positive_docs:
+                rand.append(cid)
+                taken.add(cid)
+        neg_ids = hard + rand
+        groups.append(
+            {
+                "query": p["query"],
+                "pos": pos_texts,
+                "neg": [chunk_text[c] for c in neg_ids],
+                "query_id": p["query_id"],
+                "pos_ids": pos_ids,
+                "neg_ids": neg_ids,
+                "neg_sources": ["embedder"] * len(hard) + ["random"] * len(rand),
+            }
+        )
+        counts["groups"] += 1
+        counts["negatives"] += len(neg_ids)
+    return groups, dict(counts)
+
+
+def groups_to_dataset(groups: Sequence[dict[str, Any]], loss: str) -> Any:
+    """Training rows in the shape each loss expects.
+
+    * bce: ``(query, passage, label)`` pointwise rows, label 1.0 / 0.0;
+    * lambda: ``(query, docs, labels)`` one listwise row per group;
+    * mnrl: ``(query, positive, negative_1..n)`` with n the smallest group's negative count (no padding).
+    """
+    from datasets import Dataset
+
+    if loss == "bce":
+        rows: dict[str, list[Any]] = {"query": [], "passage": [], "label": []}
+        for g in groups:
+            for text, label in [(t, 1.0) for t in g["pos"]] + [(t, 0.0) for t in g["neg"]]:
+                rows["query"].append(g["query"])
+                rows["passage"].append(text)
+                rows["label"].append(label)
+        return Dataset.from_dict(rows)
+    if loss == "lambda":
+        return Dataset.from_dict(
+            {
+                "query": [g["query"] for g in groups],
+                "docs": [g["pos"] + g["neg"] for g in groups],
+                "labels": [[1.0] * len(g["pos"]) + [0.0] * len(g["neg"]) for g in groups],
+            }
+        )
+    n = min((len(g["neg"]) for g in groups), default=0)
+    rows = {"query": [g["query"] for g in groups], "positive": [g["pos"][0] for g in groups]}
+    for i in range(n):
+        rows[f"negative_{i + 1}"] = [g["neg"][i] for g in groups]
+    return Dataset.from_dict(rows)
+
+
+def dev_samples(
+    dev: Sequence[dict[str, Any]],
+    ranking: Ranking,
+    chunk_text: dict[str, str],
+    chunk_to_doc: dict[str, str],
+    k: int,
+) -> list[dict[str, Any]]:
+    """CrossEncoderRerankingEvaluator samples: the embedder's top-k chunks per dev query, in retrieval order.
+
+    Every retrieved chunk of a labeled document counts as positive, as in document-level evaluation. Queries whose
+    labeled documents are not retrieved are kept (they score 0 before and after), so the metric is honest about
+    first-stage misses.
+    """
+    out = []
+    for q in dev:
+        docs = [cid for cid, _ in ranking.get(q["query_id"], [])[:k]]
+        rel = set(q["positive_doc_ids"])
+        out.append(
+            {
+                "query": q["query"],
+                "positive": [chunk_text[c] for c in docs if chunk_to_doc[c] in rel],
+                "documents": [chunk_text[c] for c in docs],
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- model
+def head_is_new(path: str | Path) -> bool:
+    """True when the model folder has no sequence-classification head (an embedder, or a plain encoder)."""
+    config = Path(path, "config.json")
+    if not config.exists():
+        return True
+    archs = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return not any("ForSequenceClassification" in a for a in archs)
+
+
+def load_reranker(path: str | Path, max_length: int) -> Any:
+    """A one-logit CrossEncoder from ``path``. An embedder folder gets a new head (sentence-transformers converts)."""
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(path), num_labels=1, max_length=max_length)
+
+
+def build_loss(model: Any, cfg: RerankerTrainConfig, pos_weight: float) -> Any:
+    import torch
+    from sentence_transformers.cross_encoder import losses
+
+    if cfg.loss == "bce":
+        return losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(pos_weight))
+    if cfg.loss == "lambda":
+        return losses.LambdaLoss(model)
+    return losses.MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale)
+
+
+def build_args(
+    cfg: RerankerTrainConfig,
+    output_dir: str | Path,
+    *,
+    new_head: bool,
+    has_eval: bool,
+    cuda: bool | None = None,
+    bf16_supported: bool | None = None,
+) -> Any:
+    """CrossEncoderTrainingArguments from the config, every field mapped explicitly."""
+    import torch
+    from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
+
+    from ragtune.training import precision_flags
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if bf16_supported is None:
+        bf16_supported = bool(cuda and torch.cuda.is_bf16_supported())
+    mapping = {r"classifier": cfg.head_lr} if new_head and cfg.head_lr > 0 else {}
+    return CrossEncoderTrainingArguments(
+        output_dir=str(output_dir),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        learning_rate_mapping=mapping,
+        warmup_steps=cfg.warmup_ratio,
+        lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=cfg.load_best_model_at_end and has_eval,
+        metric_for_best_model="eval_dev_ndcg@10" if has_eval else None,
+        greater_is_better=True,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        activation_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        report_to="none",
+        use_cpu=not cuda,
+        **precision_flags(cfg, cuda, bf16_supported),  # type: ignore[arg-type]
+    )
+
+
+def build_trainer(
+    model: Any,
+    cfg: RerankerTrainConfig,
+    train_dataset: Any,
+    evaluator: Any,
+    output_dir: str | Path,
+    *,
+    new_head: bool,
+    pos_weight: float,
+    callbacks: list[Any] | None = None,
+) -> Any:
+    """The CrossEncoderTrainer for a config: loss, arguments, evaluator and early stopping wired up."""
+    from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
+    from transformers import EarlyStoppingCallback
+
+    callbacks = list(callbacks or [])
+    if cfg.early_stopping_patience and evaluator is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
+    return CrossEncoderTrainer(
+        model=model,
+        args=build_args(cfg, output_dir, new_head=new_head, has_eval=evaluator is not None),
+        train_dataset=train_dataset,
+        loss=build_loss(model, cfg, pos_weight),
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+
+
+def build_evaluator(samples: list[dict[str, Any]], batch_size: int) -> Any:
+    """ST's CrossEncoderRerankingEvaluator on dev, reranking the retrieved list as is (realistic setting)."""
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    return CrossEncoderRerankingEvaluator(
+        samples=samples, at_k=10, always_rerank_positives=False, name="dev", batch_size=batch_size, write_csv=False
+    )
+
+
+def pair_summary(model: Any, groups: Sequence[dict[str, Any]], batch_size: int = 32) -> dict[str, float]:
+    """Dev pair classification: accuracy at 0.5, mean positive and negative scores (sigmoid), and their margin."""
+    pairs, labels = [], []
+    for g in groups:
+        pairs += [(g["query"], t) for t in g["pos"]] + [(g["query"], t) for t in g["neg"]]
+        labels += [1] * len(g["pos"]) + [0] * len(g["neg"])
+    if not pairs:
+        return {}
+    scores = [float(s) for s in model.predict(pairs, batch_size=batch_size, show_progress_bar=False)]
+    pos = [s for s, y in zip(scores, labels, strict=True) if y == 1]
+    neg = [s for s, y in zip(scores, labels, strict=True) if y == 0]
+    acc = sum((s > 0.5) == (y == 1) for s, y in zip(scores, labels, strict=True)) / len(labels)
+    mean_pos = sum(pos) / max(len(pos), 1)
+    mean_neg = sum(neg) / max(len(neg), 1)
+    return {
+        "accuracy": round(acc, 4),
+        "avg_pos_score": round(mean_pos, 4),
+        "avg_neg_score": round(mean_neg, 4),
+        "margin": round(mean_pos - mean_neg, 4),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- inference
+def _minmax(values: Sequence[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    return [0.5 if hi == lo else (v - lo) / (hi - lo) for v in values]
+
+
+def fuse(
+    candidates: Sequence[tuple[str, float]], rerank_scores: Sequence[float], weight: float
+) -> list[tuple[str, float]]:
+    """``weight × reranker + (1 - weight) × retriever``, both min-max normalised over the reranked candidates.
+
+    ``candidates`` are the retriever's top-n (best first) and ``rerank_scores`` the reranker's scores for them.
+    Weight 1 is the reranker alone, 0 the retriever alone. Ties keep retrieval order.
+    """
+    if not candidates:
+        return []
+    r = _minmax([s for _, s in candidates])
+    x = _minmax(list(rerank_scores))
+    fused = [
+        (cid, weight * xs + (1.0 - weight) * rs, i)
+        for i, ((cid, _), rs, xs) in enumerate(zip(candidates, r, x, strict=True))
+    ]
+    fused.sort(key=lambda t: (-t[1], t[2]))
+    return [(cid, round(s, 6)) for cid, s, _ in fused]
+
+
+def rerank_ranking(
+    model: Any,
+    ranking: Ranking,
+    queries: dict[str, str],
+    chunk_text: dict[str, str],
+    k: int,
+    batch_size: int = 32,
+) -> dict[str, list[float]]:
+    """Reranker scores for each query's top-k candidates, in candidate order (one ``predict`` call for all)."""
+    pairs, spans = [], {}
+    for qid, items in ranking.items():
+        start = len(pairs)
+        pairs += [(queries[qid], chunk_text[cid]) for cid, _ in items[:k]]
+        spans[qid] = (start, len(pairs))
+    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else []
+    return {qid: [float(s) for s in scores[a:b]] for qid, (a, b) in spans.items()}
+
+
+def apply_rerank(ranking: Ranking, scores: dict[str, list[float]], weight: float) -> Ranking:
+    """The fused top-k (see :func:`fuse`) followed by the rest of the retriever's list, unchanged."""
+    out: Ranking = {}
+    for qid, items in ranking.items():
+        n = len(scores.get(qid, []))
+        out[qid] = fuse(items[:n], scores.get(qid, []), weight) + [(c, s - 1e3) for c, s in items[n:]]
+    return out
+
+
+def top1_concentration(ranking: Ranking, chunk_to_doc: dict[str, str]) -> tuple[str, float]:
+    """The document most often ranked first, and the share of queries for which it is first."""
+    firsts = Counter(chunk_to_doc[items[0][0]] for items in ranking.values() if items)
+    if not firsts:
+        return "", 0.0
+    doc, n = firsts.most_common(1)[0]
+    return doc, n / sum(firsts.values())
+
+
+def reranker_warnings(
+    *,
+    optimizer_steps: int,
+    dev_input_ndcg: float | None,
+    dev_reranked_ndcg: float | None,
+    popular_doc: str = "",
+    popular_share: float = 0.0,
+    min_steps: int = 50,
+    max_share: float = 0.2,
+) -> list[str]:
+    """Signs that the reranker did not learn to rerank. Each is printed, stored in metrics and reported."""
+    out = []
+    if optimizer_steps < min_steps:
+        out.append(f"only {optimizer_steps} reranker optimizer steps (< {min_steps}): barely trained")
+    if dev_input_ndcg is not None and dev_reranked_ndcg is not None and dev_reranked_ndcg < dev_input_ndcg:
+        out.append(
+            f"the reranker makes dev ranking worse: ndcg@10 {dev_input_ndcg:.4f} (embedder order) → "
+            f"{dev_reranked_ndcg:.4f} (reranked)"
+        )
+    if popular_share > max_share:
+        out.append(
+            f"the reranker puts one document ({popular_doc}) first for {popular_share:.0%} of dev queries: "
+            "it may have learned document popularity (lower train_reranker.max_pos_per_doc)"
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- outputs
+def write_model_card(out_dir: str | Path, base_model: str, cfg: RerankerTrainConfig, metrics: dict[str, Any]) -> None:
+    """README.md for the reranker folder: its base, its params, and dev reranking before → after."""
+    before, after = metrics["dev"]["before"], metrics["dev"]["after"]
+    rows = "\n".join(
+        f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
+    )
+    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")
+    warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
+    eff = metrics["effective"]
+    text = f"""---
+library_name: sentence-transformers
+base_model: {base_model}
+language: [vi]
+tags: [sentence-transformers, cross-encoder, reranker, ragtune]
+---
+
+# ragtune fine-tuned reranker
+
+Trained from `{base_model}` ({"new one-logit head" if eff["new_head"] else "its own head"}) by the ragtune
+`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
+fine-tuned embedder's top {cfg.rank_max} plus random ones.
+
+```python
+from sentence_transformers import CrossEncoder
+model = CrossEncoder("{out_dir}")
+hits = model.rank("Nhân viên được nghỉ phép bao nhiêu ngày?",
+                  ["Nhân viên chính thức có 12 ngày phép năm.", "Quy trình mua sắm thiết bị."])
+print(hits)  # [{{'corpus_id': 0, 'score': ...}}, ...]
+```
+
+## Dev split: reranking the embedder's top {cfg.rerank_k}, before → after training
+
+`base_*` rows are the embedder's own order (the input); the others are after reranking. `accuracy`, `avg_*_score`
+and `margin` are pair classification on dev groups (score > 0.5 = relevant).
+
+| metric | before | after |
+|---|---:|---:|
+{rows}
+
+How the reranker changes the held-out **test** ranking, and the fusion weight chosen on dev, are in the
+repository's `reports/evaluation.md`.
+
+## Warnings
+
+{warn}
+
+## Training params
+
+| param | value |
+|---|---|
+{params}
+"""
+    Path(out_dir, "README.md").write_text(text, encoding="utf-8")

@@ -1,0 +1,229 @@
+"""Search a corpus with the trained models: the index folder, the pipeline chosen on dev, and one query at a time.
+
+``models/index/`` (written by the index stage) holds everything search needs besides the two model folders:
+
+* ``chunks.jsonl``: the indexed chunks with their document title and metadata, in row order;
+* ``embeddings.npy``: the fine-tuned embedder's normalised passage vectors, float32, one row per chunk;
+* ``manifest.json``: the embedder folder, its prompts, the BM25 settings, and counts.
+
+``models/pipeline.json`` (written by evaluate) names the pipeline that scored best on dev: the retriever (dense or
+hybrid), whether the reranker runs, on how many candidates, and the fusion weight. Search follows it by default,
+so what a user runs is what the report measured.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ragtune.jsonl import read_jsonl
+from ragtune.retrieval import BM25Index, DenseIndex, Ranking, rrf
+
+INDEX_DIR = "models/index"
+PIPELINE_FILE = "models/pipeline.json"
+RETRIEVERS = ("ft_dense", "ft_hybrid", "bm25")
+
+
+class SearchSetupError(RuntimeError):
+    """The index or a model folder is missing: says which, and which command builds it."""
+
+
+@dataclass
+class Pipeline:
+    """How a query is answered. Mirrors an evaluate system name: ``<retriever>`` or ``<retriever>+rerank``."""
+
+    retriever: str = "ft_dense"
+    rerank: bool = False
+    rerank_k: int = 20
+    fusion_weight: float = 1.0
+    candidate_k: int = 100
+    rrf_k: int = 60
+
+    @property
+    def name(self) -> str:
+        return self.retriever + ("+rerank" if self.rerank else "")
+
+    @classmethod
+    def parse(cls, name: str, base: Pipeline | None = None) -> Pipeline:
+        """``ft_hybrid+rerank`` → Pipeline; other settings come from ``base`` (the file evaluate wrote)."""
+        retriever, _, suffix = name.partition("+")
+        if retriever not in RETRIEVERS or suffix not in ("", "rerank"):
+            raise SearchSetupError(
+                f"unknown pipeline {name!r}: use one of "
+                + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank") if not (r == "bm25" and s))
+            )
+        b = base or cls()
+        return cls(retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k)
+
+    @classmethod
+    def load(cls, path: str | Path = PIPELINE_FILE) -> Pipeline:
+        path = Path(path)
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class Searcher:
+    """Loaded index + models. Build once (seconds), then :meth:`search` answers a query in well under a second."""
+
+    chunks: list[dict[str, Any]]
+    dense: DenseIndex
+    embedder: Any
+    query_prompt: str
+    pipeline: Pipeline
+    reranker: Any = None
+    bm25: BM25Index | None = None
+    load_seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(
+        cls,
+        index_dir: str | Path = INDEX_DIR,
+        pipeline: Pipeline | None = None,
+        reranker_dir: str | Path = "models/reranker",
+    ) -> Searcher:
+        t0 = time.perf_counter()
+        index_dir = Path(index_dir)
+        manifest_path = index_dir / "manifest.json"
+        if not manifest_path.exists():
+            raise SearchSetupError(f"no index at {index_dir}/: run `dvc repro index` (or the whole pipeline) first")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        pipeline = pipeline or Pipeline()
+        embedder_dir = Path(manifest["embedder"])
+        if not embedder_dir.is_absolute():  # stored relative to the repo root, which holds models/index
+            embedder_dir = index_dir.resolve().parent.parent / embedder_dir
+        if not embedder_dir.exists():
+            raise SearchSetupError(f"embedder folder {embedder_dir} is missing: run `dvc repro train_embedder`")
+        from sentence_transformers import SentenceTransformer
+
+        chunks = read_jsonl(index_dir / "chunks.jsonl")
+        vectors = np.load(index_dir / "embeddings.npy")
+        embedder = SentenceTransformer(str(embedder_dir), device="cpu")
+        reranker = None
+        if pipeline.rerank:
+            if not Path(reranker_dir).exists():
+                raise SearchSetupError(
+                    f"pipeline {pipeline.name} needs the reranker at {reranker_dir}: run `dvc repro train_reranker`"
+                )
+            from sentence_transformers import CrossEncoder
+
+            reranker = CrossEncoder(str(reranker_dir), device="cpu")
+        bm25 = None
+        if pipeline.retriever in ("ft_hybrid", "bm25"):
+            b = manifest.get("bm25", {})
+            bm25 = BM25Index(
+                ids=[c["chunk_id"] for c in chunks],
+                tokenizer=b.get("tokenizer", "pyvi"),
+                backend=b.get("backend", "bm25s"),
+                k1=float(b.get("k1", 1.5)),
+                b=float(b.get("b", 0.75)),
+            ).fit([c["text"] for c in chunks])
+        return cls(
+            chunks=chunks,
+            dense=DenseIndex([c["chunk_id"] for c in chunks], vectors),
+            embedder=embedder,
+            query_prompt=manifest.get("query_prompt", ""),
+            pipeline=pipeline,
+            reranker=reranker,
+            bm25=bm25,
+            load_seconds=time.perf_counter() - t0,
+        )
+
+    def retrieve(self, query: str, depth: int) -> list[tuple[str, float]]:
+        """First-stage candidates (chunk id, score), best first."""
+        p = self.pipeline
+        ranked: dict[str, Ranking] = {}
+        if p.retriever in ("ft_dense", "ft_hybrid"):
+            vec = self.embedder.encode(
+                [query], prompt=self.query_prompt, normalize_embeddings=True, convert_to_numpy=True
+            )
+            ranked["dense"] = self.dense.search_vectors(["q"], vec.astype(np.float32), depth)
+        if p.retriever in ("ft_hybrid", "bm25"):
+            assert self.bm25 is not None
+            ranked["bm25"] = self.bm25.search({"q": query}, depth)
+        if p.retriever == "ft_hybrid":
+            return rrf([ranked["bm25"], ranked["dense"]], k=p.rrf_k, depth=depth)["q"]
+        return next(iter(ranked.values()))["q"]
+
+    def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
+        """Ranked passages: ``{"rank", "chunk_id", "doc_id", "title", "section", "text", "metadata", "scores"}``.
+
+        ``scores`` holds ``retriever`` (cosine, or RRF for hybrid), ``reranker`` (raw logit → sigmoid) for the
+        reranked head, and ``final``: the fused score that orders the reranked head, null below it.
+        """
+        from ragtune.reranking import fuse
+
+        p = self.pipeline
+        t0 = time.perf_counter()
+        candidates = self.retrieve(query, max(p.candidate_k, k))
+        t1 = time.perf_counter()
+        retr_score = dict(candidates)
+        rerank_score: dict[str, float] = {}
+        final: list[tuple[str, float | None]] = list(candidates)
+        if p.rerank and self.reranker is not None:
+            top = candidates[: p.rerank_k]
+            by_id = {c["chunk_id"]: c for c in self.chunks}
+            scores = self.reranker.predict([(query, by_id[cid]["text"]) for cid, _ in top], show_progress_bar=False)
+            rerank_score = {cid: float(s) for (cid, _), s in zip(top, scores, strict=True)}
+            # past the reranked head, candidates keep retrieval order and have no fused score (final: null)
+            final = fuse(top, [rerank_score[c] for c, _ in top], p.fusion_weight)
+            final += [(cid, None) for cid, _ in candidates[p.rerank_k :]]
+        t2 = time.perf_counter()
+        self.timings = {"retrieve_s": t1 - t0, "rerank_s": t2 - t1, "total_s": t2 - t0}
+        row_of = {c["chunk_id"]: c for c in self.chunks}
+        out = []
+        for rank, (cid, score) in enumerate(final[:k], start=1):
+            c = row_of[cid]
+            scores = {"retriever": round(retr_score[cid], 6), "final": None if score is None else round(score, 6)}
+            if cid in rerank_score:
+                scores["reranker"] = round(rerank_score[cid], 6)
+            out.append(
+                {
+                    "rank": rank,
+                    "chunk_id": cid,
+                    "doc_id": c["doc_id"],
+                    "title": c.get("title", ""),
+                    "section": c.get("section", ""),
+                    "text": c["text"],
+                    "metadata": c.get("metadata", {}),
+                    "scores": scores,
+                }
+            )
+        return out
+
+
+def write_index(
+    out_dir: str | Path,
+    chunks: list[dict[str, Any]],
+    documents: list[dict[str, Any]],
+    vectors: np.ndarray,
+    manifest: dict[str, Any],
+) -> None:
+    """Write the index folder read by :meth:`Searcher.load` (deterministic: same inputs, same bytes)."""
+    from ragtune.jsonl import write_json, write_jsonl
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {d["doc_id"]: d.get("metadata", {}) for d in documents}
+    rows = [
+        {
+            "chunk_id": c["chunk_id"],
+            "doc_id": c["doc_id"],
+            "title": c.get("title", ""),
+            "section": c.get("section", ""),
+            "text": c["text"],
+            "metadata": meta.get(c["doc_id"], {}),
+        }
+        for c in chunks
+    ]
+    write_jsonl(out / "chunks.jsonl", rows)
+    np.save(out / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+    write_json(out / "manifest.json", {**manifest, "n_chunks": len(rows), "dim": int(vectors.shape[1])})

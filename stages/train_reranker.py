@@ -1,0 +1,167 @@
+"""train_reranker: the fine-tuned embedder's candidates → a cross-encoder reranker (resumable, measured on dev)."""
+
+import hashlib
+import time
+from pathlib import Path
+
+from ragtune import reranking, training
+from ragtune.console import console, stage, warn
+from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.models import model_fingerprint, resolve_model
+from ragtune.params import load_params, section
+from ragtune.reranking import RerankerTrainConfig
+from ragtune.retrieval import DenseIndex, load_dense
+from ragtune.training import clear_checkpoints, prepare_checkpoint_dir
+
+EMBEDDER = "models/embedder"
+OUT_DIR = "models/reranker"
+CKPT_DIR = "models/reranker_checkpoints"
+LIVE_DIR = "dvclive/train_reranker"
+
+
+def digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def main() -> None:
+    from dvclive import Live
+    from transformers.integrations import DVCLiveCallback
+
+    params = load_params()
+    model_p = section(params, "model")
+    cfg = RerankerTrainConfig.from_params(section(params, "train_reranker"))
+    with stage("train_reranker") as summary:
+        chunks = read_jsonl("data/chunks/chunks.jsonl")
+        chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+        chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
+        train = read_jsonl("data/pairs/train.jsonl")
+        synthetic = read_jsonl("data/pairs/synthetic.jsonl") if cfg.use_synthetic else []
+        dev = read_jsonl("data/pairs/dev.jsonl")
+
+        # Candidates as the reranker will see them: the fine-tuned embedder's ranking of the whole corpus.
+        embedder = load_dense(model_p, name=EMBEDDER)
+        index = DenseIndex(list(chunk_text), embedder.encode_passages(list(chunk_text.values())))
+        depth = max(cfg.rank_max, cfg.rerank_k)
+        pairs, capped = reranking.cap_per_document(train + synthetic, cfg.max_pos_per_doc, cfg.seed)
+        qtext = {p["query_id"]: p["query"] for p in pairs + dev}
+        ranking = index.search_vectors(list(qtext), embedder.encode_queries(list(qtext.values())), depth)
+        groups, counts = reranking.mine_rerank_groups(pairs, ranking, chunk_text, chunk_to_doc, cfg)
+        dev_groups, _ = reranking.mine_rerank_groups(
+            [q for q in dev if q["positive_chunk_ids"]], ranking, chunk_text, chunk_to_doc, cfg
+        )
+        Path("data/reranker").mkdir(parents=True, exist_ok=True)
+        write_jsonl("data/reranker/train_groups.jsonl", groups)
+        write_jsonl("data/reranker/dev_groups.jsonl", dev_groups)
+        if len(groups) < cfg.batch_size:
+            raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
+        del embedder
+
+        base_path = {"embedder": EMBEDDER, "base": None}.get(cfg.base, cfg.base) or resolve_model(model_p["embedder"])
+        base_path = base_path if Path(base_path).exists() else resolve_model(base_path)
+        new_head = reranking.head_is_new(base_path)
+        model = reranking.load_reranker(base_path, cfg.max_length)
+        train_ds = reranking.groups_to_dataset(groups, cfg.loss)
+        pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
+        samples = reranking.dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
+        evaluator = reranking.build_evaluator(samples, cfg.batch_size) if samples else None
+        dev_before = evaluator(model) if evaluator else {}
+        pairs_before = reranking.pair_summary(model, dev_groups, cfg.batch_size)
+
+        fingerprint = cfg.fingerprint(
+            model_fingerprint(base_path),
+            digest("data/reranker/train_groups.jsonl"),
+            digest("data/pairs/dev.jsonl"),
+            digest(__file__),
+            digest(reranking.__file__),
+            digest(training.__file__),
+        )
+        resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint)
+        if resume:
+            console.print(f"[bold]Resuming[/] from {resume}")
+        callbacks = []
+        try:
+            live = Live(LIVE_DIR, resume=bool(resume), dvcyaml=None, save_dvc_exp=False, report=None)
+            callbacks.append(DVCLiveCallback(live=live))
+        except Exception as exc:  # e.g. a git repo without commits: train anyway, say what is missing
+            warn(f"training curves will not be logged to {LIVE_DIR}: {exc}")
+        trainer = reranking.build_trainer(
+            model, cfg, train_ds, evaluator, CKPT_DIR, new_head=new_head, pos_weight=pos_weight, callbacks=callbacks
+        )
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - t0
+
+        dev_after = evaluator(model) if evaluator else {}
+        pairs_after = reranking.pair_summary(model, dev_groups, cfg.batch_size)
+        dev_top = {q["query_id"]: ranking[q["query_id"]][: cfg.rerank_k] for q in dev}
+        dev_scores = reranking.rerank_ranking(model, dev_top, qtext, chunk_text, cfg.rerank_k, cfg.batch_size)
+        dev_reranked = reranking.apply_rerank(dev_top, dev_scores, weight=1.0)
+        popular_doc, share = reranking.top1_concentration(dev_reranked, chunk_to_doc)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        steps = trainer.state.global_step
+        warnings = reranking.reranker_warnings(
+            optimizer_steps=steps,
+            dev_input_ndcg=dev_after.get("dev_base_ndcg@10"),
+            dev_reranked_ndcg=dev_after.get("dev_ndcg@10"),
+            popular_doc=popular_doc,
+            popular_share=share,
+        )
+        for w in warnings:
+            warn(w)
+
+        def dev_metrics(scores: dict[str, float], pairs: dict[str, float]) -> dict[str, float]:
+            out = {k.replace("dev_", ""): round(float(v), 4) for k, v in scores.items() if k.startswith("dev_")}
+            return {**out, **pairs}
+
+        metrics = {
+            "effective": {
+                "base": cfg.base,
+                "base_path": str(base_path),
+                "new_head": new_head,
+                "loss": type(trainer.loss).__name__,
+                "pos_weight": round(pos_weight, 4) if cfg.loss == "bce" else None,
+                "learning_rate": float(trainer.args.learning_rate),
+                "head_learning_rate": cfg.head_lr
+                if new_head and cfg.head_lr > 0
+                else float(trainer.args.learning_rate),
+                "optimizer_steps": steps,
+                "epochs": round(float(trainer.state.epoch or 0), 3),
+                "per_device_batch_size": trainer.args.per_device_train_batch_size,
+                "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps,
+                "bf16": bool(trainer.args.bf16),
+                "fp16": bool(trainer.args.fp16),
+            },
+            "train": {
+                **counts,
+                "pairs_in": len(train) + len(synthetic),
+                "pairs_capped_per_doc": sum(capped.values()),
+                "rows": len(train_ds),
+                "final_loss": round(losses[-1], 4) if losses else None,
+                "first_loss": round(losses[0], 4) if losses else None,
+                "seconds": round(seconds, 1),
+                "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+                "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+            },
+            "dev": {
+                "n_queries": len(samples),
+                "before": dev_metrics(dev_before, pairs_before),
+                "after": dev_metrics(dev_after, pairs_after),
+                "top1_most_common_doc": popular_doc,
+                "top1_most_common_share": round(share, 4),
+            },
+            "warnings": warnings,
+        }
+        model.save_pretrained(OUT_DIR)
+        reranking.write_model_card(OUT_DIR, str(base_path), cfg, metrics)
+        write_json("metrics/train_reranker.json", metrics)
+        clear_checkpoints(CKPT_DIR)
+        summary["read"] = f"{len(pairs)} training pairs ({sum(capped.values())} capped), {len(dev)} dev queries"
+        summary["wrote"] = (
+            f"{OUT_DIR} ({steps} steps, dev ndcg@10 input {dev_after.get('dev_base_ndcg@10', float('nan')):.3f} → "
+            f"reranked {dev_after.get('dev_ndcg@10', float('nan')):.3f}), data/reranker/*.jsonl, "
+            "metrics/train_reranker.json"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""train_reranker: params reach the CrossEncoderTrainer, negatives come from the embedder's ranking with the
+false-negative guards, positives are capped per document, fusion behaves at its ends, and a tiny reranker learns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ragtune.reranking import (
+    RerankerConfigError,
+    RerankerTrainConfig,
+    apply_rerank,
+    build_evaluator,
+    build_trainer,
+    cap_per_document,
+    dev_samples,
+    fuse,
+    groups_to_dataset,
+    head_is_new,
+    load_reranker,
+    mine_rerank_groups,
+    pair_summary,
+    reranker_warnings,
+    top1_concentration,
+)
+
+# Non-default value for every knob, so a knob that does not reach the trainer fails the test.
+PARAMS = {
+    "seed": 7,
+    "base": "base",
+    "loss": "bce",
+    "pos_weight": 2.5,
+    "mnrl_scale": 5.0,
+    "n_hard": 3,
+    "n_random": 2,
+    "rank_min": 1,
+    "rank_max": 9,
+    "margin": 0.1,
+    "max_pos_per_doc": 3,
+    "use_synthetic": False,
+    "max_length": 48,
+    "epochs": 3,
+    "max_steps": 13,
+    "batch_size": 4,
+    "lr": 4e-5,
+    "head_lr": 2e-3,
+    "warmup_ratio": 0.2,
+    "scheduler": "cosine",
+    "weight_decay": 0.05,
+    "rerank_k": 7,
+    "eval_steps": 3,
+    "save_steps": 6,
+    "save_total_limit": 4,
+    "early_stopping_patience": 2,
+    "load_best_model_at_end": False,
+    "gradient_accumulation_steps": 2,
+    "gradient_checkpointing": True,
+    "precision": "auto",
+    "cpu_bf16": False,
+    "logging_steps": 2,
+    "dataloader_num_workers": 1,
+}
+
+CHUNKS = {f"{d}#{i}": d for d in "ABCDEF" for i in range(2)}
+TEXT = {c: f"văn bản {c}" for c in CHUNKS}
+
+
+def test_params_cover_every_config_field():
+    names = {f.name for f in dataclasses.fields(RerankerTrainConfig)} - {"extra"}
+    assert names == set(PARAMS), "a new train_reranker param needs a row in PARAMS and an assertion"
+    defaults = RerankerTrainConfig()
+    assert all(getattr(defaults, k) != v for k, v in PARAMS.items() if k not in ("precision", "loss"))
+
+
+def test_unknown_or_invalid_params_are_refused():
+    with pytest.raises(RerankerConfigError, match="learning_rate"):
+        RerankerTrainConfig.from_params({"learning_rate": 1e-4})
+    with pytest.raises(RerankerConfigError, match="loss"):
+        RerankerTrainConfig.from_params({"loss": "cosine"})
+    with pytest.raises(RerankerConfigError, match="rank_min"):
+        RerankerTrainConfig.from_params({"rank_min": 10, "rank_max": 5})
+
+
+def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
+    from transformers import EarlyStoppingCallback
+
+    cfg = RerankerTrainConfig.from_params(PARAMS)
+    assert head_is_new(tiny_embedder_path)  # an embedder folder has no classification head
+    model = load_reranker(tiny_embedder_path, cfg.max_length)
+    assert model.max_seq_length == 48
+    groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]
+    evaluator = build_evaluator([{"query": "hỏi 1", "positive": ["đúng 1"], "documents": ["sai 1a", "đúng 1"]}], 4)
+    trainer = build_trainer(
+        model, cfg, groups_to_dataset(groups, cfg.loss), evaluator, tmp_path, new_head=True, pos_weight=cfg.pos_weight
+    )
+    a = trainer.args
+    assert (a.seed, a.data_seed) == (7, 7)
+    assert a.learning_rate == 4e-5 and a.learning_rate_mapping == {"classifier": 2e-3}
+    assert a.warmup_steps == 0.2
+    assert getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type) == "cosine"
+    assert a.weight_decay == 0.05
+    assert a.num_train_epochs == 3 and a.max_steps == 13
+    assert a.per_device_train_batch_size == 4 and a.gradient_accumulation_steps == 2
+    assert a.eval_steps == 3 and a.save_steps == 6 and a.save_total_limit == 4
+    assert a.load_best_model_at_end is False and a.metric_for_best_model == "eval_dev_ndcg@10"
+    assert a.activation_checkpointing is True
+    assert a.bf16 is False and a.fp16 is False  # cpu_bf16 off
+    assert a.logging_steps == 2 and a.dataloader_num_workers == 1
+    assert any(
+        isinstance(cb, EarlyStoppingCallback) and cb.early_stopping_patience == 2
+        for cb in trainer.callback_handler.callbacks
+    )
+    assert type(trainer.loss).__name__ == "BinaryCrossEntropyLoss" and float(trainer.loss.pos_weight) == 2.5
+    # the optimizer really gives the new head its own learning rate
+    opt = trainer.create_optimizer()
+    head_ids = {id(p) for n, p in model.named_parameters() if "classifier" in n}
+    lrs = {g["lr"] for g in opt.param_groups if any(id(p) in head_ids for p in g["params"])}
+    assert lrs == {2e-3}
+
+    lambda_cfg = dataclasses.replace(cfg, loss="lambda")
+    t2 = build_trainer(
+        model, lambda_cfg, groups_to_dataset(groups, "lambda"), None, tmp_path, new_head=False, pos_weight=1.0
+    )
+    assert type(t2.loss).__name__ == "LambdaLoss" and t2.args.learning_rate_mapping == {}
+    mnrl = build_trainer(
+        model,
+        dataclasses.replace(cfg, loss="mnrl"),
+        groups_to_dataset(groups, "mnrl"),
+        None,
+        tmp_path,
+        new_head=True,
+        pos_weight=1.0,
+    )
+    assert type(mnrl.loss).__name__ == "MultipleNegativesRankingLoss" and mnrl.loss.scale == 5.0
+
+
+def test_dataset_shapes_per_loss():
+    groups = [{"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}, {"query": "r", "pos": ["p2"], "neg": ["m1"]}]
+    bce = groups_to_dataset(groups, "bce")
+    assert bce.column_names == ["query", "passage", "label"] and bce["label"] == [1.0, 0.0, 0.0, 1.0, 0.0]
+    lam = groups_to_dataset(groups, "lambda")
+    assert lam["labels"] == [[1.0, 0.0, 0.0], [1.0, 0.0]]
+    mnrl = groups_to_dataset(groups, "mnrl")
+    assert mnrl.column_names == ["query", "positive", "negative_1"]  # no padding with invented negatives
+
+
+def test_negatives_come_from_the_embedder_ranking_with_guards():
+    cfg = RerankerTrainConfig(n_hard=2, n_random=1, rank_min=0, rank_max=6, margin=0.1, seed=1)
+    pair = {"query_id": "q", "query": "hỏi", "positive_doc_ids": ["A"], "positive_chunk_ids": ["A#0"]}
+    ranking = {
+        "q": [
+            ("A#1", 0.95),  # sibling chunk of the positive document: never a negative
+            ("B#0", 0.90),  # ≥ (1 - 0.1) × 0.95 = 0.855: too close to the positive, likely a false negative
+            ("A#0", 0.85),
+            ("C#0", 0.80),
+            ("D#0", 0.70),
+            ("E#0", 0.60),
+        ]
+    }
+    groups, counts = mine_rerank_groups([pair], ranking, TEXT, CHUNKS, cfg)
+    g = groups[0]
+    assert g["pos"] == [TEXT["A#0"]] and g["neg_ids"][:2] == ["C#0", "D#0"]
+    assert g["neg_sources"] == ["embedder", "embedder", "random"]
+    assert CHUNKS[g["neg_ids"][2]] != "A" and g["neg_ids"][2] not in g["neg_ids"][:2]
+    assert counts["dropped_by_margin"] == 1 and counts.get("groups_short_of_hard_negatives", 0) == 0
+    assert mine_rerank_groups([pair], ranking, TEXT, CHUNKS, cfg)[0] == groups  # deterministic
+    # a rank window that leaves too few candidates is counted, not padded
+    narrow = dataclasses.replace(cfg, rank_min=5, rank_max=6)
+    g2, c2 = mine_rerank_groups([pair], ranking, TEXT, CHUNKS, narrow)
+    assert g2[0]["neg_ids"][:1] == ["E#0"] and c2["groups_short_of_hard_negatives"] == 1
+
+
+def test_positives_are_capped_per_document():
+    pairs = [{"query_id": f"a{i}", "positive_doc_ids": ["A"]} for i in range(5)] + [
+        {"query_id": "b", "positive_doc_ids": ["B"]}
+    ]
+    kept, dropped = cap_per_document(pairs, 2, seed=3)
+    assert sum(p["positive_doc_ids"] == ["A"] for p in kept) == 2 and dropped == {"A": 3}
+    assert {"query_id": "b", "positive_doc_ids": ["B"]} in kept
+    assert cap_per_document(pairs, 0, seed=3) == (pairs, {})
+
+
+def test_fusion_ends_and_middle():
+    cands = [("x", 0.9), ("y", 0.8), ("z", 0.1)]
+    rer = [0.1, 0.2, 0.9]
+    assert [c for c, _ in fuse(cands, rer, 0.0)] == ["x", "y", "z"]  # retriever alone
+    assert [c for c, _ in fuse(cands, rer, 1.0)] == ["z", "y", "x"]  # reranker alone
+    ranking = {"q": [*cands, ("w", 0.05)]}
+    out = apply_rerank(ranking, {"q": rer}, 1.0)
+    assert [c for c, _ in out["q"]] == ["z", "y", "x", "w"]  # candidates past rerank depth keep their place after
+
+
+def test_dev_samples_mark_every_retrieved_chunk_of_a_labeled_document():
+    dev = [{"query_id": "q", "query": "hỏi", "positive_doc_ids": ["A"]}]
+    ranking = {"q": [("B#0", 0.9), ("A#1", 0.8), ("A#0", 0.7), ("C#0", 0.6)]}
+    (s,) = dev_samples(dev, ranking, TEXT, CHUNKS, k=3)
+    assert s["documents"] == [TEXT["B#0"], TEXT["A#1"], TEXT["A#0"]]
+    assert s["positive"] == [TEXT["A#1"], TEXT["A#0"]]
+
+
+def test_guards_fire():
+    assert top1_concentration({"q1": [("A#0", 1)], "q2": [("A#1", 1)], "q3": [("B#0", 1)]}, CHUNKS) == ("A", 2 / 3)
+    w = reranker_warnings(
+        optimizer_steps=10, dev_input_ndcg=0.8, dev_reranked_ndcg=0.5, popular_doc="A", popular_share=0.5
+    )
+    assert len(w) == 3 and "worse" in w[1] and "popularity" in w[2]
+    assert reranker_warnings(optimizer_steps=100, dev_input_ndcg=0.5, dev_reranked_ndcg=0.6) == []
+
+
+def test_tiny_reranker_learns_and_saves(tiny_embedder_path, tmp_path):
+    """The trainer really optimises (loss falls, positives separate from negatives) and the output reloads alone.
+
+    The cue is deliberately easy: a random 2-layer BERT has an almost input-independent [CLS] vector, and this test
+    is about the training wiring, not about what e5 can learn (that is measured on the sample, see the README).
+    """
+    from sentence_transformers import CrossEncoder
+
+    cfg = RerankerTrainConfig.from_params(
+        {
+            "max_steps": 60,
+            "batch_size": 8,
+            "lr": 1e-3,
+            "head_lr": 1e-2,
+            "logging_steps": 1,
+            "save_steps": 1000,
+            "warmup_ratio": 0.0,
+            "scheduler": "constant",
+            "cpu_bf16": False,
+            "max_length": 32,
+        }
+    )
+    model = load_reranker(tiny_embedder_path, cfg.max_length)
+    topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]
+    groups = [
+        {
+            "query": f"hỏi về {t}",
+            "pos": [f"quy định chính thức về {t}"],
+            "neg": [f"tin đồn không rõ về {topics[(j + k) % 8]}" for k in (1, 3)],
+        }
+        for j, t in enumerate(topics)
+        for _ in range(3)
+    ]
+    before = pair_summary(model, groups)
+    trainer = build_trainer(
+        model, cfg, groups_to_dataset(groups, "bce"), None, tmp_path / "ck", new_head=True, pos_weight=2.0
+    )
+    trainer.train()
+    after = pair_summary(model, groups)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    assert after["margin"] > before["margin"] + 0.5 and after["accuracy"] > before["accuracy"]
+    model.save_pretrained(str(tmp_path / "reranker"))
+    reloaded = CrossEncoder(str(tmp_path / "reranker"))
+    assert not head_is_new(tmp_path / "reranker")
+    ranked = reloaded.rank("hỏi về vpn", ["tin đồn không rõ về vpn", "quy định chính thức về vpn"])
+    assert ranked[0]["corpus_id"] == 1

@@ -1,0 +1,126 @@
+"""`ragtune search`: the installed CLI answers from models/ alone (index + embedder + reranker + pipeline.json)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragtune.jsonl import write_json
+from ragtune.search import Pipeline, Searcher, SearchSetupError, write_index
+
+DOCS = {
+    "HR-1": ("Nghỉ phép năm", "Nhân viên chính thức được nghỉ phép năm mười hai ngày có hưởng lương."),
+    "IT-1": ("Mật khẩu", "Mật khẩu phải có ít nhất mười hai ký tự và được đổi mỗi chín mươi ngày."),
+    "IT-2": ("VPN", "Kết nối VPN bắt buộc khi làm việc từ xa với hệ thống nội bộ của công ty."),
+    "FN-1": ("Công tác phí", "Công tác phí được thanh toán trong vòng mười ngày sau khi nộp hóa đơn."),
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path, tiny_embedder_path: Path) -> Path:
+    """A repo-shaped folder with models/embedder, models/reranker, models/index and models/pipeline.json."""
+    from sentence_transformers import SentenceTransformer
+
+    from ragtune.reranking import load_reranker
+
+    models = tmp_path / "models"
+    shutil.copytree(tiny_embedder_path, models / "embedder")
+    load_reranker(tiny_embedder_path, 64).save_pretrained(str(models / "reranker"))
+    chunks = [
+        {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
+        for d, (t, body) in DOCS.items()
+    ]
+    docs = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in DOCS.items()]
+    model = SentenceTransformer(str(models / "embedder"), device="cpu")
+    vecs = model.encode([c["text"] for c in chunks], prompt="passage: ", normalize_embeddings=True)
+    write_index(
+        models / "index",
+        chunks,
+        docs,
+        vecs,
+        {
+            "embedder": "models/embedder",
+            "query_prompt": "query: ",
+            "passage_prompt": "passage: ",
+            "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
+        },
+    )
+    write_json(
+        models / "pipeline.json",
+        {
+            "system": "ft_hybrid+rerank",
+            "retriever": "ft_hybrid",
+            "rerank": True,
+            "rerank_k": 3,
+            "fusion_weight": 0.5,
+            "candidate_k": 4,
+            "rrf_k": 60,
+        },
+    )
+    return tmp_path
+
+
+def test_pipeline_file_and_names():
+    p = Pipeline.parse("ft_dense+rerank", Pipeline(rerank_k=7, fusion_weight=0.3))
+    assert (p.retriever, p.rerank, p.rerank_k, p.fusion_weight, p.name) == ("ft_dense", True, 7, 0.3, "ft_dense+rerank")
+    with pytest.raises(SearchSetupError, match="unknown pipeline"):
+        Pipeline.parse("base_dense")
+    assert Pipeline.load("/nonexistent/pipeline.json") == Pipeline()
+
+
+def test_searcher_follows_the_pipeline_file(repo: Path):
+    pipeline = Pipeline.load(repo / "models/pipeline.json")
+    s = Searcher.load(repo / "models/index", pipeline, reranker_dir=repo / "models/reranker")
+    hits = s.search("Làm việc từ xa có cần VPN không?", k=4)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert {h["doc_id"] for h in hits} == set(DOCS)
+    assert hits[0]["metadata"]["department"] == hits[0]["doc_id"].split("-")[0]
+    # the reranker scored exactly the top rerank_k candidates; the rest keep retrieval order after them
+    assert sum("reranker" in h["scores"] for h in hits) == 3 and "reranker" not in hits[3]["scores"]
+    assert all(hits[i]["scores"]["final"] >= hits[i + 1]["scores"]["final"] for i in range(2))
+    assert hits[3]["scores"]["final"] is None  # below the reranked head: retrieval order, no fused score
+    bm25_only = Searcher.load(repo / "models/index", Pipeline.parse("bm25"))
+    assert bm25_only.search("VPN làm việc từ xa", k=1)[0]["doc_id"] == "IT-2"  # lexical match is exact here
+
+
+def test_cli_json_and_table(repo: Path, capsys):
+    from ragtune.cli import main
+
+    assert main(["search", "mật khẩu bao nhiêu ký tự", "--k", "2", "--json", "--root", str(repo)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pipeline"] == "ft_hybrid+rerank" and out["fusion_weight"] == 0.5
+    assert len(out["results"]) == 2 and {"title", "metadata", "scores", "text"} <= set(out["results"][0])
+    assert main(["search", "mật khẩu", "--pipeline", "ft_dense", "--root", str(repo)]) == 0
+    table = capsys.readouterr().out
+    assert "pipeline ft_dense" in table and "ms" in table
+
+
+def test_cli_says_what_to_run_when_the_index_is_missing(tmp_path: Path, capsys):
+    from ragtune.cli import main
+
+    assert main(["search", "câu hỏi", "--root", str(tmp_path)]) == 2
+    assert "dvc repro" in capsys.readouterr().err
+
+
+def test_installed_console_script(repo: Path):
+    """`ragtune` is on PATH after `pip install -e .` (the README's test command installs it)."""
+    exe = shutil.which("ragtune", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if exe is None:
+        pytest.fail("the ragtune console script is not installed: run `pip install -e .`")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [exe, "search", "công tác phí thanh toán", "--json", "--k", "1", "--root", str(repo)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["results"][0]["rank"] == 1
