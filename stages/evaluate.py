@@ -76,6 +76,15 @@ def main() -> None:
 
         selection = results.get("dev", results["test"])["doc"]
         pipeline = choose_pipeline(selection, SERVABLE) if tuned is not None else None
+        overall = choose_pipeline(selection, list(selection))
+        if pipeline and overall != pipeline:
+            unservable_note = (
+                f"{overall} (not servable by `ragtune search`, which only loads the fine-tuned index) scored higher "
+                f"on dev than the chosen pipeline {pipeline}: ndcg@10 {selection[overall]['ndcg@10']:.4f} vs "
+                f"{selection[pipeline]['ndcg@10']:.4f}"
+            )
+        else:
+            unservable_note = ""
         if pipeline:
             retriever, _, rr = pipeline.partition("+")
             write_json(
@@ -88,6 +97,7 @@ def main() -> None:
                     "fusion_weight": reranker_report.get(retriever, {}).get("weight", 1.0),
                     "candidate_k": depth,
                     "rrf_k": int(e["rrf_k"]),
+                    "rerank_bf16": bool(e["rerank_bf16"]),
                     "chosen_on": "dev" if "dev" in results else "test (no dev split)",
                 },
             )
@@ -110,6 +120,8 @@ def main() -> None:
                     f"the reranker puts {r['top1_doc']} first for {r['top1_share']:.0%} of test queries ({retr}): "
                     "it may rank by document popularity"
                 )
+        if unservable_note:
+            warnings.append(unservable_note)
         if pipeline and "dev" not in results:
             warnings.append("no dev split: the pipeline was chosen on test, so its test numbers are optimistic")
         if tuned is not None:
@@ -178,7 +190,7 @@ def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) 
                 for cid, _ in items[:k]:
                     union.setdefault(qid, {})[cid] = 0.0
         flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
-        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9)
+        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bool(e["rerank_bf16"]))
         scores[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
 
     def reranked(split: str, retr: str, w: float) -> dict:

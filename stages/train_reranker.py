@@ -59,7 +59,7 @@ def main() -> None:
         base_path = {"embedder": EMBEDDER, "base": None}.get(cfg.base, cfg.base) or resolve_model(model_p["embedder"])
         base_path = base_path if Path(base_path).exists() else resolve_model(base_path)
         new_head = reranking.head_is_new(base_path)
-        model = reranking.load_reranker(base_path, cfg.max_length)
+        model = reranking.load_reranker(base_path, cfg.max_length, cfg.head)
         train_ds = reranking.groups_to_dataset(groups, cfg.loss)
         pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
         samples = reranking.dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
@@ -118,6 +118,7 @@ def main() -> None:
                 "base": cfg.base,
                 "base_path": str(base_path),
                 "new_head": new_head,
+                "head": cfg.head if new_head else "pretrained",
                 "loss": type(trainer.loss).__name__,
                 "pos_weight": round(pos_weight, 4) if cfg.loss == "bce" else None,
                 "learning_rate": float(trainer.args.learning_rate),

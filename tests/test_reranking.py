@@ -29,6 +29,7 @@ from ragtune.reranking import (
 PARAMS = {
     "seed": 7,
     "base": "base",
+    "head": "cls",
     "loss": "bce",
     "pos_weight": 2.5,
     "mnrl_scale": 5.0,
@@ -87,7 +88,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
 
     cfg = RerankerTrainConfig.from_params(PARAMS)
     assert head_is_new(tiny_embedder_path)  # an embedder folder has no classification head
-    model = load_reranker(tiny_embedder_path, cfg.max_length)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
     assert model.max_seq_length == 48
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]
     evaluator = build_evaluator([{"query": "hỏi 1", "positive": ["đúng 1"], "documents": ["sai 1a", "đúng 1"]}], 4)
@@ -133,6 +134,30 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
         pos_weight=1.0,
     )
     assert type(mnrl.loss).__name__ == "MultipleNegativesRankingLoss" and mnrl.loss.scale == 5.0
+
+
+def test_mean_head_gets_the_head_learning_rate_and_round_trips(tiny_embedder_path, tmp_path):
+    """head=mean: encoder + mean pooling + a linear scorer; the scorer (only) gets head_lr, and it reloads alone."""
+    from sentence_transformers import CrossEncoder
+
+    cfg = RerankerTrainConfig(head="mean", lr=1e-5, head_lr=1e-2, max_length=32, cpu_bf16=False)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}"]} for i in range(4)]
+    trainer = build_trainer(model, cfg, groups_to_dataset(groups, "bce"), None, tmp_path, new_head=True, pos_weight=1.0)
+    head = {id(p) for n, p in model.named_parameters() if n.startswith("2.linear.")}
+    assert len(head) == 2  # weight and bias
+    by_lr = {}
+    for g in trainer.create_optimizer().param_groups:
+        for p in g["params"]:
+            by_lr[id(p)] = g["lr"]
+    assert {by_lr[i] for i in head} == {1e-2}
+    assert {lr for i, lr in by_lr.items() if i not in head} == {1e-5}
+    before = model.predict([("hỏi 1", "đúng 1"), ("hỏi 1", "sai 2")])
+    model.save_pretrained(str(tmp_path / "rr"))
+    after = CrossEncoder(str(tmp_path / "rr")).predict([("hỏi 1", "đúng 1"), ("hỏi 1", "sai 2")])
+    assert after == pytest.approx(before, abs=1e-6)
+    with pytest.raises(RerankerConfigError, match="head"):
+        RerankerTrainConfig.from_params({"head": "max"})
 
 
 def test_dataset_shapes_per_loss():
@@ -230,7 +255,7 @@ def test_tiny_reranker_learns_and_saves(tiny_embedder_path, tmp_path):
             "max_length": 32,
         }
     )
-    model = load_reranker(tiny_embedder_path, cfg.max_length)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
     topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]
     groups = [
         {

@@ -45,6 +45,7 @@ class RerankerTrainConfig:
     # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
     # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
     base: str = "embedder"
+    head: str = "mean"  # new head on: mean (mean-pooled tokens + linear) | cls (ST's [CLS]-pooler conversion)
     loss: str = "bce"
     pos_weight: float = 0.0  # bce: weight of positives; 0 = negatives per positive (balances the classes)
     mnrl_scale: float = 10.0
@@ -116,6 +117,8 @@ class RerankerTrainConfig:
             raise RerankerConfigError("train_reranker: need 0 ≤ rank_min < rank_max")
         if self.lr <= 0 or self.lr > 1e-2:
             raise RerankerConfigError(f"train_reranker.lr={self.lr} is outside (0, 1e-2]")
+        if self.head not in HEAD_PATTERNS:
+            raise RerankerConfigError(f"train_reranker.head={self.head!r}: use one of {sorted(HEAD_PATTERNS)}")
         if self.head_lr < 0:
             raise RerankerConfigError("train_reranker.head_lr must be ≥ 0 (0 = same as lr)")
         if self.batch_size < 2:
@@ -281,7 +284,10 @@ def dev_samples(
 
 # --------------------------------------------------------------------------------------------------- model
 def head_is_new(path: str | Path) -> bool:
-    """True when the model folder has no sequence-classification head (an embedder, or a plain encoder)."""
+    """True when the folder holds no trained reranker: not a saved CrossEncoder, and no classification head."""
+    st_config = Path(path, "config_sentence_transformers.json")
+    if st_config.exists() and json.loads(st_config.read_text(encoding="utf-8")).get("model_type") == "CrossEncoder":
+        return False
     config = Path(path, "config.json")
     if not config.exists():
         return True
@@ -289,11 +295,33 @@ def head_is_new(path: str | Path) -> bool:
     return not any("ForSequenceClassification" in a for a in archs)
 
 
-def load_reranker(path: str | Path, max_length: int) -> Any:
-    """A one-logit CrossEncoder from ``path``. An embedder folder gets a new head (sentence-transformers converts)."""
+HEAD_PATTERNS = {"cls": r"classifier", "mean": r"(^|\.)2\.linear\."}  # new-head parameters, for learning_rate_mapping
+
+
+def load_reranker(path: str | Path, max_length: int, head: str = "mean") -> Any:
+    """A one-logit CrossEncoder from ``path``.
+
+    A model with its own classification head loads as is. An embedder folder gets a new head:
+
+    * ``cls``: sentence-transformers' conversion to ``*ForSequenceClassification`` (pooler on [CLS] + a linear);
+    * ``mean``: the encoder's mean-pooled tokens + a linear, built from ST modules. An embedder like e5 was trained
+      to put meaning in its *mean-pooled* output, so this head reads a meaningful vector from step 0, where the
+      [CLS] pooler of a mean-pooling model starts out nearly input-independent.
+    """
     from sentence_transformers import CrossEncoder
 
-    return CrossEncoder(str(path), num_labels=1, max_length=max_length)
+    if head not in HEAD_PATTERNS:
+        raise RerankerConfigError(f"train_reranker.head={head!r}: use one of {sorted(HEAD_PATTERNS)}")
+    if head == "cls" or not head_is_new(path):
+        return CrossEncoder(str(path), num_labels=1, max_length=max_length)
+    import torch
+    from sentence_transformers.base.modules import Dense, Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    encoder = Transformer(str(path), max_seq_length=max_length)
+    dim = encoder.get_embedding_dimension()
+    scorer = Dense(dim, 1, activation_function=torch.nn.Identity(), module_output_name="scores")
+    return CrossEncoder(modules=[encoder, Pooling(dim, "mean"), scorer])
 
 
 def build_loss(model: Any, cfg: RerankerTrainConfig, pos_weight: float) -> Any:
@@ -325,7 +353,7 @@ def build_args(
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_supported is None:
         bf16_supported = bool(cuda and torch.cuda.is_bf16_supported())
-    mapping = {r"classifier": cfg.head_lr} if new_head and cfg.head_lr > 0 else {}
+    mapping = {HEAD_PATTERNS[cfg.head]: cfg.head_lr} if new_head and cfg.head_lr > 0 else {}
     return CrossEncoderTrainingArguments(
         output_dir=str(output_dir),
         seed=cfg.seed,
@@ -443,6 +471,26 @@ def fuse(
     return [(cid, round(s, 6)) for cid, s, _ in fused]
 
 
+def predict(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 32, bf16: bool = False) -> list[float]:
+    """Reranker scores for (query, passage) pairs; ``bf16`` runs the encoder under bf16 autocast on CPU.
+
+    Cross-encoder inference is the slow part of reranking on CPU (every candidate is a full forward pass), and this
+    machine's bf16 matmul is ~4× its fp32 peak; the one-logit head stays fp32, so only the encoder is rounded.
+    """
+    import contextlib
+
+    import torch
+
+    if not pairs:
+        return []
+    ctx = (
+        torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and model.device.type == "cpu" else contextlib.nullcontext()
+    )
+    with ctx, torch.inference_mode():
+        scores = model.predict(list(pairs), batch_size=batch_size, show_progress_bar=False)
+    return [float(s) for s in scores]
+
+
 def rerank_ranking(
     model: Any,
     ranking: Ranking,
@@ -450,6 +498,7 @@ def rerank_ranking(
     chunk_text: dict[str, str],
     k: int,
     batch_size: int = 32,
+    bf16: bool = False,
 ) -> dict[str, list[float]]:
     """Reranker scores for each query's top-k candidates, in candidate order (one ``predict`` call for all)."""
     pairs, spans = [], {}
@@ -457,8 +506,8 @@ def rerank_ranking(
         start = len(pairs)
         pairs += [(queries[qid], chunk_text[cid]) for cid, _ in items[:k]]
         spans[qid] = (start, len(pairs))
-    scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False) if pairs else []
-    return {qid: [float(s) for s in scores[a:b]] for qid, (a, b) in spans.items()}
+    scores = predict(model, pairs, batch_size, bf16)
+    return {qid: scores[a:b] for qid, (a, b) in spans.items()}
 
 
 def apply_rerank(ranking: Ranking, scores: dict[str, list[float]], weight: float) -> Ranking:

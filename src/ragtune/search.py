@@ -43,6 +43,7 @@ class Pipeline:
     fusion_weight: float = 1.0
     candidate_k: int = 100
     rrf_k: int = 60
+    rerank_bf16: bool = True  # bf16 autocast for the reranker on CPU (as measured in evaluate)
 
     @property
     def name(self) -> str:
@@ -58,7 +59,7 @@ class Pipeline:
                 + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank") if not (r == "bm25" and s))
             )
         b = base or cls()
-        return cls(retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k)
+        return cls(retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k, b.rerank_bf16)
 
     @classmethod
     def load(cls, path: str | Path = PIPELINE_FILE) -> Pipeline:
@@ -159,7 +160,7 @@ class Searcher:
         ``scores`` holds ``retriever`` (cosine, or RRF for hybrid), ``reranker`` (raw logit → sigmoid) for the
         reranked head, and ``final``: the fused score that orders the reranked head, null below it.
         """
-        from ragtune.reranking import fuse
+        from ragtune.reranking import fuse, predict
 
         p = self.pipeline
         t0 = time.perf_counter()
@@ -171,7 +172,7 @@ class Searcher:
         if p.rerank and self.reranker is not None:
             top = candidates[: p.rerank_k]
             by_id = {c["chunk_id"]: c for c in self.chunks}
-            scores = self.reranker.predict([(query, by_id[cid]["text"]) for cid, _ in top], show_progress_bar=False)
+            scores = predict(self.reranker, [(query, by_id[cid]["text"]) for cid, _ in top], bf16=p.rerank_bf16)
             rerank_score = {cid: float(s) for (cid, _), s in zip(top, scores, strict=True)}
             # past the reranked head, candidates keep retrieval order and have no fused score (final: null)
             final = fuse(top, [rerank_score[c] for c, _ in top], p.fusion_weight)
