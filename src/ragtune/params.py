@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,3 +30,60 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in params or not isinstance(params[name], dict):
         raise ParamsError(f"params.yaml: missing section `{name}:`; see the README for its keys.")
     return params[name]
+
+
+class StageConfig:
+    """Base for a stage's typed config dataclass: built from its params section, refusing keys nobody reads.
+
+    Subclasses are dataclasses whose field names are the params.yaml keys; they set ``SECTION`` (the params section)
+    and ``ERROR`` (the exception type to raise), and may override :meth:`validate`. An ``extra`` field, if present,
+    is never read from params.
+    """
+
+    SECTION = "stage"
+    ERROR: type[ValueError] = ParamsError
+    # fields that do not change the training trajectory, so a change to them may resume a checkpoint
+    NOT_IN_FINGERPRINT = ("extra", "logging_steps", "dataloader_num_workers")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise cls.ERROR(
+                f"params.yaml {cls.SECTION}: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
+                "A param the trainer does not read would be silently ignored, so it is refused instead."
+            )
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if f.name not in params or f.name == "extra":
+                continue
+            v = params[f.name]
+            if str(f.type).startswith("tuple"):
+                v = tuple(int(x) for x in (v or ()))
+            elif f.type in ("int", int):
+                v = int(v)
+            elif f.type in ("float", float):
+                v = float(v)
+            elif f.type in ("bool", bool):
+                v = bool(v)
+            elif f.type in ("str", str):
+                v = str(v)
+            values[f.name] = v
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Range and choice checks; raise ``ERROR`` with the ``SECTION.key`` in the message."""
+
+    def fingerprint(self, *inputs: str) -> str:
+        """Hash of everything that changes the training trajectory: resuming across a change would be wrong."""
+        payload = json.dumps(
+            {k: v for k, v in asdict(self).items() if k not in self.NOT_IN_FINGERPRINT},  # type: ignore[call-overload]
+            sort_keys=True,
+        )
+        h = hashlib.sha256(payload.encode())
+        for item in inputs:
+            h.update(b"\x00" + item.encode())
+        return h.hexdigest()[:16]

@@ -17,16 +17,16 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
 
 LOSSES = ("bce", "lambda", "mnrl")
@@ -38,8 +38,11 @@ class RerankerConfigError(ValueError):
 
 
 @dataclass
-class RerankerTrainConfig:
+class RerankerTrainConfig(StageConfig):
     """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``."""
+
+    SECTION = "train_reranker"
+    ERROR = RerankerConfigError
 
     seed: int = 42
     # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
@@ -79,33 +82,6 @@ class RerankerTrainConfig:
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> RerankerTrainConfig:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise RerankerConfigError(
-                f"params.yaml train_reranker: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
-                "A param the trainer does not read would be silently ignored, so it is refused instead."
-            )
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in params or f.name == "extra":
-                continue
-            v = params[f.name]
-            if f.type in ("int", int):
-                v = int(v)
-            elif f.type in ("float", float):
-                v = float(v)
-            elif f.type in ("bool", bool):
-                v = bool(v)
-            elif f.type in ("str", str):
-                v = str(v)
-            values[f.name] = v
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise RerankerConfigError(f"train_reranker.loss={self.loss!r}: choose one of {LOSSES}")
@@ -123,17 +99,6 @@ class RerankerTrainConfig:
             raise RerankerConfigError("train_reranker.head_lr must be ≥ 0 (0 = same as lr)")
         if self.batch_size < 2:
             raise RerankerConfigError("train_reranker.batch_size must be ≥ 2")
-
-    def fingerprint(self, *inputs: str) -> str:
-        """Hash of everything that changes the training trajectory (checkpoints of another config are not resumed)."""
-        payload = json.dumps(
-            {k: v for k, v in asdict(self).items() if k not in ("extra", "logging_steps", "dataloader_num_workers")},
-            sort_keys=True,
-        )
-        h = hashlib.sha256(payload.encode())
-        for item in inputs:
-            h.update(b"\x00" + item.encode())
-        return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------- data

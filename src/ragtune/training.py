@@ -10,14 +10,14 @@ params it does not know, so a knob in params.yaml can never be silently ignored.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ragtune.params import StageConfig
 
 LOSSES = ("mnrl", "cached_mnrl", "gist")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -28,8 +28,11 @@ class TrainConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class EmbedderTrainConfig:
+class EmbedderTrainConfig(StageConfig):
     """Every knob of the train_embedder stage. Field names are the params.yaml keys under ``train_embedder:``."""
+
+    SECTION = "train_embedder"
+    ERROR = TrainConfigError
 
     seed: int = 42
     loss: str = "mnrl"
@@ -62,33 +65,6 @@ class EmbedderTrainConfig:
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> EmbedderTrainConfig:
-        known = {f.name for f in fields(cls)} - {"extra"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise TrainConfigError(
-                f"params.yaml train_embedder: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
-                "A param the trainer does not read would be silently ignored, so it is refused instead."
-            )
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name not in params or f.name == "extra":
-                continue
-            v = params[f.name]
-            if f.name == "matryoshka_dims":
-                v = tuple(int(x) for x in (v or ()))
-            elif f.type in ("int", int):
-                v = int(v)
-            elif f.type in ("float", float):
-                v = float(v)
-            elif f.type in ("bool", bool):
-                v = bool(v)
-            values[f.name] = v
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise TrainConfigError(f"train_embedder.loss={self.loss!r}: choose one of {LOSSES}")
@@ -102,17 +78,6 @@ class EmbedderTrainConfig:
             raise TrainConfigError("train_embedder.scale must be > 0 (it is 1 / temperature)")
         if self.lr <= 0 or self.lr > 1e-2:
             raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
-
-    def fingerprint(self, *inputs: str) -> str:
-        """Hash of everything that changes the training trajectory: resuming across a change would be wrong."""
-        payload = json.dumps(
-            {k: v for k, v in asdict(self).items() if k not in ("extra", "logging_steps", "dataloader_num_workers")},
-            sort_keys=True,
-        )
-        h = hashlib.sha256(payload.encode())
-        for item in inputs:
-            h.update(b"\x00" + item.encode())
-        return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -297,7 +262,7 @@ def precision_flags(cfg: EmbedderTrainConfig, cuda: bool, bf16_supported: bool) 
         return {"fp16": False, "bf16": True}
     if cfg.precision == "fp16":
         if not cuda:
-            raise TrainConfigError("train_embedder.precision=fp16 needs CUDA; use bf16 (cpu_bf16) on CPU")
+            raise cfg.ERROR(f"{cfg.SECTION}.precision=fp16 needs CUDA; use bf16 (cpu_bf16) on CPU")
         return {"fp16": True, "bf16": False}
     if cuda:
         return {"fp16": not bf16_supported, "bf16": bf16_supported}
