@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.jsonl import read_jsonl
-from ragtune.retrieval import BM25Index, DenseIndex, Ranking, rrf
+from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, rrf
 
 INDEX_DIR = "models/index"
 PIPELINE_FILE = "models/pipeline.json"
@@ -83,6 +83,10 @@ class Searcher:
     bm25: BM25Index | None = None
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    by_id: dict[str, dict[str, Any]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.by_id = {c["chunk_id"]: c for c in self.chunks}  # built once: search() looks chunks up per query
 
     @classmethod
     def load(
@@ -119,14 +123,7 @@ class Searcher:
             reranker = CrossEncoder(str(reranker_dir), device="cpu")
         bm25 = None
         if pipeline.retriever in ("ft_hybrid", "bm25"):
-            b = manifest.get("bm25", {})
-            bm25 = BM25Index(
-                ids=[c["chunk_id"] for c in chunks],
-                tokenizer=b.get("tokenizer", "pyvi"),
-                backend=b.get("backend", "bm25s"),
-                k1=float(b.get("k1", 1.5)),
-                b=float(b.get("b", 0.75)),
-            ).fit([c["text"] for c in chunks])
+            bm25 = build_bm25(chunks, manifest.get("bm25", {}))
         return cls(
             chunks=chunks,
             dense=DenseIndex([c["chunk_id"] for c in chunks], vectors),
@@ -171,18 +168,16 @@ class Searcher:
         final: list[tuple[str, float | None]] = list(candidates)
         if p.rerank and self.reranker is not None:
             top = candidates[: p.rerank_k]
-            by_id = {c["chunk_id"]: c for c in self.chunks}
-            scores = predict(self.reranker, [(query, by_id[cid]["text"]) for cid, _ in top], bf16=p.rerank_bf16)
+            scores = predict(self.reranker, [(query, self.by_id[cid]["text"]) for cid, _ in top], bf16=p.rerank_bf16)
             rerank_score = {cid: float(s) for (cid, _), s in zip(top, scores, strict=True)}
             # past the reranked head, candidates keep retrieval order and have no fused score (final: null)
             final = fuse(top, [rerank_score[c] for c, _ in top], p.fusion_weight)
             final += [(cid, None) for cid, _ in candidates[p.rerank_k :]]
         t2 = time.perf_counter()
         self.timings = {"retrieve_s": t1 - t0, "rerank_s": t2 - t1, "total_s": t2 - t0}
-        row_of = {c["chunk_id"]: c for c in self.chunks}
         out = []
         for rank, (cid, score) in enumerate(final[:k], start=1):
-            c = row_of[cid]
+            c = self.by_id[cid]
             scores = {"retriever": round(retr_score[cid], 6), "final": None if score is None else round(score, 6)}
             if cid in rerank_score:
                 scores["reranker"] = round(rerank_score[cid], 6)
