@@ -174,8 +174,6 @@ def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) 
     """
     from sentence_transformers import CrossEncoder
 
-    from ragtune.evaluation import score_systems as score
-
     model = CrossEncoder(RERANKER)
     k = int(e["rerank_k"])
     weights = [float(w) for w in e["fusion_weights"]]
@@ -199,7 +197,7 @@ def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) 
         return apply_rerank(ranking, s, w)
 
     def ndcg(split: str, ranking: dict) -> float:
-        return score({"x": ranking}, splits[split], chunk_to_doc, ks)["doc"]["x"]["ndcg@10"]
+        return score_systems({"x": ranking}, splits[split], chunk_to_doc, ks)["doc"]["x"]["ndcg@10"]
 
     tune = "dev" if "dev" in splits else "test"
     for retr in ("ft_dense", "ft_hybrid"):
@@ -214,8 +212,9 @@ def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) 
             "weight": best,
             "dev_curve": {f"{w:.2f}": round(v, 4) for w, v in curve.items()},
             "dev_ndcg@10": {
-                "retriever": round(curve.get(0.0, ndcg(tune, systems_by_split[tune][retr])), 4),
-                "reranker": round(curve.get(1.0, ndcg(tune, reranked(tune, retr, 1.0))), 4),
+                # from the weight curve when the grid holds the ends (dict.get would compute its default anyway)
+                "retriever": round(curve[0.0] if 0.0 in curve else ndcg(tune, systems_by_split[tune][retr]), 4),
+                "reranker": round(curve[1.0] if 1.0 in curve else ndcg(tune, reranked(tune, retr, 1.0)), 4),
                 "fused": round(curve[best], 4),
             },
             "test_ndcg@10": {
