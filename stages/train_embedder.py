@@ -3,15 +3,13 @@
 Runs as a single process (`python stages/train_embedder.py`) or under DDP (`torchrun --nproc_per_node N ...`).
 """
 
-import hashlib
 import os
 import time
-from pathlib import Path
 
 from ragtune import training
 from ragtune.console import console, stage, warn
 from ragtune.jsonl import read_jsonl, write_json
-from ragtune.models import load_embedder, model_fingerprint, resolve_model
+from ragtune.models import load_embedder, model_fingerprint, resolve_model, sha256_file
 from ragtune.pairs import query_key
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt
@@ -33,14 +31,7 @@ CKPT_DIR = "models/embedder_checkpoints"
 LIVE_DIR = "dvclive/train_embedder"
 
 
-def digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def main() -> None:
-    from dvclive import Live
-    from transformers.integrations import DVCLiveCallback
-
     params = load_params()
     model_p = section(params, "model")
     cfg = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
@@ -72,22 +63,16 @@ def main() -> None:
 
         fingerprint = cfg.fingerprint(
             model_fingerprint(base_path),
-            digest("data/negatives/train_groups.jsonl"),
-            digest("data/pairs/dev.jsonl"),
-            digest(__file__),
-            digest(training.__file__),  # a code change must not resume a checkpoint made by other code
+            sha256_file("data/negatives/train_groups.jsonl"),
+            sha256_file("data/pairs/dev.jsonl"),
+            sha256_file(__file__),
+            sha256_file(training.__file__),  # a code change must not resume a checkpoint made by other code
             f"world={world}",
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint, owner=rank0)
         if resume:
             console.print(f"[bold]Resuming[/] from {resume}")
-        callbacks = []
-        if rank0:
-            try:
-                live = Live(LIVE_DIR, resume=bool(resume), dvcyaml=None, save_dvc_exp=False, report=None)
-                callbacks.append(DVCLiveCallback(live=live))
-            except Exception as exc:  # e.g. a git repo without commits: train anyway, say what is missing
-                warn(f"training curves will not be logged to {LIVE_DIR}: {exc}")
+        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume)) if rank0 else []
         trainer = build_trainer(
             model,
             cfg,

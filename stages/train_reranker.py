@@ -1,13 +1,12 @@
 """train_reranker: the fine-tuned embedder's candidates → a cross-encoder reranker (resumable, measured on dev)."""
 
-import hashlib
 import time
 from pathlib import Path
 
 from ragtune import reranking, training
 from ragtune.console import console, stage, warn
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
-from ragtune.models import model_fingerprint, resolve_model
+from ragtune.models import model_fingerprint, resolve_model, sha256_file
 from ragtune.params import load_params, section
 from ragtune.reranking import RerankerTrainConfig
 from ragtune.retrieval import DenseIndex, load_dense
@@ -19,14 +18,7 @@ CKPT_DIR = "models/reranker_checkpoints"
 LIVE_DIR = "dvclive/train_reranker"
 
 
-def digest(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def main() -> None:
-    from dvclive import Live
-    from transformers.integrations import DVCLiveCallback
-
     params = load_params()
     model_p = section(params, "model")
     cfg = RerankerTrainConfig.from_params(section(params, "train_reranker"))
@@ -56,8 +48,12 @@ def main() -> None:
             raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
         del embedder
 
-        base_path = {"embedder": EMBEDDER, "base": None}.get(cfg.base, cfg.base) or resolve_model(model_p["embedder"])
-        base_path = base_path if Path(base_path).exists() else resolve_model(base_path)
+        # embedder: the fine-tuned encoder; base: model.embedder; anything else: a reranker name or path
+        base_path = (
+            EMBEDDER
+            if cfg.base == "embedder"
+            else resolve_model(model_p["embedder"] if cfg.base == "base" else cfg.base)
+        )
         new_head = reranking.head_is_new(base_path)
         model = reranking.load_reranker(base_path, cfg.max_length, cfg.head)
         train_ds = reranking.groups_to_dataset(groups, cfg.loss)
@@ -69,21 +65,16 @@ def main() -> None:
 
         fingerprint = cfg.fingerprint(
             model_fingerprint(base_path),
-            digest("data/reranker/train_groups.jsonl"),
-            digest("data/pairs/dev.jsonl"),
-            digest(__file__),
-            digest(reranking.__file__),
-            digest(training.__file__),
+            sha256_file("data/reranker/train_groups.jsonl"),
+            sha256_file("data/pairs/dev.jsonl"),
+            sha256_file(__file__),
+            sha256_file(reranking.__file__),
+            sha256_file(training.__file__),
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint)
         if resume:
             console.print(f"[bold]Resuming[/] from {resume}")
-        callbacks = []
-        try:
-            live = Live(LIVE_DIR, resume=bool(resume), dvcyaml=None, save_dvc_exp=False, report=None)
-            callbacks.append(DVCLiveCallback(live=live))
-        except Exception as exc:  # e.g. a git repo without commits: train anyway, say what is missing
-            warn(f"training curves will not be logged to {LIVE_DIR}: {exc}")
+        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume))
         trainer = reranking.build_trainer(
             model, cfg, train_ds, evaluator, CKPT_DIR, new_head=new_head, pos_weight=pos_weight, callbacks=callbacks
         )

