@@ -5,6 +5,7 @@ from pathlib import Path
 from ragtune.console import stage, warn
 from ragtune.evaluation import (
     choose_pipeline,
+    paired_bootstrap,
     per_query_records,
     recall_curve,
     render_report,
@@ -65,15 +66,21 @@ def main() -> None:
         if tuned is not None and Path(RERANKER).exists():
             reranker_report = add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks)
 
-        results, records, curves = {}, [], []
+        results, records, curves, test_per_query = {}, [], [], {}
         for split, queries in splits.items():
             scored = score_systems(systems_by_split[split], queries, chunk_to_doc, ks)
             results[split] = {"n_queries": len(queries), "doc": scored["doc"], "chunk": scored["chunk"]}
             if split == "test":
                 records = per_query_records(scored, queries, titles)
+                test_per_query = scored["per_query"]
                 plot_ks = [int(k) for k in e["plot_ks"] if int(k) <= depth]
                 curves = recall_curve(scored["doc_rankings"], queries, plot_ks)
 
+        gains = {
+            name: paired_bootstrap(test_per_query[name], test_per_query["base_dense"])
+            for name in test_per_query
+            if name not in ("base_dense", "bm25")
+        }
         selection = results.get("dev", results["test"])["doc"]
         pipeline = choose_pipeline(selection, SERVABLE) if tuned is not None else None
         overall = choose_pipeline(selection, list(selection))
@@ -128,6 +135,12 @@ def main() -> None:
             gain = results["test"]["doc"]["ft_dense"]["ndcg@10"] - results["test"]["doc"]["base_dense"]["ndcg@10"]
             if gain <= 0:
                 warnings.append(f"the fine-tuned embedder does not beat its base model on test ndcg@10 ({gain:+.4f})")
+            elif gains["ft_dense"]["ci_low"] <= 0:
+                g = gains["ft_dense"]
+                warnings.append(
+                    f"ft_dense's test gain over base_dense ({100 * g['gain']:+.1f} pts) is within noise: 95% interval "
+                    f"[{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}] contains 0"
+                )
         if results["test"]["n_queries"] < 30:
             warnings.append(
                 f"only {results['test']['n_queries']} test queries: differences under ~5 points are noise "
@@ -138,6 +151,7 @@ def main() -> None:
         metrics = {split: res["doc"] for split, res in results.items()}
         metrics.update({f"{split}_chunk": res["chunk"] for split, res in results.items()})
         metrics["n_queries"] = {split: res["n_queries"] for split, res in results.items()}
+        metrics["test_gain_vs_base_dense"] = gains
         metrics["warnings"] = warnings
         if pipeline:
             metrics["pipeline"] = {"system": pipeline, "test": results["test"]["doc"][pipeline]}
@@ -155,6 +169,7 @@ def main() -> None:
             warnings=warnings,
             pipeline=pipeline,
             reranker=reranker_report,
+            gains=gains,
         )
         Path("reports").mkdir(exist_ok=True)
         Path("reports/evaluation.md").write_text(report, encoding="utf-8")

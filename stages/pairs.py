@@ -9,6 +9,7 @@ from ragtune.jsonl import read_jsonl, write_json, write_jsonl
 from ragtune.pairs import (
     SPLITS,
     align_positive_chunks,
+    cap_synthetic,
     query_key,
     split_queries,
     synthetic_pairs,
@@ -88,6 +89,12 @@ def main() -> None:
             before = len(synthetic)
             synthetic = [s for s in synthetic if query_key(s["query"]) not in heldout]
             syn_counts["dropped_equal_to_heldout_query"] = before - len(synthetic)
+            synthetic, capped = cap_synthetic(
+                synthetic, len(out_splits["train"]), float(syn_p["max_per_labeled"]), int(p["seed"])
+            )
+            syn_counts["dropped_over_max_per_labeled"] = capped
+            for kind in ("title", "heading", "ict"):  # kept pairs by kind, after every drop
+                syn_counts[kind] = sum(1 for s in synthetic if s["kind"] == kind)
         write_jsonl("data/pairs/synthetic.jsonl", synthetic)
 
         report = validate(

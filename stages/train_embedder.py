@@ -89,6 +89,10 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         if not rank0:
             return
+        dev_unmerged = {}
+        if cfg.merge_alpha < 1:
+            dev_unmerged = evaluator(model) if evaluator else {}
+            training.merge_with_base(model, load_embedder(base_path), cfg.merge_alpha)
         metrics = run_metrics(
             trainer,
             cfg,
@@ -103,6 +107,22 @@ def main() -> None:
             dev_after=evaluator(model) if evaluator else {},
             leaked_queries=leaked,
         )
+        if dev_unmerged:
+            metrics["dev"]["unmerged"] = {
+                k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in dev_unmerged.items() if "cosine" in k
+            }
+        metrics["shipped"] = (
+            "fine-tuned" if cfg.merge_alpha >= 1 else f"fine-tuned, merged with base (alpha {cfg.merge_alpha})"
+        )
+        if training.ship_base(cfg, metrics):
+            # Never ship a regression: the base model goes out instead, and every report says so.
+            model = load_embedder(base_path)
+            model.max_seq_length = cfg.max_seq_length
+            metrics["shipped"] = "base"
+            metrics["warnings"].append(
+                f"{OUT_DIR} is the BASE model, unchanged: the trained model scored below it on dev "
+                "(train_embedder.keep_base_if_worse: false ships the fine-tuned one anyway)"
+            )
         for w in metrics["warnings"]:
             warn(w)
         model.save(OUT_DIR, safe_serialization=True)
@@ -112,7 +132,8 @@ def main() -> None:
         before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
         summary["read"] = f"{len(groups)} training groups, {len(dev)} dev queries"
         summary["wrote"] = (
-            f"{OUT_DIR} ({metrics['effective']['optimizer_steps']} steps, dev ndcg@10 {before} → {after}, "
+            f"{OUT_DIR} ({metrics['shipped']}; {metrics['effective']['optimizer_steps']} steps, "
+            f"dev ndcg@10 {before} → {after}, "
             f"{len(metrics['warnings'])} warnings)"
         )
 

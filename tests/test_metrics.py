@@ -60,3 +60,18 @@ def test_matches_sentence_transformers_information_retrieval_evaluator():
     for ours_name, their_name in names.items():
         for k in ks:
             assert ours[f"{ours_name}@{k}"] == pytest.approx(float(theirs[their_name][k]), abs=1e-4), (ours_name, k)
+
+
+def test_paired_bootstrap_interval_separates_signal_from_noise():
+    from ragtune.evaluation import paired_bootstrap
+
+    base = {f"q{i}": {"ndcg@10": 0.5} for i in range(40)}
+    better = {f"q{i}": {"ndcg@10": 0.6} for i in range(40)}  # every query +0.1: the interval is tight around it
+    g = paired_bootstrap(better, base)
+    assert g == {"gain": 0.1, "ci_low": 0.1, "ci_high": 0.1, "n_queries": 40}
+    # one query +1.0, the rest unchanged: a positive mean whose interval reaches 0
+    lucky = {**base, "q0": {"ndcg@10": 1.0}}
+    g = paired_bootstrap(lucky, base)
+    assert g["gain"] > 0 and g["ci_low"] <= 0 < g["ci_high"]
+    assert paired_bootstrap(lucky, base) == g  # seeded
+    assert paired_bootstrap({}, base)["n_queries"] == 0

@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from ragtune.pairs import align_positive_chunks, query_key, split_queries, synthetic_pairs, validate
+from ragtune.pairs import (
+    align_positive_chunks,
+    cap_synthetic,
+    query_key,
+    split_queries,
+    synthetic_pairs,
+    validate,
+)
 
 
 def make_queries(n):
@@ -122,3 +129,32 @@ def test_synthetic_pairs_auto_only_when_labels_are_scarce():
     assert use_synthetic(True, 1000, 100) and not use_synthetic(False, 0, 100)
     with pytest.raises(ValueError, match="auto"):
         use_synthetic("sometimes", 0, 100)
+
+
+def test_title_pairs_are_not_a_copy_task():
+    """A chunk starts with its title line; the title pair's positive must not contain that line."""
+    chunk = {**CHUNKS[2], "text": "Chính sách nghỉ phép năm\n" + LONG}
+    pairs, _ = synthetic_pairs(DOCS, [*CHUNKS[:2], chunk], {"title": 1}, 100, seed=0)
+    (title,) = [p for p in pairs if p["kind"] == "title"]
+    assert title["query"] == "Chính sách nghỉ phép năm"
+    assert title["positive_texts"] == [LONG]
+    assert title["positive_chunk_ids"] == ["pol#0000"]
+
+
+def test_ict_sentences_come_from_the_body_not_the_title_prefix():
+    chunk = {**CHUNKS[2], "text": "Chính sách nghỉ phép năm\nSố ngày phép\n" + LONG}
+    pairs, _ = synthetic_pairs(DOCS, [*CHUNKS[:2], chunk], {"ict": 20}, 100, seed=0, ict_keep_sentence=0)
+    assert pairs
+    for p in pairs:
+        assert "Chính sách" not in p["query"] and "\n" not in p["query"]
+        assert p["query"] in LONG
+
+
+def test_synthetic_pairs_are_capped_per_labeled_question():
+    syn = [{"query": f"s{i}"} for i in range(50)]
+    kept, dropped = cap_synthetic(syn, n_labeled=10, max_per_labeled=2, seed=0)
+    assert (len(kept), dropped) == (20, 30)
+    assert kept == cap_synthetic(syn, 10, 2, seed=0)[0]  # seeded
+    assert all(k in syn for k in kept)
+    assert cap_synthetic(syn, 0, 2, seed=0) == (syn, 0)  # no labels: synthetic pairs are all there is
+    assert cap_synthetic(syn, 10, 0, seed=0) == (syn, 0)  # 0 = no cap

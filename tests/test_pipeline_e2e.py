@@ -47,6 +47,12 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     assert trained["effective"]["optimizer_steps"] == 12 and trained["effective"]["learning_rate"] == 1e-4
     assert any("optimizer steps" in w for w in trained["warnings"])  # 12 < 50: loudly flagged
     assert "optimizer steps" in (work / "reports/evaluation.md").read_text(encoding="utf-8")
+    # params.yaml's merge_alpha 0.5 ran: the unmerged checkpoint's dev scores are kept next to the shipped ones
+    assert "ndcg@10" in trained["dev"]["unmerged"]
+    assert trained["shipped"] in ("fine-tuned, merged with base (alpha 0.5)", "base")
+    assert (trained["shipped"] == "base") == (trained["dev"]["after"]["ndcg@10"] < trained["dev"]["before"]["ndcg@10"])
+    assert set(metrics["test_gain_vs_base_dense"]["ft_dense"]) == {"gain", "ci_low", "ci_high", "n_queries"}
+    assert "paired-bootstrap" in (work / "reports/evaluation.md").read_text(encoding="utf-8")
     from sentence_transformers import SentenceTransformer
 
     ft = SentenceTransformer(str(work / "models/embedder"), device="cpu")

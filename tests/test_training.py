@@ -15,8 +15,10 @@ from ragtune.training import (
     column_prompts,
     freeze,
     groups_to_dataset,
+    merge_with_base,
     precision_flags,
     prepare_checkpoint_dir,
+    ship_base,
     training_warnings,
 )
 
@@ -43,6 +45,8 @@ PARAMS = {
     "save_total_limit": 4,
     "early_stopping_patience": 2,
     "load_best_model_at_end": False,
+    "merge_alpha": 0.7,
+    "keep_base_if_worse": False,
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "precision": "auto",
@@ -202,6 +206,41 @@ def test_guards_fire():
         )
         == []
     )
+
+
+def test_base_model_is_shipped_only_when_every_checkpoint_lost_on_dev():
+    def metrics(before, after):
+        return {"dev": {"before": {"ndcg@10": before}, "after": {"ndcg@10": after}}}
+
+    keep = EmbedderTrainConfig.from_params({})
+    assert keep.keep_base_if_worse is True  # the default: never ship a regression
+    assert ship_base(keep, metrics(0.80, 0.72))
+    assert not ship_base(keep, metrics(0.80, 0.86))
+    assert not ship_base(keep, {"dev": {"before": {}, "after": {}}})  # no dev split: nothing to compare
+    assert not ship_base(EmbedderTrainConfig.from_params(PARAMS), metrics(0.80, 0.72))  # the user opted out
+
+
+def test_merge_with_base_interpolates_weights(tiny_embedder_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    assert EmbedderTrainConfig.from_params(PARAMS).merge_alpha == 0.7
+    with pytest.raises(TrainConfigError, match="merge_alpha"):
+        EmbedderTrainConfig.from_params({"merge_alpha": 0})
+    base = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    tuned = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)
+    name, before = next((n, t.clone()) for n, t in tuned.state_dict().items() if t.is_floating_point())
+    merge_with_base(tuned, base, 0.7)
+    after, origin = tuned.state_dict()[name], base.state_dict()[name]
+    assert torch.allclose(after, origin + 0.7, atol=1e-5)  # (1 - a)·base + a·(base + 1)
+    assert not torch.allclose(after, before)
+    ints = [n for n, t in base.state_dict().items() if not t.is_floating_point()]
+    assert all(torch.equal(tuned.state_dict()[n], base.state_dict()[n]) for n in ints)  # ids copied, not averaged
+    merge_with_base(tuned, base, 1.0)  # alpha 1 = keep the fine-tuned weights
+    assert torch.allclose(tuned.state_dict()[name], origin + 0.7, atol=1e-5)
 
 
 def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):

@@ -55,6 +55,8 @@ class EmbedderTrainConfig(StageConfig):
     save_total_limit: int = 2
     early_stopping_patience: int = 0  # 0 = off
     load_best_model_at_end: bool = True
+    merge_alpha: float = 1.0  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
+    keep_base_if_worse: bool = True  # ship the base model (loudly) when no checkpoint beats it on dev
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
@@ -76,6 +78,11 @@ class EmbedderTrainConfig(StageConfig):
             raise TrainConfigError("train_embedder.n_hard_negatives must be ≥ 0")
         if self.scale <= 0:
             raise TrainConfigError("train_embedder.scale must be > 0 (it is 1 / temperature)")
+        if not 0 < self.merge_alpha <= 1:
+            raise TrainConfigError(
+                f"train_embedder.merge_alpha={self.merge_alpha} must be in (0, 1]: 1 keeps the fine-tuned weights, "
+                "0.5 averages them with the base model's"
+            )
         if self.lr <= 0 or self.lr > 1e-2:
             raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
 
@@ -422,6 +429,36 @@ def training_warnings(
     if leaked_queries:
         out.append(f"{leaked_queries} training queries are also dev/test queries")
     return out
+
+
+def merge_with_base(model: Any, base: Any, alpha: float) -> None:
+    """WiSE-FT (Wortsman et al., 2022): set ``model``'s weights to ``(1 - alpha)·base + alpha·model``, in place.
+
+    Why: a few hundred labeled questions teach the task but also make the model forget what it knew. On the sample,
+    fine-tuned e5 lost several test questions that the base model and BM25 ranked first; averaging the weights
+    with the base keeps most of the gain and gets those back (README: "Weight averaging"). Both models must share
+    one architecture, which they do: the fine-tuned model was trained from this base. Integer buffers (position
+    ids) are copied, not averaged.
+    """
+    import torch
+
+    if alpha >= 1:
+        return
+    base_state = base.state_dict()
+    merged = {}
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            other = base_state[name]
+            if other.shape != tensor.shape:
+                raise ValueError(f"cannot merge: {name} is {tuple(tensor.shape)} here, {tuple(other.shape)} in base")
+            merged[name] = torch.lerp(other.to(tensor.dtype), tensor, alpha) if tensor.is_floating_point() else tensor
+    model.load_state_dict(merged)
+
+
+def ship_base(cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> bool:
+    """Whether to write the base model instead: ``keep_base_if_worse`` and the best checkpoint lost on dev NDCG@10."""
+    before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
+    return cfg.keep_base_if_worse and before is not None and after is not None and after < before
 
 
 # --------------------------------------------------------------------------------------------------- outputs
