@@ -89,10 +89,8 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         if not rank0:
             return
-        dev_unmerged = {}
-        if cfg.merge_alpha < 1:
-            dev_unmerged = evaluator(model) if evaluator else {}
-            training.merge_with_base(model, load_embedder(base_path), cfg.merge_alpha)
+        base = load_embedder(base_path) if cfg.merge_alpha < 1 else None
+        dev_unmerged, dev_after, shipped = training.merge_checked_on_dev(model, base, cfg, evaluator)
         metrics = run_metrics(
             trainer,
             cfg,
@@ -104,16 +102,14 @@ def main() -> None:
             samples_per_second=result.metrics.get("train_samples_per_second", 0.0),
             resumed_from=resume,
             dev_before=dev_before,
-            dev_after=evaluator(model) if evaluator else {},
+            dev_after=dev_after,
             leaked_queries=leaked,
         )
-        if dev_unmerged:
+        if cfg.merge_alpha < 1:
             metrics["dev"]["unmerged"] = {
                 k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in dev_unmerged.items() if "cosine" in k
             }
-        metrics["shipped"] = (
-            "fine-tuned" if cfg.merge_alpha >= 1 else f"fine-tuned, merged with base (alpha {cfg.merge_alpha})"
-        )
+        metrics["shipped"] = shipped
         if training.ship_base(cfg, metrics):
             # Never ship a regression: the base model goes out instead, and every report says so.
             model = load_embedder(base_path)

@@ -15,6 +15,7 @@ from ragtune.training import (
     column_prompts,
     freeze,
     groups_to_dataset,
+    merge_checked_on_dev,
     merge_with_base,
     precision_flags,
     prepare_checkpoint_dir,
@@ -46,6 +47,7 @@ PARAMS = {
     "early_stopping_patience": 2,
     "load_best_model_at_end": False,
     "merge_alpha": 0.7,
+    "merge_tolerance": 0.01,
     "keep_base_if_worse": False,
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
@@ -241,6 +243,43 @@ def test_merge_with_base_interpolates_weights(tiny_embedder_path):
     assert all(torch.equal(tuned.state_dict()[n], base.state_dict()[n]) for n in ints)  # ids copied, not averaged
     merge_with_base(tuned, base, 1.0)  # alpha 1 = keep the fine-tuned weights
     assert torch.allclose(tuned.state_dict()[name], origin + 0.7, atol=1e-5)
+
+
+def test_merge_is_undone_only_when_dev_clearly_prefers_the_unmerged_model(tiny_embedder_path):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    assert EmbedderTrainConfig.from_params(PARAMS).merge_tolerance == 0.01
+    cfg = EmbedderTrainConfig.from_params({"merge_alpha": 0.5, "merge_tolerance": 0.005})
+    base = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+
+    def tuned_model():
+        m = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(1.0)
+        return m
+
+    name = next(n for n, t in base.state_dict().items() if t.is_floating_point())
+    origin = base.state_dict()[name]
+
+    def scripted(*values):
+        it = iter({"dev_cosine_ndcg@10": v} for v in values)
+        return lambda model: next(it)
+
+    # dev cannot tell them apart (within tolerance): the merge stays
+    model = tuned_model()
+    unmerged, after, label = merge_checked_on_dev(model, base, cfg, scripted(0.8732, 0.8730))
+    assert label == "fine-tuned, merged with base (alpha 0.5)" and after["dev_cosine_ndcg@10"] == 0.8730
+    assert torch.allclose(model.state_dict()[name], origin + 0.5, atol=1e-5)
+    # dev clearly prefers the unmerged model (ALQAC: .840 vs .790): the merge is undone
+    model = tuned_model()
+    unmerged, after, label = merge_checked_on_dev(model, base, cfg, scripted(0.84, 0.79))
+    assert "lost on dev" in label and after == unmerged == {"dev_cosine_ndcg@10": 0.84}
+    assert torch.allclose(model.state_dict()[name], origin + 1.0, atol=1e-5)
+    # merge_alpha 1: no merge, one evaluation
+    model = tuned_model()
+    assert merge_checked_on_dev(model, None, EmbedderTrainConfig.from_params({}), scripted(0.5))[2] == "fine-tuned"
 
 
 def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):

@@ -56,6 +56,7 @@ class EmbedderTrainConfig(StageConfig):
     early_stopping_patience: int = 0  # 0 = off
     load_best_model_at_end: bool = True
     merge_alpha: float = 1.0  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
+    merge_tolerance: float = 0.005  # keep the merge unless the unmerged model beats it on dev by more than this
     keep_base_if_worse: bool = True  # ship the base model (loudly) when no checkpoint beats it on dev
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
@@ -83,6 +84,8 @@ class EmbedderTrainConfig(StageConfig):
                 f"train_embedder.merge_alpha={self.merge_alpha} must be in (0, 1]: 1 keeps the fine-tuned weights, "
                 "0.5 averages them with the base model's"
             )
+        if self.merge_tolerance < 0:
+            raise TrainConfigError("train_embedder.merge_tolerance must be ≥ 0 (dev ndcg@10 points, e.g. 0.005)")
         if self.lr <= 0 or self.lr > 1e-2:
             raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
 
@@ -453,6 +456,30 @@ def merge_with_base(model: Any, base: Any, alpha: float) -> None:
                 raise ValueError(f"cannot merge: {name} is {tuple(tensor.shape)} here, {tuple(other.shape)} in base")
             merged[name] = torch.lerp(other.to(tensor.dtype), tensor, alpha) if tensor.is_floating_point() else tensor
     model.load_state_dict(merged)
+
+
+def merge_checked_on_dev(
+    model: Any, base: Any, cfg: EmbedderTrainConfig, evaluate: Any
+) -> tuple[dict[str, float], dict[str, float], str]:
+    """Apply ``merge_alpha`` unless dev says the unmerged model is clearly better; returns (unmerged, after, label).
+
+    The merge is the robust choice (WiSE-FT), so it stays when dev cannot tell the two apart (within
+    ``merge_tolerance``). On ALQAC, 10 dev queries put the unmerged model at .840 and the merged one at .790
+    (base .800): the merge is then undone, and the metrics keep both scores.
+    """
+    import copy
+
+    unmerged = evaluate(model) if evaluate else {}
+    if cfg.merge_alpha >= 1:
+        return unmerged, unmerged, "fine-tuned"
+    kept = copy.deepcopy(model.state_dict())
+    merge_with_base(model, base, cfg.merge_alpha)
+    merged = evaluate(model) if evaluate else {}
+    key = "dev_cosine_ndcg@10"
+    if key in unmerged and unmerged[key] > merged[key] + cfg.merge_tolerance:
+        model.load_state_dict(kept)
+        return unmerged, unmerged, f"fine-tuned (the alpha {cfg.merge_alpha} merge lost on dev)"
+    return unmerged, merged, f"fine-tuned, merged with base (alpha {cfg.merge_alpha})"
 
 
 def ship_base(cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> bool:
