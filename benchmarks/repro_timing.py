@@ -79,7 +79,11 @@ def main() -> None:
         "per_stage_s": per_stage,
         "noop_repro_s": round(noop, 2),
         "data_outputs_byte_identical_across_runs": identical,
-        "targets": {"data_and_evaluate_stages_s": "< 180", "full_repro_s": "< 720", "noop_repro_s": "< 5"},
+        "targets": {
+            "data_and_evaluate_stages_s": "< 180",
+            "full_repro_s": "< 1200 (all eight stages); the embedder issue's < 720 predates the reranker stages",
+            "noop_repro_s": "< 5",
+        },
     }
     write_json("metrics/benchmarks/repro_timing.json", result)
     print(result)
