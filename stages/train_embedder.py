@@ -106,13 +106,11 @@ def main() -> None:
             leaked_queries=leaked,
         )
         if cfg.merge_alpha < 1:
-            metrics["dev"]["unmerged"] = {
-                k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in dev_unmerged.items() if "cosine" in k
-            }
+            metrics["dev"]["unmerged"] = training.dev_metrics(dev_unmerged)
         metrics["shipped"] = shipped
         if training.ship_base(cfg, metrics):
             # Never ship a regression: the base model goes out instead, and every report says so.
-            model = load_embedder(base_path)
+            model = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
             model.max_seq_length = cfg.max_seq_length
             metrics["shipped"] = "base"
             metrics["warnings"].append(

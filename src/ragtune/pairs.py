@@ -165,8 +165,7 @@ def synthetic_pairs(
             body = c["text"]
             # The query sentence comes from the body only: a sentence glued to the title/heading prefix lines
             # would teach the model to match document names, not content.
-            prefix = {title.strip(), (c["section"] or "").strip()} - {""}
-            lines = [line for line in body.split("\n") if line.strip() and line.strip() not in prefix]
+            lines = _without_lines(body, {title, c["section"] or ""})
             sentences = [s for line in lines for s in _SENT.split(line) if len(s.split()) >= 8]
             if len(sentences) < 2:
                 counts["ict_skipped_short_chunk"] += 1
@@ -240,11 +239,16 @@ def _anchor_pair(doc: dict[str, Any], chunk: dict[str, Any], anchor: str, kind: 
     be a copy task the model solves by string matching. Removing the line makes it learn what the text is about.
     """
     pair = _pair(doc, chunk, anchor, kind)
-    lines = chunk["text"].split("\n")
-    kept = [line for line in lines if line.strip() != anchor.strip()]
-    if len(kept) < len(lines) and any(line.strip() for line in kept):
+    kept = _without_lines(chunk["text"], {anchor})
+    if len(kept) < chunk["text"].count("\n") + 1 and any(line.strip() for line in kept):
         pair["positive_texts"] = ["\n".join(kept)]
     return pair
+
+
+def _without_lines(text: str, drop: set[str]) -> list[str]:
+    """The lines of ``text``, minus those equal (after stripping) to a non-empty string in ``drop``."""
+    drop = {d.strip() for d in drop} - {""}
+    return [line for line in text.split("\n") if line.strip() not in drop]
 
 
 def _pair(doc: dict[str, Any], chunk: dict[str, Any], query: str, kind: str) -> dict[str, Any]:

@@ -574,6 +574,11 @@ def build_trainer(
     )
 
 
+def dev_metrics(scores: dict[str, float]) -> dict[str, float]:
+    """The dev evaluator's ``dev_cosine_*`` scores as metrics keys (``ndcg@10``, ``mrr@10``, …), rounded."""
+    return {k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in scores.items() if "cosine" in k}
+
+
 def run_metrics(
     trainer: Any,
     cfg: EmbedderTrainConfig,
@@ -603,9 +608,6 @@ def run_metrics(
         leaked_queries=leaked_queries,
     )
 
-    def dev(scores: dict[str, float]) -> dict[str, float]:
-        return {k.replace("dev_cosine_", ""): round(float(v), 4) for k, v in scores.items() if "cosine" in k}
-
     return {
         "effective": {
             "learning_rate": float(trainer.lr_scheduler.base_lrs[0]) if trainer.lr_scheduler else cfg.lr,
@@ -632,6 +634,6 @@ def run_metrics(
             "samples_per_second": round(samples_per_second, 2),
             "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0,
         },
-        "dev": {"before": dev(dev_before), "after": dev(dev_after)},
+        "dev": {"before": dev_metrics(dev_before), "after": dev_metrics(dev_after)},
         "warnings": warnings,
     }
