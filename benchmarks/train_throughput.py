@@ -6,7 +6,9 @@ Usage (repo root, venv active, after `dvc repro negatives`):
 Measures, in one run:
 - the machine's matmul peak (fp32 and bf16 GFLOP/s, square 2048 matmuls, best of several);
 - MNRL training steps (forward + backward + AdamW) on real training groups from data/negatives/train_groups.jsonl,
-  in fp32 and with bf16 autocast: samples/s, real (unpadded) tokens/s, padded tokens/s, peak RSS;
+  in fp32 and with bf16 autocast, each with the model's own attention dropout and with it off (the params.yaml
+  default, `attention_dropout: 0.0`, which lets SDPA use its fused kernel): samples/s, real (unpadded) tokens/s,
+  padded tokens/s, peak RSS;
 - model FLOP/s (6 × non-embedding params × tokens + attention) as a fraction of the matching matmul peak.
 
 Writes metrics/benchmarks/train_throughput.json (keyed by device, so a GPU run adds its own entry).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -62,13 +65,17 @@ def step_flops(model, features: list[dict]) -> tuple[float, int, int]:
     return flops, real, padded
 
 
-def run(model_name: str, steps: int, batch_size: int, n_neg: int, bf16: bool, device: str) -> dict:
+def run(
+    model_name: str, steps: int, batch_size: int, n_neg: int, bf16: bool, device: str, attention_dropout: float | None
+) -> dict:
     from sentence_transformers.sentence_transformer import losses
 
     from ragtune.models import load_embedder, resolve_model
+    from ragtune.training import set_attention_dropout
 
     model = load_embedder(resolve_model(model_name), device=device)
     model.max_seq_length = 256
+    set_attention_dropout(model, attention_dropout)
     for p in model[0].auto_model.embeddings.word_embeddings.parameters():
         p.requires_grad = False  # as in params.yaml (freeze_embeddings: true)
     loss_fn = losses.MultipleNegativesRankingLoss(model)
@@ -139,8 +146,16 @@ def main() -> None:
             "steps": args.steps,
         },
     }
-    for name, bf16, peak in (("fp32", False, peak32), ("bf16_autocast", True, peak16)):
-        r = run(args.model, args.steps, args.batch_size, args.n_neg, bf16, device)
+    arms = (
+        ("fp32", False, peak32, None),
+        ("bf16_autocast", True, peak16, None),
+        ("fp32_attention_dropout_0", False, peak32, 0.0),
+        ("bf16_autocast_attention_dropout_0", True, peak16, 0.0),
+    )
+    for name, bf16, peak, attention_dropout in arms:
+        # a fresh process per arm: peak RSS is a per-process high-water mark, so arms must not share one
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            r = pool.apply(run, (args.model, args.steps, args.batch_size, args.n_neg, bf16, device, attention_dropout))
         r["fraction_of_matmul_peak"] = round(r["model_gflops_per_s"] / peak, 3)
         result[name] = r
         print(name, r)

@@ -50,6 +50,8 @@ def main() -> None:
         qp = model_prompt(model, "query", model_p.get("query_prompt"))
         pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
         counts = freeze(model, cfg)
+        attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
+        counts |= attention
         train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives)
         if len(train_ds) < cfg.batch_size:
             raise SystemExit(
@@ -105,6 +107,7 @@ def main() -> None:
             dev_after=dev_after,
             leaked_queries=leaked,
         )
+        metrics["warnings"] += attention_warnings
         if cfg.merge_alpha < 1:
             metrics["dev"]["unmerged"] = training.dev_metrics(dev_unmerged)
         metrics["shipped"] = shipped

@@ -56,6 +56,7 @@ def main() -> None:
         )
         new_head = reranking.head_is_new(base_path)
         model = reranking.load_reranker(base_path, cfg.max_length, cfg.head)
+        attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         train_ds = reranking.groups_to_dataset(groups, cfg.loss)
         pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
         samples = reranking.dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
@@ -90,12 +91,15 @@ def main() -> None:
         popular_doc, share = reranking.top1_concentration(dev_reranked, chunk_to_doc)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         steps = trainer.state.global_step
-        warnings = reranking.reranker_warnings(
-            optimizer_steps=steps,
-            dev_input_ndcg=dev_after.get("dev_base_ndcg@10"),
-            dev_reranked_ndcg=dev_after.get("dev_ndcg@10"),
-            popular_doc=popular_doc,
-            popular_share=share,
+        warnings = (
+            reranking.reranker_warnings(
+                optimizer_steps=steps,
+                dev_input_ndcg=dev_after.get("dev_base_ndcg@10"),
+                dev_reranked_ndcg=dev_after.get("dev_ndcg@10"),
+                popular_doc=popular_doc,
+                popular_share=share,
+            )
+            + attention_warnings
         )
         for w in warnings:
             warn(w)
@@ -122,6 +126,7 @@ def main() -> None:
                 "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps,
                 "bf16": bool(trainer.args.bf16),
                 "fp16": bool(trainer.args.fp16),
+                **attention,
             },
             "train": {
                 **counts,

@@ -24,6 +24,7 @@ from ragtune.reranking import (
     reranker_warnings,
     top1_concentration,
 )
+from ragtune.training import apply_attention_dropout
 
 # Non-default value for every knob, so a knob that does not reach the trainer fails the test.
 PARAMS = {
@@ -59,6 +60,7 @@ PARAMS = {
     "gradient_checkpointing": True,
     "precision": "auto",
     "cpu_bf16": False,
+    "attention_dropout": 0.05,
     "logging_steps": 2,
     "dataloader_num_workers": 1,
 }
@@ -90,6 +92,9 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert head_is_new(tiny_embedder_path)  # an embedder folder has no classification head
     model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
     assert model.max_seq_length == 48
+    attention, warns = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
+    attn = [m.dropout.p for m in model.modules() if type(m).__name__ == "BertSelfAttention"]
+    assert attn and set(attn) == {0.05} and attention["attention_dropout_modules"] == len(attn) and not warns
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]
     evaluator = build_evaluator([{"query": "hỏi 1", "positive": ["đúng 1"], "documents": ["sai 1a", "đúng 1"]}], 4)
     trainer = build_trainer(

@@ -9,6 +9,7 @@ import pytest
 from ragtune.training import (
     EmbedderTrainConfig,
     TrainConfigError,
+    apply_attention_dropout,
     build_ir_evaluator,
     build_loss,
     build_trainer,
@@ -55,6 +56,7 @@ PARAMS = {
     "cpu_bf16": True,
     "freeze_embeddings": True,
     "freeze_layers": 1,
+    "attention_dropout": 0.05,
     "logging_steps": 2,
     "dataloader_num_workers": 0,
 }
@@ -88,6 +90,10 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert not any(p.requires_grad for p in hf.encoder.layer[0].parameters())
     assert all(p.requires_grad for p in hf.encoder.layer[1].parameters())
     assert counts["frozen_params"] > 0
+    attention, warns = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
+    attn_dropouts = [m.dropout.p for m in hf.modules() if type(m).__name__ == "BertSelfAttention"]
+    assert attn_dropouts == [0.05] * hf.config.num_hidden_layers  # every layer, not just the first
+    assert attention == {"attention_dropout": 0.05, "attention_dropout_modules": len(attn_dropouts)} and not warns
 
     groups = [{"query": f"câu hỏi {i}", "pos": [f"đoạn văn {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(12)]
     ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives)
@@ -134,6 +140,46 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert type(gist).__name__ == "GISTEmbedLoss" and gist.temperature == 0.05
     with pytest.raises(TrainConfigError, match="guide"):
         build_loss(model, gist_cfg)
+
+
+def test_attention_dropout_is_validated_and_loud_when_it_reaches_nothing(tiny_embedder_path):
+    """Empty keeps the model's own dropout; a value no module takes is a warning, never a silent no-op."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    assert EmbedderTrainConfig.from_params({"attention_dropout": None}).attention_dropout is None
+    for bad in (1.0, -0.1, "off", True):
+        with pytest.raises(TrainConfigError, match="attention_dropout"):
+            EmbedderTrainConfig.from_params({"attention_dropout": bad})
+
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    hf = model[0].auto_model
+    own = hf.config.attention_probs_dropout_prob
+    assert apply_attention_dropout(model, None, "train_embedder") == (
+        {"attention_dropout": None, "attention_dropout_modules": 0},
+        [],
+    )
+    assert {m.dropout.p for m in hf.modules() if type(m).__name__ == "BertSelfAttention"} == {own}
+
+    # With attention dropout off and hidden dropout off too, training-mode forward passes become deterministic:
+    # the value really reaches the attention computation, not just an attribute.
+    apply_attention_dropout(model, 0.0, "train_embedder")
+    for m in hf.modules():
+        if type(m).__name__ != "BertSelfAttention" and isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.train()
+    feats = model.preprocess(["một câu hỏi khá dài để có nhiều token"])
+    assert torch.equal(model(feats)["sentence_embedding"], model(feats)["sentence_embedding"])
+    apply_attention_dropout(model, 0.5, "train_embedder")
+    assert not torch.equal(model(feats)["sentence_embedding"], model(feats)["sentence_embedding"])
+
+    class NoAttention(torch.nn.Sequential):
+        pass
+
+    plain = NoAttention(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    effective, warns = apply_attention_dropout(plain, 0.0, "train_embedder")
+    assert effective["attention_dropout_modules"] == 0 and plain[1].p == 0.1
+    assert len(warns) == 1 and "reached no attention module" in warns[0]
 
 
 def test_document_level_dev_evaluator_matches_the_evaluate_stage():

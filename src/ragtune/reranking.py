@@ -28,7 +28,7 @@ from typing import Any
 
 from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
-from ragtune.training import model_card_sections, precision_flags
+from ragtune.training import check_attention_dropout, model_card_sections, precision_flags
 
 LOSSES = ("bce", "lambda", "mnrl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -79,6 +79,7 @@ class RerankerTrainConfig(StageConfig):
     gradient_checkpointing: bool = False
     precision: str = "auto"
     cpu_bf16: bool = True
+    attention_dropout: float | None = None  # None: the model's own; 0: fused attention kernel, ~2× faster steps
     logging_steps: int = 5
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -100,6 +101,7 @@ class RerankerTrainConfig(StageConfig):
             raise RerankerConfigError("train_reranker.head_lr must be ≥ 0 (0 = same as lr)")
         if self.batch_size < 2:
             raise RerankerConfigError("train_reranker.batch_size must be ≥ 2")
+        check_attention_dropout(self.attention_dropout, RerankerConfigError, self.SECTION)
 
 
 # --------------------------------------------------------------------------------------------------- data

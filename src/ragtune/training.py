@@ -64,6 +64,7 @@ class EmbedderTrainConfig(StageConfig):
     cpu_bf16: bool = False  # bf16 autocast on CPU (see benchmarks/train_throughput.py)
     freeze_embeddings: bool = False
     freeze_layers: int = 0
+    attention_dropout: float | None = None  # None: the model's own; 0 lets SDPA use its fused kernel (see below)
     logging_steps: int = 5
     dataloader_num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -88,6 +89,16 @@ class EmbedderTrainConfig(StageConfig):
             raise TrainConfigError("train_embedder.merge_tolerance must be ≥ 0 (dev ndcg@10 points, e.g. 0.005)")
         if self.lr <= 0 or self.lr > 1e-2:
             raise TrainConfigError(f"train_embedder.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
+        check_attention_dropout(self.attention_dropout, TrainConfigError, self.SECTION)
+
+
+def check_attention_dropout(p: Any, error: type[ValueError], section: str) -> None:
+    """``attention_dropout`` is empty (keep the model's) or a probability in [0, 1)."""
+    if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1):
+        raise error(
+            f"{section}.attention_dropout={p!r}: use a probability in [0, 1) (0 = off, the fast path), "
+            "or leave it empty to keep the model's own setting"
+        )
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -216,6 +227,51 @@ def freeze(model: Any, cfg: EmbedderTrainConfig) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable_params": trainable, "frozen_params": total - trainable}
+
+
+def set_attention_dropout(model: Any, p: float | None) -> int:
+    """Set the dropout on attention probabilities in every attention module of ``model``; returns how many.
+
+    Why: with attention dropout on, ``scaled_dot_product_attention`` cannot use PyTorch's fused flash-attention
+    kernel on CPU and falls back to the math path, which materialises the batch × heads × seq × seq probabilities
+    and draws a Bernoulli mask over them. Profiled on one e5-small MNRL step (16 × 3 texts, ≤256 tokens, bf16
+    autocast) that path was half the step: ``p = 0`` made the step ~2.5× faster (10.1 s → 4.1 s). Dropout on the
+    hidden states is left as the model has it. ``None`` changes nothing.
+
+    Covers the two conventions in transformers: an ``nn.Dropout`` named ``dropout`` on the (self-)attention module
+    (BERT, XLM-R, e5, bge-m3) and a float ``attention_dropout`` attribute (Qwen3, ModernBERT, most decoders). The
+    value lives on the modules, not in the saved config, so the shipped model keeps its original config.
+    """
+    if p is None:
+        return 0
+    import torch
+
+    n = 0
+    for module in model.modules():
+        if "Attention" not in type(module).__name__:
+            continue
+        drop = getattr(module, "dropout", None)
+        if isinstance(drop, torch.nn.Dropout):
+            drop.p = float(p)
+            n += 1
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = float(p)
+            n += 1
+    return n
+
+
+def apply_attention_dropout(model: Any, p: float | None, section: str) -> tuple[dict[str, Any], list[str]]:
+    """:func:`set_attention_dropout`, plus what the metrics record: the value, the modules it reached, and a
+    warning when a value was asked for but no module of this architecture took it (the param would be a no-op)."""
+    n = set_attention_dropout(model, p)
+    warnings = []
+    if p is not None and n == 0:
+        arch = type(getattr(model[0], "auto_model", model[0])).__name__
+        warnings.append(
+            f"{section}.attention_dropout={p} reached no attention module of {arch}: training used the model's own "
+            "attention dropout (leave the param empty to silence this)"
+        )
+    return {"attention_dropout": p, "attention_dropout_modules": n}, warnings
 
 
 def fp32_cos_sim(a: Any, b: Any) -> Any:
@@ -584,7 +640,7 @@ def run_metrics(
     cfg: EmbedderTrainConfig,
     *,
     world: int,
-    counts: dict[str, int],
+    counts: dict[str, Any],
     groups: int,
     dropped: int,
     seconds: float,
