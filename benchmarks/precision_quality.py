@@ -3,7 +3,8 @@
 Usage (repo root, venv active, after `dvc repro negatives`):
     python benchmarks/precision_quality.py [--max-steps 36] [--arms bf16,fp32]
 
-Both arms use the train_embedder params from params.yaml (same seed, data order, learning rate and schedule); only
+Both arms use the train_embedder params from params.yaml (same seed, data order, learning rate, schedule and
+attention dropout); only
 the precision differs, and `max_steps` is shortened so the fp32 arm fits a coffee break (on the sample, dev NDCG@10
 peaks by step ~36 anyway). Each arm is scored the way the evaluate stage scores it: document-level NDCG@10 and
 MRR@10 on the dev and test splits. Wall-clock time per arm is reported too, since speed is the point of bf16.
@@ -29,6 +30,7 @@ from ragtune.params import load_params, section
 from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt
 from ragtune.training import (
     EmbedderTrainConfig,
+    apply_attention_dropout,
     build_ir_evaluator,
     build_trainer,
     column_prompts,
@@ -88,6 +90,7 @@ def main() -> None:
         qp = model_prompt(model, "query", model_p.get("query_prompt"))
         pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
         freeze(model, cfg)
+        apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         dataset, _ = groups_to_dataset(groups, cfg.n_hard_negatives)
         evaluator = build_ir_evaluator(splits["dev"], chunks, qp, pp, level=cfg.dev_level)
         with tempfile.TemporaryDirectory() as tmp:
