@@ -14,6 +14,7 @@ from ragtune.training import (
     build_loss,
     build_trainer,
     column_prompts,
+    drop_mixed_precision_wrapper,
     freeze,
     groups_to_dataset,
     merge_checked_on_dev,
@@ -355,3 +356,27 @@ def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert trainer.state.global_step == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_model_after_bf16_training_computes_what_the_saved_model_computes(tiny_embedder_path, tmp_path):
+    """accelerate leaves an autocast wrapper on model.forward after bf16 training; the dev scores after training and
+    the merge check must not run in bf16 while the shipped model runs in fp32."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    cfg = EmbedderTrainConfig.from_params(
+        {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "n_hard_negatives": 0, "save_steps": 100, "cpu_bf16": True}
+    )
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
+    ds, _ = groups_to_dataset(groups, 0)
+    trainer = build_trainer(model, cfg, ds, None, tmp_path / "ckpt", column_prompts(0, "query: ", "passage: "))
+    assert trainer.args.bf16
+    trainer.train()
+    texts = ["query: nghỉ phép mấy ngày", "passage: tài liệu quy định về nghỉ phép năm"]
+    model.save(str(tmp_path / "out"))
+    shipped = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(texts, convert_to_tensor=True)
+    assert "forward" in vars(model)  # the wrapper is there: without the fix the in-memory model runs in bf16
+    assert not torch.equal(model.encode(texts, convert_to_tensor=True), shipped)
+    drop_mixed_precision_wrapper(model)
+    assert torch.equal(model.encode(texts, convert_to_tensor=True), shipped)
