@@ -34,7 +34,6 @@ from ragtune.training import (
     build_ir_evaluator,
     build_trainer,
     column_prompts,
-    drop_mixed_precision_wrapper,
     freeze,
     groups_to_dataset,
 )
@@ -98,7 +97,6 @@ def main() -> None:
             trainer = build_trainer(model, cfg, dataset, evaluator, tmp, column_prompts(cfg.n_hard_negatives, qp, pp))
             t0 = time.perf_counter()
             trainer.train()
-            drop_mixed_precision_wrapper(model)  # score in fp32, as the shipped model runs
             seconds = time.perf_counter() - t0
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         out[arm] = {

@@ -88,7 +88,6 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
-        training.drop_mixed_precision_wrapper(model)  # evaluate below in fp32, as the shipped model runs
         seconds = time.perf_counter() - t0
         if not rank0:
             return

@@ -81,7 +81,6 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
-        training.drop_mixed_precision_wrapper(model)  # evaluate below in fp32, as the shipped model runs
         seconds = time.perf_counter() - t0
 
         dev_after = evaluator(model) if evaluator else {}

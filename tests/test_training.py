@@ -14,7 +14,6 @@ from ragtune.training import (
     build_loss,
     build_trainer,
     column_prompts,
-    drop_mixed_precision_wrapper,
     freeze,
     groups_to_dataset,
     merge_checked_on_dev,
@@ -360,23 +359,32 @@ def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):
 
 def test_model_after_bf16_training_computes_what_the_saved_model_computes(tiny_embedder_path, tmp_path):
     """accelerate leaves an autocast wrapper on model.forward after bf16 training; the dev scores after training and
-    the merge check must not run in bf16 while the shipped model runs in fp32."""
+    the merge check must not run in bf16 while the shipped model runs in fp32. The trainer's Fp32AfterTraining
+    callback removes it; without that callback the in-memory model is measurably different from the saved one."""
     import torch
     from sentence_transformers import SentenceTransformer
 
     cfg = EmbedderTrainConfig.from_params(
         {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "n_hard_negatives": 0, "save_steps": 100, "cpu_bf16": True}
     )
-    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
     ds, _ = groups_to_dataset(groups, 0)
-    trainer = build_trainer(model, cfg, ds, None, tmp_path / "ckpt", column_prompts(0, "query: ", "passage: "))
-    assert trainer.args.bf16
-    trainer.train()
     texts = ["query: nghỉ phép mấy ngày", "passage: tài liệu quy định về nghỉ phép năm"]
-    model.save(str(tmp_path / "out"))
-    shipped = SentenceTransformer(str(tmp_path / "out"), device="cpu").encode(texts, convert_to_tensor=True)
-    assert "forward" in vars(model)  # the wrapper is there: without the fix the in-memory model runs in bf16
-    assert not torch.equal(model.encode(texts, convert_to_tensor=True), shipped)
-    drop_mixed_precision_wrapper(model)
-    assert torch.equal(model.encode(texts, convert_to_tensor=True), shipped)
+
+    def train(with_fp32_callback: bool, out: str) -> tuple[torch.Tensor, torch.Tensor]:
+        model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+        trainer = build_trainer(model, cfg, ds, None, tmp_path / out, column_prompts(0, "query: ", "passage: "))
+        assert trainer.args.bf16
+        fp32 = [cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "Fp32AfterTraining"]
+        assert len(fp32) == 1
+        if not with_fp32_callback:
+            trainer.remove_callback(fp32[0])
+        trainer.train()
+        model.save(str(tmp_path / out / "model"))
+        shipped = SentenceTransformer(str(tmp_path / out / "model"), device="cpu")
+        return model.encode(texts, convert_to_tensor=True), shipped.encode(texts, convert_to_tensor=True)
+
+    in_memory, shipped = train(with_fp32_callback=False, out="wrapped")
+    assert not torch.equal(in_memory, shipped)  # the wrapper is real: without the callback the model runs in bf16
+    in_memory, shipped = train(with_fp32_callback=True, out="fixed")
+    assert torch.equal(in_memory, shipped)

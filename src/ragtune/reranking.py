@@ -28,7 +28,7 @@ from typing import Any
 
 from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
-from ragtune.training import check_attention_dropout, model_card_sections, precision_flags
+from ragtune.training import check_attention_dropout, model_card_sections, precision_flags, trainer_callbacks
 
 LOSSES = ("bce", "lambda", "mnrl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -365,18 +365,14 @@ def build_trainer(
 ) -> Any:
     """The CrossEncoderTrainer for a config: loss, arguments, evaluator and early stopping wired up."""
     from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
-    from transformers import EarlyStoppingCallback
 
-    callbacks = list(callbacks or [])
-    if cfg.early_stopping_patience and evaluator is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     return CrossEncoderTrainer(
         model=model,
         args=build_args(cfg, output_dir, new_head=new_head, has_eval=evaluator is not None),
         train_dataset=train_dataset,
         loss=build_loss(model, cfg, pos_weight),
         evaluator=evaluator,
-        callbacks=callbacks,
+        callbacks=trainer_callbacks(callbacks, cfg.early_stopping_patience, has_eval=evaluator is not None),
     )
 
 
