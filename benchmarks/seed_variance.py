@@ -1,7 +1,8 @@
 """How much of the fine-tuning gain is the seed? Run the real train_embedder stage under several seeds.
 
 Usage (repo root, venv active, after `dvc repro negatives`):
-    python benchmarks/seed_variance.py [--seeds 42,1,2]
+    python benchmarks/seed_variance.py [--seeds 42,1,2] [--set train_embedder.batch_sampler=no_duplicates]
+        [--out metrics/benchmarks/seed_variance_no_duplicates.json]
 
 A single held-out split of 77 questions moves by a few NDCG points between runs that differ only in data order,
 so one run's "+5 points" says little on its own. For each seed this script copies the stage inputs (params.yaml with
@@ -38,6 +39,18 @@ from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt
 
 
+def with_overrides(params: dict, overrides: list[str]) -> dict:
+    """``section.key=value`` overrides (value parsed as YAML), as ``dvc exp run -S`` would apply them."""
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section_name, _, name = key.partition(".")
+        if not name or section_name not in params or name not in params[section_name]:
+            raise SystemExit(f"--set {item!r}: expected section.key=value with a key that params.yaml has")
+        params[section_name][name] = yaml.safe_load(value)
+    return params
+
+
 def run_seed(seed: int, params: dict, workdir: Path) -> tuple[Path, dict, float]:
     """The train_embedder stage in ``workdir`` with only the seed changed; returns the model folder and its metrics."""
     for name in ("stages", "data"):
@@ -54,10 +67,12 @@ def run_seed(seed: int, params: dict, workdir: Path) -> tuple[Path, dict, float]
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="42,1,2")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="param override")
+    ap.add_argument("--out", default="metrics/benchmarks/seed_variance.json")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    params = load_params()
+    params = with_overrides(load_params(), args.set)
     model_p = section(params, "model")
     chunks = read_jsonl("data/chunks/chunks.jsonl")
     splits = {s: read_jsonl(f"data/pairs/{s}.jsonl") for s in ("dev", "test")}
@@ -72,6 +87,7 @@ def main() -> None:
     out: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
         "protocol": "stages/train_embedder.py with params.yaml, only train_embedder.seed changed; document level",
+        "overrides": args.set,
         "queries": {s: len(q) for s, q in splits.items()},
         "base": base,
         "seeds": {},
@@ -96,7 +112,7 @@ def main() -> None:
             "min": min(gains),
             "max": max(gains),
         }
-    write_json("metrics/benchmarks/seed_variance.json", out)
+    write_json(args.out, out)
     print(json.dumps({k: out[k] for k in ("dev_gain_ndcg@10", "test_gain_ndcg@10")}, indent=2))
 
 

@@ -6,7 +6,9 @@ Runs as a single process (`python stages/train_embedder.py`) or under DDP (`torc
 import os
 import time
 
-from ragtune import training
+import torch
+
+from ragtune import batching, training
 from ragtune.console import console, stage, warn
 from ragtune.jsonl import read_jsonl, write_json
 from ragtune.models import load_embedder, model_fingerprint, resolve_model, sha256_file
@@ -58,6 +60,8 @@ def main() -> None:
                 f"train_embedder: only {len(train_ds)} usable training groups ({dropped} had fewer than "
                 f"n_hard_negatives={cfg.n_hard_negatives} negatives); need at least batch_size={cfg.batch_size}."
             )
+        # the rows' relevant documents, so that no batch shows a query a chunk of its own document as a negative
+        batch_keys = batching.group_row_keys(groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks})
         evaluator = (
             build_ir_evaluator(dev, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level) if dev else None
         )
@@ -69,12 +73,13 @@ def main() -> None:
             sha256_file("data/pairs/dev.jsonl"),
             sha256_file(__file__),
             sha256_file(training.__file__),  # a code change must not resume a checkpoint made by other code
+            sha256_file(batching.__file__),
             f"world={world}",
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint, owner=rank0)
         if resume:
             console.print(f"[bold]Resuming[/] from {resume}")
-        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume)) if rank0 else []
+        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume), before=dev_before) if rank0 else []
         trainer = build_trainer(
             model,
             cfg,
@@ -85,6 +90,21 @@ def main() -> None:
             guide=load_embedder(base_path) if cfg.loss == "gist" else None,
             distributed=world > 1,
             callbacks=callbacks,
+            batch_keys=batch_keys,
+        )
+        # the first epoch's batches as the trainer will draw them (own generator: the global RNG stays untouched)
+        sampler = trainer.get_batch_sampler(
+            train_ds,
+            cfg.batch_size,
+            drop_last=trainer.args.dataloader_drop_last,
+            generator=torch.Generator(),
+            seed=cfg.seed,
+        )
+        first_epoch = {"batch_sampler": cfg.batch_sampler, **batching.batch_report(list(sampler), batch_keys)}
+        fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
+        console.print(
+            f"epoch 1: {first_epoch['batches']} batches ({cfg.batch_sampler}); {fn_rows} of {len(train_ds)} rows "
+            "see a chunk of their own relevant document as an in-batch negative"
         )
         t0 = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=resume)
@@ -108,6 +128,13 @@ def main() -> None:
             leaked_queries=leaked,
         )
         metrics["warnings"] += attention_warnings
+        metrics["train"]["first_epoch_batches"] = first_epoch
+        if fn_rows > 0.1 * len(train_ds):
+            metrics["warnings"].append(
+                f"{fn_rows} of {len(train_ds)} training rows see a chunk of their own relevant document as an "
+                f"in-batch negative in epoch 1 (batch_sampler: {cfg.batch_sampler}; document_disjoint avoids it "
+                "unless one document has more questions than there are batches)"
+            )
         if cfg.merge_alpha < 1:
             metrics["dev"]["unmerged"] = training.dev_metrics(dev_unmerged)
         metrics["shipped"] = shipped

@@ -33,6 +33,7 @@ PARAMS = {
     "gist_temperature": 0.05,
     "matryoshka_dims": [32, 16],
     "n_hard_negatives": 2,
+    "batch_sampler": "no_duplicates",
     "max_seq_length": 64,
     "epochs": 3,
     "max_steps": 11,
@@ -118,7 +119,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert a.gradient_accumulation_steps == 2 and a.activation_checkpointing is True
     assert a.bf16 is True and a.fp16 is False  # cpu_bf16 on a CPU machine
     assert a.logging_steps == 2 and a.dataloader_num_workers == 0
-    assert a.batch_sampler == BatchSamplers.NO_DUPLICATES
+    assert a.batch_sampler == BatchSamplers.NO_DUPLICATES  # the non-default; document_disjoint: test_batching.py
     assert a.prompts == {
         "anchor": "query: ",
         "positive": "passage: ",
@@ -388,3 +389,40 @@ def test_model_after_bf16_training_computes_what_the_saved_model_computes(tiny_e
     assert not torch.equal(in_memory, shipped)  # the wrapper is real: without the callback the model runs in bf16
     in_memory, shipped = train(with_fp32_callback=True, out="fixed")
     assert torch.equal(in_memory, shipped)
+
+
+def test_training_curves_are_plotted_against_the_optimizer_step(tiny_embedder_path, tmp_path):
+    """DVCLive's own step counter advances per log call, so loss and dev points would interleave on a meaningless
+    axis; ragtune's callback puts each point at its global step, and the before-training dev score at step 0."""
+    import csv
+
+    from sentence_transformers import SentenceTransformer
+
+    from ragtune.training import dvclive_callbacks
+
+    cfg = EmbedderTrainConfig.from_params(
+        {"max_steps": 6, "batch_size": 4, "n_hard_negatives": 0, "logging_steps": 2, "eval_steps": 3, "save_steps": 3}
+    )
+    groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
+    chunks = [{"chunk_id": f"c{i}", "doc_id": f"d{i}", "text": f"tài liệu {i} quy định"} for i in range(12)]
+    dev = [{"query_id": "q1", "query": "hỏi 1 về nghỉ phép", "positive_doc_ids": ["d1"], "positive_chunk_ids": ["c1"]}]
+    ds, _ = groups_to_dataset(groups, 0)
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    evaluator = build_ir_evaluator(dev, chunks, "", "", level="doc")
+    before = evaluator(model)
+    live_dir = tmp_path / "live"
+    callbacks = dvclive_callbacks(str(live_dir), resume=False, before=before)
+    assert len(callbacks) == 1
+    trainer = build_trainer(model, cfg, ds, evaluator, tmp_path / "ck", column_prompts(0, "", ""), callbacks=callbacks)
+    trainer.train()
+
+    def column(path: str) -> dict[int, float]:
+        with open(live_dir / "plots" / "metrics" / path, encoding="utf-8") as f:
+            return {
+                int(r["step"]): float(r[next(k for k in r if k != "step")]) for r in csv.DictReader(f, delimiter="\t")
+            }
+
+    assert sorted(column("loss.tsv")) == [1, 2, 4, 6]  # logging_first_step, then every 2 steps
+    dev_curve = column("eval/dev_cosine_ndcg@10.tsv")
+    assert sorted(dev_curve) == [0, 3, 6]
+    assert dev_curve[0] == pytest.approx(before["dev_cosine_ndcg@10"])

@@ -10,16 +10,22 @@ params it does not know, so a knob in params.yaml can never be silently ignored.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragtune.params import StageConfig
 
+if TYPE_CHECKING:
+    from ragtune.batching import RowKeys
+
 LOSSES = ("mnrl", "cached_mnrl", "gist")
+BATCH_SAMPLERS = ("document_disjoint", "no_duplicates")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -41,6 +47,7 @@ class EmbedderTrainConfig(StageConfig):
     gist_temperature: float = 0.01
     matryoshka_dims: tuple[int, ...] = ()
     n_hard_negatives: int = 1
+    batch_sampler: str = "document_disjoint"  # or no_duplicates (identical texts only): see ragtune.batching
     max_seq_length: int = 256
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
@@ -72,6 +79,10 @@ class EmbedderTrainConfig(StageConfig):
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise TrainConfigError(f"train_embedder.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.batch_sampler not in BATCH_SAMPLERS:
+            raise TrainConfigError(
+                f"train_embedder.batch_sampler={self.batch_sampler!r}: choose one of {BATCH_SAMPLERS}"
+            )
         if self.precision not in PRECISIONS:
             raise TrainConfigError(f"train_embedder.precision={self.precision!r}: choose one of {PRECISIONS}")
         if self.batch_size < 2:
@@ -102,6 +113,11 @@ def check_attention_dropout(p: Any, error: type[ValueError], section: str) -> No
 
 
 # --------------------------------------------------------------------------------------------------- data
+def usable_group(group: dict[str, Any], n_hard_negatives: int) -> bool:
+    """A group can make a training row: it has a positive and at least ``n_hard_negatives`` negatives."""
+    return bool(group["pos"]) and len(group["neg"]) >= n_hard_negatives
+
+
 def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tuple[Any, int]:
     """FlagEmbedding groups → a ``Dataset`` with columns anchor, positive, negative_1..n.
 
@@ -115,7 +131,7 @@ def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tu
         cols[f"negative_{i}"] = []
     dropped = 0
     for g in groups:
-        if len(g["neg"]) < n_hard_negatives or not g["pos"]:
+        if not usable_group(g, n_hard_negatives):
             dropped += 1
             continue
         cols["anchor"].append(g["query"])
@@ -367,6 +383,19 @@ def precision_flags(cfg: EmbedderTrainConfig, cuda: bool, bf16_supported: bool) 
     return {"fp16": False, "bf16": cfg.cpu_bf16}
 
 
+def batch_sampler(cfg: EmbedderTrainConfig, batch_keys: Sequence[RowKeys] | None) -> Any:
+    """The Trainer's ``batch_sampler`` argument for ``cfg.batch_sampler``."""
+    from sentence_transformers.base.sampler import BatchSamplers
+
+    if cfg.batch_sampler == "no_duplicates":
+        return BatchSamplers.NO_DUPLICATES
+    if batch_keys is None:
+        raise ValueError("batch_sampler=document_disjoint needs batch_keys (ragtune.batching.group_row_keys)")
+    from ragtune.batching import DocumentDisjointBatchSampler
+
+    return functools.partial(DocumentDisjointBatchSampler, keys=list(batch_keys))
+
+
 def build_args(
     cfg: EmbedderTrainConfig,
     output_dir: str | Path,
@@ -375,10 +404,14 @@ def build_args(
     cuda: bool | None = None,
     bf16_supported: bool | None = None,
     has_eval: bool = True,
+    batch_keys: Sequence[RowKeys] | None = None,
 ) -> Any:
-    """SentenceTransformerTrainingArguments from the config, every field mapped explicitly."""
+    """SentenceTransformerTrainingArguments from the config, every field mapped explicitly.
+
+    ``batch_keys`` (one per training row) are what the document-disjoint sampler keeps apart; see
+    ``ragtune.batching``.
+    """
     import torch
-    from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.training_args import SentenceTransformerTrainingArguments
 
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -409,7 +442,7 @@ def build_args(
         activation_checkpointing=cfg.gradient_checkpointing,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        batch_sampler=batch_sampler(cfg, batch_keys),
         prompts=prompts,
         dataloader_num_workers=cfg.dataloader_num_workers,
         report_to="none",
@@ -428,18 +461,38 @@ def column_prompts(n_hard_negatives: int, query_prompt: str, passage_prompt: str
     return {k: v for k, v in prompts.items() if v}
 
 
-def dvclive_callbacks(live_dir: str, resume: bool) -> list[Any]:
-    """DVCLive training curves for a trainer. Where DVCLive cannot log (e.g. a git repo without commits), training
-    goes on without curves, and the stage says so."""
+def dvclive_callbacks(live_dir: str, resume: bool, before: dict[str, float] | None = None) -> list[Any]:
+    """DVCLive training curves for a trainer, with the optimizer step on the x axis.
+
+    ``before``: the evaluator's scores before training (``dev_cosine_ndcg@10`` …), plotted at step 0 so every curve
+    starts from the base model. Where DVCLive cannot log (e.g. a git repo without commits), training goes on
+    without curves, and the stage says so.
+    """
     from transformers.integrations import DVCLiveCallback
 
     from ragtune.console import warn
+
+    class StepDVCLiveCallback(DVCLiveCallback):
+        """transformers' callback plots against DVCLive's own counter, which advances once per log call, so loss
+        and eval points interleave on a meaningless axis; here each point sits at its ``global_step``."""
+
+        def on_log(self, args: Any, state: Any, control: Any, model: Any = None, logs: Any = None, **kw: Any) -> None:
+            if state.is_world_process_zero:
+                self.live.step = state.global_step
+            super().on_log(args, state, control, model=model, logs=logs, **kw)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            super().on_train_begin(args, state, control, **kw)
+            if before and state.is_world_process_zero and state.global_step == 0:
+                self.live.step = 0
+                for key, value in before.items():
+                    self.live.log_metric(f"eval/{key}", float(value))
 
     try:
         from dvclive import Live
 
         live = Live(live_dir, resume=resume, dvcyaml=None, save_dvc_exp=False, report=None)
-        return [DVCLiveCallback(live=live)]
+        return [StepDVCLiveCallback(live=live)]
     except Exception as exc:
         warn(f"training curves will not be logged to {live_dir}: {exc}")
         return []
@@ -644,13 +697,22 @@ def build_trainer(
     guide: Any = None,
     distributed: bool = False,
     callbacks: list[Any] | None = None,
+    batch_keys: Sequence[RowKeys] | None = None,
 ) -> Any:
-    """The SentenceTransformerTrainer for a config: loss, arguments, evaluator and early stopping wired up."""
+    """The SentenceTransformerTrainer for a config: loss, arguments, evaluator and early stopping wired up.
+
+    ``batch_keys``: the rows' documents for the document-disjoint sampler (``batching.group_row_keys``); without
+    them the rows' texts are kept apart, which is what NO_DUPLICATES guarantees.
+    """
     from sentence_transformers.sentence_transformer.trainer import SentenceTransformerTrainer
 
+    if cfg.batch_sampler == "document_disjoint" and batch_keys is None:
+        from ragtune.batching import dataset_row_keys
+
+        batch_keys = dataset_row_keys(train_dataset)
     return SentenceTransformerTrainer(
         model=model,
-        args=build_args(cfg, output_dir, prompts, has_eval=evaluator is not None),
+        args=build_args(cfg, output_dir, prompts, has_eval=evaluator is not None, batch_keys=batch_keys),
         train_dataset=train_dataset,
         loss=build_loss(model, cfg, guide=guide, distributed=distributed),
         evaluator=evaluator,
