@@ -23,6 +23,7 @@ import time
 
 import torch
 
+from ragtune.batching import group_row_keys
 from ragtune.evaluation import score_systems
 from ragtune.jsonl import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
@@ -66,6 +67,7 @@ def main() -> None:
     base_cfg = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
     groups = read_jsonl("data/negatives/train_groups.jsonl")
     chunks = read_jsonl("data/chunks/chunks.jsonl")
+    chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks}
     splits = {s: read_jsonl(f"data/pairs/{s}.jsonl") for s in ("dev", "test")}
     base_path = resolve_model(model_p["embedder"])
 
@@ -94,7 +96,15 @@ def main() -> None:
         dataset, _ = groups_to_dataset(groups, cfg.n_hard_negatives)
         evaluator = build_ir_evaluator(splits["dev"], chunks, qp, pp, level=cfg.dev_level)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(model, cfg, dataset, evaluator, tmp, column_prompts(cfg.n_hard_negatives, qp, pp))
+            trainer = build_trainer(
+                model,
+                cfg,
+                dataset,
+                evaluator,
+                tmp,
+                column_prompts(cfg.n_hard_negatives, qp, pp),
+                batch_keys=group_row_keys(groups, cfg.n_hard_negatives, chunk_docs),  # the stage's batches
+            )
             t0 = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - t0
