@@ -55,7 +55,7 @@ def main() -> None:
             else resolve_model(model_p["embedder"] if cfg.base == "base" else cfg.base)
         )
         new_head = reranking.head_is_new(base_path)
-        model = reranking.load_reranker(base_path, cfg.max_length, cfg.head)
+        model = reranking.load_reranker(base_path, cfg.max_length, cfg.head, seed=cfg.seed)
         attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         train_ds = reranking.groups_to_dataset(groups, cfg.loss)
         pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))

@@ -285,3 +285,25 @@ def test_tiny_reranker_learns_and_saves(tiny_embedder_path, tmp_path):
     assert not head_is_new(tmp_path / "reranker")
     ranked = reloaded.rank("hỏi về vpn", ["tin đồn không rõ về vpn", "quy định chính thức về vpn"])
     assert ranked[0]["corpus_id"] == 1
+
+
+@pytest.mark.parametrize("head", ["mean", "cls"])
+def test_a_new_head_starts_from_the_seed_and_leaves_the_global_rng_alone(tiny_embedder_path, head):
+    """Identical runs must start from identical weights: the new head used to come from whatever state the global
+    RNG was in, so even the before-training dev scores differed between two `dvc repro` runs."""
+    import torch
+
+    def head_weights(seed: int, global_seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(global_seed)  # a different global RNG state each time: it must not matter
+        model = load_reranker(tiny_embedder_path, 64, head, seed=seed)
+        encoder = {n for n, _ in model.named_parameters() if "encoder.layer" in n or "embeddings" in n}
+        return [p.detach().clone() for n, p in model.named_parameters() if n not in encoder]
+
+    a, b, c = head_weights(7, 1), head_weights(7, 2), head_weights(8, 1)
+    assert a and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_reranker(tiny_embedder_path, 64, head, seed=7)
+    assert torch.equal(torch.rand(3), expected)  # the global RNG is where it was

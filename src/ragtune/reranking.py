@@ -266,8 +266,10 @@ def head_is_new(path: str | Path) -> bool:
 HEAD_PATTERNS = {"cls": r"classifier", "mean": r"(^|\.)2\.linear\."}  # new-head parameters, for learning_rate_mapping
 
 
-def load_reranker(path: str | Path, max_length: int, head: str = "mean") -> Any:
-    """A one-logit CrossEncoder from ``path``.
+def load_reranker(path: str | Path, max_length: int, head: str = "mean", seed: int | None = None) -> Any:
+    """A one-logit CrossEncoder from ``path``; a new head is initialised from ``seed`` (the global RNG is untouched),
+    so two runs with the same params start from the same weights. Without it the head came from whatever state the
+    global RNG was in, and the "before training" dev scores differed between identical runs.
 
     A model with its own classification head loads as is. An embedder folder gets a new head:
 
@@ -276,20 +278,23 @@ def load_reranker(path: str | Path, max_length: int, head: str = "mean") -> Any:
       to put meaning in its *mean-pooled* output, so this head reads a meaningful vector from step 0, where the
       [CLS] pooler of a mean-pooling model starts out nearly input-independent.
     """
+    import torch
     from sentence_transformers import CrossEncoder
 
     if head not in HEAD_PATTERNS:
         raise RerankerConfigError(f"train_reranker.head={head!r}: use one of {sorted(HEAD_PATTERNS)}")
-    if head == "cls" or not head_is_new(path):
-        return CrossEncoder(str(path), num_labels=1, max_length=max_length)
-    import torch
-    from sentence_transformers.base.modules import Dense, Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if head == "cls" or not head_is_new(path):
+            return CrossEncoder(str(path), num_labels=1, max_length=max_length)
+        from sentence_transformers.base.modules import Dense, Transformer
+        from sentence_transformers.sentence_transformer.modules import Pooling
 
-    encoder = Transformer(str(path), max_seq_length=max_length)
-    dim = encoder.get_embedding_dimension()
-    scorer = Dense(dim, 1, activation_function=torch.nn.Identity(), module_output_name="scores")
-    return CrossEncoder(modules=[encoder, Pooling(dim, "mean"), scorer])
+        encoder = Transformer(str(path), max_seq_length=max_length)
+        dim = encoder.get_embedding_dimension()
+        scorer = Dense(dim, 1, activation_function=torch.nn.Identity(), module_output_name="scores")
+        return CrossEncoder(modules=[encoder, Pooling(dim, "mean"), scorer])
 
 
 def build_loss(model: Any, cfg: RerankerTrainConfig, pos_weight: float) -> Any:
