@@ -1,3 +1,5 @@
+import numpy as np
+
 from ragtune.mining import build_groups, mine_dense
 from ragtune.retrieval import BM25Index
 
@@ -71,3 +73,19 @@ def test_random_negatives_are_seeded():
         [PAIR], CHUNKS, None, {}, n_bm25=0, n_dense=0, n_random=2, bm25_skip_top=0, bm25_max_ratio=1, seed=3
     )
     assert a == b and a[0]["neg_sources"] == ["random", "random"]
+
+
+def test_a_chunk_both_sources_find_is_one_negative_not_two():
+    """Dense and BM25 often agree on the top near-miss; the group must not list it twice (it did: BM25 did not check
+    what dense had already taken, and the FlagEmbedding file carried duplicate negatives)."""
+    bm25 = BM25Index([c["chunk_id"] for c in CHUNKS]).fit([c["text"] for c in CHUNKS])
+    top_bm25 = next(
+        CHUNKS[i] for i in np.argsort(-bm25.scores(PAIR["query"]), kind="stable") if CHUNKS[int(i)]["doc_id"] != "leave"
+    )
+    dense = {"q1": [(top_bm25["text"], 0.9)]}  # dense picked the chunk BM25 ranks first
+    groups, _ = build_groups(
+        [PAIR], CHUNKS, bm25, dense, n_bm25=1, n_dense=1, n_random=1, bm25_skip_top=0, bm25_max_ratio=1.0, seed=0
+    )
+    (g,) = groups
+    assert g["neg_ids"][0] == top_bm25["chunk_id"] and g["neg_sources"][0] == "dense"
+    assert len(set(g["neg_ids"])) == len(g["neg_ids"])  # before the fix: [top, top, random]

@@ -166,7 +166,7 @@ def build_groups(
                 i = int(i)
                 if taken >= n_bm25 or scores[i] <= 0:
                     break
-                if i in excluded:
+                if i in excluded or i in chosen:  # chosen: already a dense negative of this group
                     continue
                 if rank < bm25_skip_top:
                     stats["bm25_skipped_top_rank"] += 1
