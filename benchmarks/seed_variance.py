@@ -5,11 +5,11 @@ Usage (repo root, venv active, after `dvc repro negatives`):
         [--out metrics/benchmarks/seed_variance_no_duplicates.json]
 
 A single held-out split of 77 questions moves by a few NDCG points between runs that differ only in data order,
-so one run's "+5 points" says little on its own. For each seed this script copies the stage inputs (params.yaml with
-only `train_embedder.seed` changed, `stages/`, `data/`) into a scratch folder, runs `stages/train_embedder.py` there
-exactly as `dvc repro` would (best checkpoint on dev, WiSE-FT merge checked on dev, base kept if worse), and scores
-the shipped model the way the evaluate stage does: document-level NDCG@10 / MRR@10 on dev and test, against the base
-model. The repository's own outputs are not touched.
+so one run's "+5 points" says little on its own. For each seed this script copies the stage inputs (params.yaml
+with the `--set` overrides and `train_embedder.seed` changed, `stages/`, `data/`) into a scratch folder, runs
+`stages/train_embedder.py` there exactly as `dvc repro` would (best checkpoint on dev, WiSE-FT merge checked on
+dev, base kept if worse), and scores the shipped model the way the evaluate stage does: document-level NDCG@10 /
+MRR@10 on dev and test, against the base model. The repository's own outputs are not touched.
 
 Writes metrics/benchmarks/seed_variance.json (per seed, plus mean / sample std / min of the test gain). The README's
 Benchmarks section quotes it.
@@ -86,7 +86,8 @@ def main() -> None:
     base = scored(resolve_model(model_p["embedder"]))
     out: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
-        "protocol": "stages/train_embedder.py with params.yaml, only train_embedder.seed changed; document level",
+        "protocol": "stages/train_embedder.py with params.yaml plus the overrides, only train_embedder.seed varied; "
+        "document level",
         "overrides": args.set,
         "queries": {s: len(q) for s, q in splits.items()},
         "base": base,

@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sentence_transformers.base.sampler import DefaultBatchSampler
+
 SCAN_WINDOW = 256  # open batches tried per row before the repair step: bounds the cost on big corpora
 REPAIR_WINDOW = 32  # full batches (and open targets) the repair step tries for a row that fits nowhere
 
@@ -89,6 +91,11 @@ def dataset_row_keys(dataset: Any) -> list[RowKeys]:
     ]
 
 
+def batch_count(n_rows: int, batch_size: int, drop_last: bool) -> int:
+    """The default sampler's number of batches: the document-disjoint plan keeps it, so the schedule is unchanged."""
+    return n_rows // batch_size if drop_last else math.ceil(n_rows / batch_size)
+
+
 def plan_batches(
     keys: Sequence[RowKeys], order: Sequence[int], batch_size: int, drop_last: bool
 ) -> tuple[list[list[int]], int]:
@@ -99,8 +106,7 @@ def plan_batches(
     rows placed with a conflict. Rows that do not fit at all (``drop_last`` with a remainder) are left out, as
     the default sampler would leave them out.
     """
-    n = len(order)
-    n_batches = n // batch_size if drop_last else math.ceil(n / batch_size)
+    n_batches = batch_count(len(order), batch_size, drop_last)
     batches: list[list[int]] = [[] for _ in range(n_batches)]
     owned: list[Counter[str]] = [Counter() for _ in range(n_batches)]
     shown: list[Counter[str]] = [Counter() for _ in range(n_batches)]
@@ -114,10 +120,18 @@ def plan_batches(
         w = keys[without]
         return all(o[x] <= (x in w.owned) for x in k.shown) and all(s[x] <= (x in w.shown) for x in k.owned)
 
-    def add(row: int, b: int) -> None:
+    def enter(row: int, b: int) -> None:
         batches[b].append(row)
         owned[b].update(keys[row].owned)
         shown[b].update(keys[row].shown)
+
+    def leave(row: int, b: int) -> None:
+        batches[b].remove(row)
+        owned[b] -= Counter(keys[row].owned)
+        shown[b] -= Counter(keys[row].shown)
+
+    def add(row: int, b: int) -> None:
+        enter(row, b)
         if len(batches[b]) == batch_size:
             open_batches.remove(b)
             full_batches.append(b)
@@ -130,12 +144,8 @@ def plan_batches(
                 target = next((b for b in open_batches[:REPAIR_WINDOW] if fits(other, b)), None)
                 if target is None:
                     continue
-                batches[f].remove(other)
-                owned[f] -= Counter(keys[other].owned)
-                shown[f] -= Counter(keys[other].shown)
-                batches[f].append(row)
-                owned[f].update(keys[row].owned)
-                shown[f].update(keys[row].shown)
+                leave(other, f)
+                enter(row, f)  # f stays full
                 add(other, target)
                 return True
         return False
@@ -158,20 +168,21 @@ def plan_batches(
     return [b for b in batches if b], conflicted
 
 
-def count_conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]]) -> int:
+def conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]]) -> Iterator[tuple[int, int]]:
     """Ordered row pairs (a, b) in one batch where b shows a something a owns: in-batch false negatives."""
-    return sum(
-        1 for batch in batches for a in batch for b in batch if a != b and not keys[a].owned.isdisjoint(keys[b].shown)
-    )
+    for batch in batches:
+        for a in batch:
+            for b in batch:
+                if a != b and not keys[a].owned.isdisjoint(keys[b].shown):
+                    yield a, b
 
 
-def _default_batch_sampler() -> type:
-    from sentence_transformers.base.sampler import DefaultBatchSampler
+def count_conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]]) -> int:
+    """How many in-batch false negatives the batches hold (see :func:`conflicts`)."""
+    return sum(1 for _ in conflicts(keys, batches))
 
-    return DefaultBatchSampler
 
-
-class DocumentDisjointBatchSampler(_default_batch_sampler()):  # type: ignore[misc]
+class DocumentDisjointBatchSampler(DefaultBatchSampler):
     """A sentence-transformers batch sampler that keeps each row's relevant documents out of its batch-mates.
 
     Pass it to ``SentenceTransformerTrainingArguments(batch_sampler=...)`` as
@@ -203,7 +214,6 @@ class DocumentDisjointBatchSampler(_default_batch_sampler()):  # type: ignore[mi
                 f"{len(keys)} row keys for a dataset of {len(dataset)} rows: build both from the same groups"
             )
         self.keys = list(keys)
-        self.conflicted_rows = 0  # rows placed with a conflict in the latest epoch
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch (deterministic in seed and epoch)."""
@@ -212,24 +222,21 @@ class DocumentDisjointBatchSampler(_default_batch_sampler()):  # type: ignore[mi
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
         order = torch.randperm(len(self.keys), generator=generator).tolist()
-        batches, self.conflicted_rows = plan_batches(self.keys, order, self.batch_size, self.drop_last)
+        batches, _ = plan_batches(self.keys, order, self.batch_size, self.drop_last)  # batch_report counts conflicts
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
         yield from self.plan(self.epoch)
 
     def __len__(self) -> int:
-        n = len(self.keys)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return batch_count(len(self.keys), self.batch_size, self.drop_last)
 
 
 def batch_report(batches: Sequence[Sequence[int]], keys: Sequence[RowKeys]) -> dict[str, int]:
     """In-batch false negatives in one epoch's batches, for the metrics: the sampler's work made visible."""
-    affected = {
-        a for batch in batches for a in batch for b in batch if a != b and not keys[a].owned.isdisjoint(keys[b].shown)
-    }
+    pairs = list(conflicts(keys, batches))
     return {
         "batches": len(batches),
-        "in_batch_false_negatives": count_conflicts(keys, batches),
-        "rows_with_in_batch_false_negatives": len(affected),
+        "in_batch_false_negatives": len(pairs),
+        "rows_with_in_batch_false_negatives": len({a for a, _ in pairs}),
     }
