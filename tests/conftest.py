@@ -34,16 +34,23 @@ VI_SENTENCES = [
 
 def _build_tiny_embedder(root: Path) -> Path:
     from sentence_transformers import SentenceTransformer
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], min_frequency=1
-    )
-    tok.train_from_iterator(VI_SENTENCES * 3, trainer)
+    # The vocabulary is built, not trained: tokenizers' WordPieceTrainer breaks merge ties in a per-process random
+    # order, so a trained vocabulary (and every ranking the tiny model makes) changed from one pytest run to the next,
+    # and a test asserting on a ranking passed or failed by luck. Whole corpus words, plus every character alone and
+    # as a ``##`` continuation, in sorted order: identical in every run, and any text over this alphabet tokenizes.
+    # Words are normalised as BertTokenizerFast will normalise text (it installs this normalizer), so they match.
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for s in VI_SENTENCES for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(s))})
+    chars = sorted({c for w in words for c in w})
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens = dict.fromkeys([*specials, *chars, *(f"##{c}" for c in chars), *words])
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(tokens)}, unk_token="[UNK]"))
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     hf_tok = BertTokenizerFast(tokenizer_object=tok, model_max_length=128)
     hf_dir = root / "hf"
     hf_tok.save_pretrained(hf_dir)
