@@ -29,6 +29,7 @@ PARAMS = {
     "seed": 7,
     "loss": "cached_mnrl",
     "scale": 50.0,
+    "directions": ["query_to_doc", "doc_to_query"],
     "mini_batch_size": 3,
     "gist_temperature": 0.05,
     "matryoshka_dims": [32, 16],
@@ -75,6 +76,13 @@ def test_unknown_or_invalid_params_are_refused():
         EmbedderTrainConfig.from_params({"loss": "cosine_similarity"})
     with pytest.raises(TrainConfigError, match="batch_size"):
         EmbedderTrainConfig.from_params({"batch_size": 1})
+    with pytest.raises(TrainConfigError, match="directions"):
+        EmbedderTrainConfig.from_params({"directions": ["doc_to_query"]})  # the retrieval direction is required
+    with pytest.raises(TrainConfigError, match="directions"):
+        EmbedderTrainConfig.from_params({"directions": ["query_to_doc", "doc_to_queries"]})
+    with pytest.raises(TrainConfigError, match="GISTEmbedLoss"):
+        EmbedderTrainConfig.from_params({"loss": "gist", "directions": ["query_to_doc", "doc_to_query"]})
+    assert EmbedderTrainConfig.from_params({"directions": "query_to_doc"}).directions == ("query_to_doc",)
 
 
 def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
@@ -134,6 +142,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert type(loss).__name__ == "MatryoshkaLoss" and list(loss.matryoshka_dims) == [32, 16]
     assert type(loss.loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.loss.mini_batch_size == 3
     assert loss.loss.scale == 50.0
+    assert tuple(loss.loss.directions) == ("query_to_doc", "doc_to_query")
     assert model.max_seq_length == 64
 
     gist_cfg = dataclasses.replace(cfg, loss="gist", matryoshka_dims=())

@@ -60,7 +60,8 @@ class StageConfig:
                 continue
             v = params[f.name]
             if str(f.type).startswith("tuple"):
-                v = tuple(int(x) for x in (v or ()))
+                item = str if "str" in str(f.type) else int
+                v = tuple(item(x) for x in ([v] if isinstance(v, str) else v or ()))
             elif f.type in ("int", int):
                 v = int(v)
             elif f.type in ("float", float):

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 LOSSES = ("mnrl", "cached_mnrl", "gist")
 BATCH_SAMPLERS = ("document_disjoint", "no_duplicates")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# MNRL interaction terms (sentence-transformers' ``directions``): query_to_doc is the classic InfoNCE; adding
+# doc_to_query makes it symmetric (each passage must also pick its own query out of the batch), and all four are
+# GTE's "improved contrastive loss".
+DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 
 
 class TrainConfigError(ValueError):
@@ -43,6 +47,7 @@ class EmbedderTrainConfig(StageConfig):
     seed: int = 42
     loss: str = "mnrl"
     scale: float = 20.0  # MNRL logit scale = 1 / temperature; e5 was trained with temperature 0.01 (scale 100)
+    directions: tuple[str, ...] = ("query_to_doc",)  # mnrl / cached_mnrl interaction terms, see DIRECTIONS
     mini_batch_size: int = 16  # cached_mnrl: forward chunk size; memory, not the effective batch
     gist_temperature: float = 0.01
     matryoshka_dims: tuple[int, ...] = ()
@@ -79,6 +84,17 @@ class EmbedderTrainConfig(StageConfig):
     def validate(self) -> None:
         if self.loss not in LOSSES:
             raise TrainConfigError(f"train_embedder.loss={self.loss!r}: choose one of {LOSSES}")
+        bad = [d for d in self.directions if d not in DIRECTIONS]
+        if bad or "query_to_doc" not in self.directions or len(set(self.directions)) != len(self.directions):
+            raise TrainConfigError(
+                f"train_embedder.directions={list(self.directions)!r}: list distinct terms from {DIRECTIONS}, "
+                "always including query_to_doc (the retrieval direction), e.g. [query_to_doc, doc_to_query]"
+            )
+        if self.loss == "gist" and tuple(self.directions) != ("query_to_doc",):
+            raise TrainConfigError(
+                "train_embedder.directions applies to loss mnrl or cached_mnrl; GISTEmbedLoss has only query_to_doc. "
+                "Set directions: [query_to_doc] or pick another loss"
+            )
         if self.batch_sampler not in BATCH_SAMPLERS:
             raise TrainConfigError(
                 f"train_embedder.batch_sampler={self.batch_sampler!r}: choose one of {BATCH_SAMPLERS}"
@@ -345,7 +361,11 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
 
     if cfg.loss == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(
-            model, scale=cfg.scale, similarity_fct=fp32_cos_sim, gather_across_devices=distributed
+            model,
+            scale=cfg.scale,
+            similarity_fct=fp32_cos_sim,
+            gather_across_devices=distributed,
+            directions=tuple(cfg.directions),
         )
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
@@ -354,6 +374,7 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
             similarity_fct=fp32_cos_sim,
             mini_batch_size=cfg.mini_batch_size,
             gather_across_devices=distributed,
+            directions=tuple(cfg.directions),
         )
     else:
         if guide is None:
