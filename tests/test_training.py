@@ -30,6 +30,8 @@ PARAMS = {
     "loss": "cached_mnrl",
     "scale": 50.0,
     "directions": ["query_to_doc", "doc_to_query"],
+    "hardness_mode": "in_batch_negatives",
+    "hardness_strength": 9.0,
     "mini_batch_size": 3,
     "gist_temperature": 0.05,
     "matryoshka_dims": [32, 16],
@@ -82,6 +84,8 @@ def test_unknown_or_invalid_params_are_refused():
         EmbedderTrainConfig.from_params({"directions": ["query_to_doc", "doc_to_queries"]})
     with pytest.raises(TrainConfigError, match="GISTEmbedLoss"):
         EmbedderTrainConfig.from_params({"loss": "gist", "directions": ["query_to_doc", "doc_to_query"]})
+    with pytest.raises(TrainConfigError, match="hardness_strength"):
+        EmbedderTrainConfig.from_params({"hardness_mode": "in_batch_negatives"})  # a mode with strength 0 does nothing
     assert EmbedderTrainConfig.from_params({"directions": "query_to_doc"}).directions == ("query_to_doc",)
 
 
@@ -143,6 +147,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert type(loss.loss).__name__ == "CachedMultipleNegativesRankingLoss" and loss.loss.mini_batch_size == 3
     assert loss.loss.scale == 50.0
     assert tuple(loss.loss.directions) == ("query_to_doc", "doc_to_query")
+    assert loss.loss.hardness_mode == "in_batch_negatives" and loss.loss.hardness_strength == 9.0
     assert model.max_seq_length == 64
 
     gist_cfg = dataclasses.replace(cfg, loss="gist", matryoshka_dims=())

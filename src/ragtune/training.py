@@ -31,6 +31,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # doc_to_query makes it symmetric (each passage must also pick its own query out of the batch), and all four are
 # GTE's "improved contrastive loss".
 DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
+# MNRL hardness weighting: add strength·stop_grad(cos) to these negatives' logits, so harder negatives weigh more.
+HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
 
 
 class TrainConfigError(ValueError):
@@ -48,6 +50,8 @@ class EmbedderTrainConfig(StageConfig):
     loss: str = "mnrl"
     scale: float = 20.0  # MNRL logit scale = 1 / temperature; e5 was trained with temperature 0.01 (scale 100)
     directions: tuple[str, ...] = ("query_to_doc",)  # mnrl / cached_mnrl interaction terms, see DIRECTIONS
+    hardness_mode: str = "none"  # mnrl / cached_mnrl, see HARDNESS_MODES
+    hardness_strength: float = 0.0  # Lan et al. 2025 use 9 for in_batch_negatives, EmbeddingGemma 5 for hard_negatives
     mini_batch_size: int = 16  # cached_mnrl: forward chunk size; memory, not the effective batch
     gist_temperature: float = 0.01
     matryoshka_dims: tuple[int, ...] = ()
@@ -95,6 +99,17 @@ class EmbedderTrainConfig(StageConfig):
                 "train_embedder.directions applies to loss mnrl or cached_mnrl; GISTEmbedLoss has only query_to_doc. "
                 "Set directions: [query_to_doc] or pick another loss"
             )
+        if self.hardness_mode not in HARDNESS_MODES:
+            raise TrainConfigError(
+                f"train_embedder.hardness_mode={self.hardness_mode!r}: choose one of {HARDNESS_MODES}"
+            )
+        if self.hardness_strength < 0 or (self.hardness_mode == "none") != (self.hardness_strength == 0):
+            raise TrainConfigError(
+                f"train_embedder.hardness_mode={self.hardness_mode!r} with hardness_strength={self.hardness_strength}: "
+                "set both (a mode and a strength > 0, e.g. in_batch_negatives and 9) or neither (none and 0)"
+            )
+        if self.loss == "gist" and self.hardness_mode != "none":
+            raise TrainConfigError("train_embedder.hardness_mode applies to loss mnrl or cached_mnrl, not gist")
         if self.batch_sampler not in BATCH_SAMPLERS:
             raise TrainConfigError(
                 f"train_embedder.batch_sampler={self.batch_sampler!r}: choose one of {BATCH_SAMPLERS}"
@@ -359,6 +374,9 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
     """
     from sentence_transformers.sentence_transformer import losses
 
+    hardness: dict[str, Any] = {}
+    if cfg.hardness_mode != "none":
+        hardness = {"hardness_mode": cfg.hardness_mode, "hardness_strength": cfg.hardness_strength}
     if cfg.loss == "mnrl":
         loss = losses.MultipleNegativesRankingLoss(
             model,
@@ -366,6 +384,7 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
             similarity_fct=fp32_cos_sim,
             gather_across_devices=distributed,
             directions=tuple(cfg.directions),
+            **hardness,
         )
     elif cfg.loss == "cached_mnrl":
         loss = losses.CachedMultipleNegativesRankingLoss(
@@ -375,6 +394,7 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
             mini_batch_size=cfg.mini_batch_size,
             gather_across_devices=distributed,
             directions=tuple(cfg.directions),
+            **hardness,
         )
     else:
         if guide is None:
