@@ -100,7 +100,9 @@ def main() -> None:
             generator=torch.Generator(),
             seed=cfg.seed,
         )
-        first_epoch = {"batch_sampler": cfg.batch_sampler, **batching.batch_report(list(sampler), batch_keys)}
+        # under DDP one step gathers `world` consecutive batches into MNRL's negatives: report them as one
+        report = batching.batch_report(list(sampler), batch_keys, group_size=batching.gathered_batches())
+        first_epoch = {"batch_sampler": cfg.batch_sampler, **report}
         fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
         console.print(
             f"epoch 1: {first_epoch['batches']} batches ({cfg.batch_sampler}); {fn_rows} of {len(train_ds)} rows "

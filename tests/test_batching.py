@@ -61,6 +61,23 @@ def test_batch_count_matches_the_default_sampler_and_unavoidable_conflicts_are_c
     assert [len(b) for b in dropped] == [8, 8]
 
 
+def test_ddp_gathered_batches_are_disjoint_and_only_the_last_is_short():
+    """Under DDP one step gathers ``world`` consecutive batches: they are planned as one, and accelerate's shard
+    needs every batch but the last full (it skips a step whose last batch is short)."""
+    groups, chunk_docs = _groups(n_docs=92, per_doc=1)  # 92 rows, batches of 8 → 12 batches, 6 gathered pairs
+    keys = group_row_keys(groups, 1, chunk_docs)
+    order = list(range(len(keys)))
+    random.Random(1).shuffle(order)
+    single, _ = plan_batches(keys, order, batch_size=8, drop_last=False)
+    assert count_conflicts(keys, single, group_size=2) > 0  # planned per batch, gathered pairs still clash
+    batches, conflicted = plan_batches(keys, order, batch_size=8, drop_last=False, group_size=2)
+    assert conflicted == 0 and count_conflicts(keys, batches, group_size=2) == 0
+    assert [len(b) for b in batches] == [8] * 11 + [4]
+    assert sorted(i for b in batches for i in b) == list(range(92))
+    report = batch_report(batches, keys, group_size=2)
+    assert report["gathered_batches"] == 6 and report["in_batch_false_negatives"] == 0
+
+
 def test_keys_cover_identical_texts_and_fall_back_to_texts_without_ids():
     a = row_keys("q1", "shared passage", ["n1"])
     b = row_keys("q2", "p2", ["shared passage"])

@@ -3,6 +3,7 @@ as 2 CPU processes under torchrun (gloo)."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -88,6 +89,8 @@ def test_two_process_ddp_with_gloo(tiny_repo):
     assert m["effective"]["world_size"] == 2
     assert m["effective"]["optimizer_steps"] == 8
     assert m["effective"]["in_batch_negatives_per_query"] == 2 * params["train_embedder"]["batch_size"] - 1
+    first = m["train"]["first_epoch_batches"]  # the two processes' batches are planned and reported as one
+    assert first["batches"] > 1 and first["gathered_batches"] == math.ceil(first["batches"] / 2)
     from sentence_transformers import SentenceTransformer
 
     assert SentenceTransformer(str(work / "models/embedder"), device="cpu").encode(["xin chào"]).shape[1] == 32

@@ -13,6 +13,11 @@ row's relevant documents (or an identical text, or an identical query). Batch co
 default sampler, so the schedule and resume arithmetic of the Trainer are unchanged. When a row cannot be placed
 without a conflict (a document with more questions than there are batches), it is placed where it conflicts
 least, and the count is reported: never silently.
+
+Under DDP (``torchrun``), MNRL gathers every process's passages as negatives for every query, and accelerate hands
+process ``p`` batch ``step·world + p``: the ``world`` consecutive batches of one step form one gathered batch. The
+sampler then plans with ``group_size = world``, so the disjointness holds across the gathered batch too, and only
+the last batch may be short (accelerate skips a step whose last batch is short).
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ def batch_count(n_rows: int, batch_size: int, drop_last: bool) -> int:
 
 
 def plan_batches(
-    keys: Sequence[RowKeys], order: Sequence[int], batch_size: int, drop_last: bool
+    keys: Sequence[RowKeys], order: Sequence[int], batch_size: int, drop_last: bool, group_size: int = 1
 ) -> tuple[list[list[int]], int]:
     """Pack rows (in ``order``) into the default sampler's number of batches, first fit without conflicts.
 
@@ -105,34 +110,45 @@ def plan_batches(
     step); only if that fails too is it placed where it conflicts least. Returns the batches and the number of
     rows placed with a conflict. Rows that do not fit at all (``drop_last`` with a remainder) are left out, as
     the default sampler would leave them out.
+
+    ``group_size`` > 1 (DDP world size): conflicts are checked across each run of ``group_size`` consecutive
+    batches (one gathered batch), and every batch but the last is filled to exactly ``batch_size``.
     """
     n_batches = batch_count(len(order), batch_size, drop_last)
+    capacity = [batch_size] * n_batches
+    if group_size > 1 and n_batches:  # accelerate needs full batches; the remainder goes to the last one
+        capacity[-1] = min(batch_size, len(order) - batch_size * (n_batches - 1))
+    n_groups = math.ceil(n_batches / group_size)
     batches: list[list[int]] = [[] for _ in range(n_batches)]
-    owned: list[Counter[str]] = [Counter() for _ in range(n_batches)]
-    shown: list[Counter[str]] = [Counter() for _ in range(n_batches)]
+    owned: list[Counter[str]] = [Counter() for _ in range(n_groups)]
+    shown: list[Counter[str]] = [Counter() for _ in range(n_groups)]
     open_batches = list(range(n_batches))
     full_batches: list[int] = []
 
     def fits(row: int, b: int, without: int | None = None) -> bool:
-        k, o, s = keys[row], owned[b], shown[b]
+        k, o, s = keys[row], owned[b // group_size], shown[b // group_size]
         if without is None:
             return not any(x in o for x in k.shown) and not any(x in s for x in k.owned)
         w = keys[without]
         return all(o[x] <= (x in w.owned) for x in k.shown) and all(s[x] <= (x in w.shown) for x in k.owned)
 
+    def clash(row: int, b: int) -> int:
+        k, o, s = keys[row], owned[b // group_size], shown[b // group_size]
+        return sum(x in s for x in k.owned) + sum(x in o for x in k.shown)
+
     def enter(row: int, b: int) -> None:
         batches[b].append(row)
-        owned[b].update(keys[row].owned)
-        shown[b].update(keys[row].shown)
+        owned[b // group_size].update(keys[row].owned)
+        shown[b // group_size].update(keys[row].shown)
 
     def leave(row: int, b: int) -> None:
         batches[b].remove(row)
-        owned[b] -= Counter(keys[row].owned)
-        shown[b] -= Counter(keys[row].shown)
+        owned[b // group_size] -= Counter(keys[row].owned)
+        shown[b // group_size] -= Counter(keys[row].shown)
 
     def add(row: int, b: int) -> None:
         enter(row, b)
-        if len(batches[b]) == batch_size:
+        if len(batches[b]) == capacity[b]:
             open_batches.remove(b)
             full_batches.append(b)
 
@@ -160,26 +176,27 @@ def plan_batches(
             add(row, target)
         elif not swap_in(row):
             conflicted += 1
-            k = keys[row]
-            add(
-                row,
-                min(window, key=lambda b: sum(x in shown[b] for x in k.owned) + sum(x in owned[b] for x in k.shown)),
-            )
+            add(row, min(window, key=lambda b: clash(row, b)))
     return [b for b in batches if b], conflicted
 
 
-def conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]]) -> Iterator[tuple[int, int]]:
-    """Ordered row pairs (a, b) in one batch where b shows a something a owns: in-batch false negatives."""
-    for batch in batches:
-        for a in batch:
-            for b in batch:
+def conflicts(
+    keys: Sequence[RowKeys], batches: Sequence[Sequence[int]], group_size: int = 1
+) -> Iterator[tuple[int, int]]:
+    """Ordered row pairs (a, b) in one batch where b shows a something a owns: in-batch false negatives.
+
+    With ``group_size`` > 1, each run of that many consecutive batches counts as one (DDP's gathered batch)."""
+    for start in range(0, len(batches), group_size):
+        rows = [r for batch in batches[start : start + group_size] for r in batch]
+        for a in rows:
+            for b in rows:
                 if a != b and not keys[a].owned.isdisjoint(keys[b].shown):
                     yield a, b
 
 
-def count_conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]]) -> int:
+def count_conflicts(keys: Sequence[RowKeys], batches: Sequence[Sequence[int]], group_size: int = 1) -> int:
     """How many in-batch false negatives the batches hold (see :func:`conflicts`)."""
-    return sum(1 for _ in conflicts(keys, batches))
+    return sum(1 for _ in conflicts(keys, batches, group_size))
 
 
 class DocumentDisjointBatchSampler(DefaultBatchSampler):
@@ -200,6 +217,7 @@ class DocumentDisjointBatchSampler(DefaultBatchSampler):
         seed: int = 0,
         *,
         keys: Sequence[RowKeys],
+        group_size: int | None = None,
     ) -> None:
         super().__init__(
             dataset,
@@ -214,6 +232,7 @@ class DocumentDisjointBatchSampler(DefaultBatchSampler):
                 f"{len(keys)} row keys for a dataset of {len(dataset)} rows: build both from the same groups"
             )
         self.keys = list(keys)
+        self.group_size = group_size or gathered_batches()
 
     def plan(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch (deterministic in seed and epoch)."""
@@ -222,7 +241,7 @@ class DocumentDisjointBatchSampler(DefaultBatchSampler):
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
         order = torch.randperm(len(self.keys), generator=generator).tolist()
-        batches, _ = plan_batches(self.keys, order, self.batch_size, self.drop_last)  # batch_report counts conflicts
+        batches, _ = plan_batches(self.keys, order, self.batch_size, self.drop_last, self.group_size)
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -232,11 +251,21 @@ class DocumentDisjointBatchSampler(DefaultBatchSampler):
         return batch_count(len(self.keys), self.batch_size, self.drop_last)
 
 
-def batch_report(batches: Sequence[Sequence[int]], keys: Sequence[RowKeys]) -> dict[str, int]:
-    """In-batch false negatives in one epoch's batches, for the metrics: the sampler's work made visible."""
-    pairs = list(conflicts(keys, batches))
+def gathered_batches() -> int:
+    """How many consecutive batches one optimizer step gathers: the DDP world size (1 without DDP)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def batch_report(batches: Sequence[Sequence[int]], keys: Sequence[RowKeys], group_size: int = 1) -> dict[str, int]:
+    """In-batch false negatives in one epoch's batches, for the metrics: the sampler's work made visible.
+
+    ``group_size``: the DDP world size, whose consecutive batches are gathered into one (see the module doc)."""
+    pairs = list(conflicts(keys, batches, group_size))
     return {
         "batches": len(batches),
+        "gathered_batches": math.ceil(len(batches) / group_size),
         "in_batch_false_negatives": len(pairs),
         "rows_with_in_batch_false_negatives": len({a for a, _ in pairs}),
     }
