@@ -101,7 +101,7 @@ def main() -> None:
             seed=cfg.seed,
         )
         # under DDP one step gathers `world` consecutive batches into MNRL's negatives: report them as one
-        report = batching.batch_report(list(sampler), batch_keys, group_size=batching.gathered_batches())
+        report = batching.batch_report(list(sampler), batch_keys, group_size=world)
         first_epoch = {"batch_sampler": cfg.batch_sampler, **report}
         fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
         console.print(

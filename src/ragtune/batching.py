@@ -118,33 +118,35 @@ def plan_batches(
     capacity = [batch_size] * n_batches
     if group_size > 1 and n_batches:  # accelerate needs full batches; the remainder goes to the last one
         capacity[-1] = min(batch_size, len(order) - batch_size * (n_batches - 1))
-    n_groups = math.ceil(n_batches / group_size)
     batches: list[list[int]] = [[] for _ in range(n_batches)]
-    owned: list[Counter[str]] = [Counter() for _ in range(n_groups)]
-    shown: list[Counter[str]] = [Counter() for _ in range(n_groups)]
+    # the batches of one gathered group share one pair of counters (Counter's -= is in place), so every check
+    # below sees the whole group through its batch index
+    group_counters = [(Counter[str](), Counter[str]()) for _ in range(math.ceil(n_batches / group_size))]
+    owned = [group_counters[b // group_size][0] for b in range(n_batches)]
+    shown = [group_counters[b // group_size][1] for b in range(n_batches)]
     open_batches = list(range(n_batches))
     full_batches: list[int] = []
 
     def fits(row: int, b: int, without: int | None = None) -> bool:
-        k, o, s = keys[row], owned[b // group_size], shown[b // group_size]
+        k, o, s = keys[row], owned[b], shown[b]
         if without is None:
             return not any(x in o for x in k.shown) and not any(x in s for x in k.owned)
         w = keys[without]
         return all(o[x] <= (x in w.owned) for x in k.shown) and all(s[x] <= (x in w.shown) for x in k.owned)
 
     def clash(row: int, b: int) -> int:
-        k, o, s = keys[row], owned[b // group_size], shown[b // group_size]
+        k, o, s = keys[row], owned[b], shown[b]
         return sum(x in s for x in k.owned) + sum(x in o for x in k.shown)
 
     def enter(row: int, b: int) -> None:
         batches[b].append(row)
-        owned[b // group_size].update(keys[row].owned)
-        shown[b // group_size].update(keys[row].shown)
+        owned[b].update(keys[row].owned)
+        shown[b].update(keys[row].shown)
 
     def leave(row: int, b: int) -> None:
         batches[b].remove(row)
-        owned[b // group_size] -= Counter(keys[row].owned)
-        shown[b // group_size] -= Counter(keys[row].shown)
+        owned[b] -= Counter(keys[row].owned)
+        shown[b] -= Counter(keys[row].shown)
 
     def add(row: int, b: int) -> None:
         enter(row, b)

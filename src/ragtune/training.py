@@ -374,28 +374,19 @@ def build_loss(model: Any, cfg: EmbedderTrainConfig, guide: Any = None, distribu
     """
     from sentence_transformers.sentence_transformer import losses
 
-    hardness: dict[str, Any] = {}
+    # what the MNRL family shares; cached_mnrl adds its forward chunk size
+    mnrl_kwargs: dict[str, Any] = {
+        "scale": cfg.scale,
+        "similarity_fct": fp32_cos_sim,
+        "gather_across_devices": distributed,
+        "directions": tuple(cfg.directions),
+    }
     if cfg.hardness_mode != "none":
-        hardness = {"hardness_mode": cfg.hardness_mode, "hardness_strength": cfg.hardness_strength}
+        mnrl_kwargs |= {"hardness_mode": cfg.hardness_mode, "hardness_strength": cfg.hardness_strength}
     if cfg.loss == "mnrl":
-        loss = losses.MultipleNegativesRankingLoss(
-            model,
-            scale=cfg.scale,
-            similarity_fct=fp32_cos_sim,
-            gather_across_devices=distributed,
-            directions=tuple(cfg.directions),
-            **hardness,
-        )
+        loss = losses.MultipleNegativesRankingLoss(model, **mnrl_kwargs)
     elif cfg.loss == "cached_mnrl":
-        loss = losses.CachedMultipleNegativesRankingLoss(
-            model,
-            scale=cfg.scale,
-            similarity_fct=fp32_cos_sim,
-            mini_batch_size=cfg.mini_batch_size,
-            gather_across_devices=distributed,
-            directions=tuple(cfg.directions),
-            **hardness,
-        )
+        loss = losses.CachedMultipleNegativesRankingLoss(model, mini_batch_size=cfg.mini_batch_size, **mnrl_kwargs)
     else:
         if guide is None:
             raise TrainConfigError("train_embedder.loss=gist needs the base model as guide")
