@@ -1,0 +1,210 @@
+"""Choose train_embedder changes by K-fold cross-validation over the train + dev questions, never on test.
+
+Usage (repo root, venv active, after `dvc repro pairs`):
+    python benchmarks/cv_selection.py --name default [--folds 5] [--set train_embedder.KEY=VALUE ...]
+    python benchmarks/cv_selection.py --compare metrics/benchmarks/cv_selection/default.json \
+        metrics/benchmarks/cv_selection/<name>.json
+
+Why: the sample's dev split has 46 questions, so dev NDCG@10 cannot separate two configs that differ by a point or
+two, and test (77 questions) must not be used to choose. Cross-validation scores every one of the 230 train + dev
+questions once, by a model that never trained on it, at the price of one training run per fold.
+
+For each fold this script copies `stages/`, `data/` and params.yaml (with the `--set` overrides) into a scratch
+folder, makes the fold the dev split and the other folds the training split, and runs `stages/negatives.py` and
+`stages/train_embedder.py` there exactly as `dvc repro` would (best checkpoint on the fold, base kept if no
+checkpoint beats it). The stage runs with `merge_alpha: 1`; this script then applies the configured WiSE-FT merge
+itself, so one training run scores three shipping policies on the same queries:
+
+- `unmerged`: the best checkpoint;
+- `merged`: always `(1 - merge_alpha)·base + merge_alpha·fine-tuned`;
+- `checked`: the stage's rule, the merge unless the unmerged model beats it on the fold by > `merge_tolerance`.
+
+`--alphas 0.7,0.85` also scores `merged@α` and `checked@α` for other merge weights, from the same fold models.
+
+The fold is both the checkpoint selector and the scorer, as dev is in the stage, so every config's out-of-fold score
+is optimistic by the same mechanism; compare configs with each other, not with test.
+
+Writes the per-query out-of-fold document-level NDCG@10 of base and of each policy, their means and paired-bootstrap
+gains over base, and (for reporting only) the test score of each fold's model. `--compare A B` prints B's paired gain
+over A per policy on the shared out-of-fold questions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from seed_variance import with_overrides
+
+from ragtune.evaluation import paired_bootstrap, score_systems
+from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.models import load_embedder, resolve_model
+from ragtune.params import load_params, section
+from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt
+from ragtune.training import EmbedderTrainConfig, merge_with_base
+
+POLICIES = ("unmerged", "merged", "checked")
+
+
+def folds_of(queries: list[dict], k: int, seed: int) -> list[list[dict]]:
+    """A seeded shuffle dealt round-robin into k folds (the pairs stage already keeps duplicate texts together)."""
+    order = sorted(queries, key=lambda q: q["query_id"])
+    random.Random(seed).shuffle(order)
+    return [order[i::k] for i in range(k)]
+
+
+def per_query(model, model_p: dict, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Document-level NDCG@10 per query id, per split, as the evaluate stage computes it (no embedding cache)."""
+    qp = model_prompt(model, "query", model_p.get("query_prompt"))
+    pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
+    enc = Embedder("cv", model, DenseEncoder(model, "", use_cache=False), qp, pp)
+    index = DenseIndex([c["chunk_id"] for c in chunks], enc.encode_passages([c["text"] for c in chunks]))
+    chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
+    out = {}
+    for name, queries in splits.items():
+        ranking = index.search_vectors(
+            [q["query_id"] for q in queries], enc.encode_queries([q["query"] for q in queries]), 100
+        )
+        scored = score_systems({"m": ranking}, queries, chunk_to_doc, [10])["per_query"]["m"]
+        out[name] = {qid: round(m["ndcg@10"], 4) for qid, m in scored.items()}
+    return out
+
+
+def mean(scores: dict[str, float]) -> float:
+    return round(statistics.mean(scores.values()), 4) if scores else 0.0
+
+
+def run_fold(params: dict, train: list[dict], fold: list[dict], workdir: Path) -> tuple[Path, dict, float]:
+    """negatives + train_embedder in ``workdir`` with ``fold`` as dev; returns the model folder, metrics, seconds."""
+    for name in ("stages", "data"):
+        shutil.copytree(name, workdir / name)
+    write_jsonl(workdir / "data/pairs/train.jsonl", [{**q, "split": "train"} for q in train])
+    write_jsonl(workdir / "data/pairs/dev.jsonl", [{**q, "split": "dev"} for q in fold])
+    params = {**params, "train_embedder": {**params["train_embedder"], "merge_alpha": 1.0}}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    t0 = time.perf_counter()
+    for script in ("stages/negatives.py", "stages/train_embedder.py"):
+        subprocess.run([sys.executable, script], cwd=workdir, check=True)
+    seconds = time.perf_counter() - t0
+    metrics = json.loads((workdir / "metrics/train_embedder.json").read_text(encoding="utf-8"))
+    return workdir / "models/embedder", metrics, seconds
+
+
+def cross_validate(args: argparse.Namespace) -> None:
+    params = with_overrides(load_params(), args.set)
+    model_p = section(params, "model")
+    cfg = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
+    chunks = read_jsonl("data/chunks/chunks.jsonl")
+    pool = read_jsonl("data/pairs/train.jsonl") + read_jsonl("data/pairs/dev.jsonl")
+    test = read_jsonl("data/pairs/test.jsonl")
+    folds = folds_of(pool, args.folds, args.fold_seed)
+
+    base = load_embedder(resolve_model(model_p["embedder"]))
+    base_scores = per_query(base, model_p, chunks, {"pool": pool, "test": test})
+    alphas = [float(a) for a in args.alphas.split(",") if a and float(a) != cfg.merge_alpha]
+    policies = [*POLICIES, *(f"{kind}@{a}" for a in alphas for kind in ("merged", "checked"))]
+    oof: dict[str, dict[str, float]] = {p: {} for p in policies}
+    test_means: dict[str, list[float]] = {p: [] for p in policies}
+    fold_rows = []
+    for i, fold in enumerate(folds):
+        fold_ids = {q["query_id"] for q in fold}
+        train = [q for q in pool if q["query_id"] not in fold_ids]
+        with tempfile.TemporaryDirectory(prefix=f"ragtune-cv{i}-") as tmp:
+            path, metrics, seconds = run_fold(params, train, fold, Path(tmp))
+            model = load_embedder(str(path))
+            scores = {"unmerged": per_query(model, model_p, chunks, {"fold": fold, "test": test})}
+            tuned = copy.deepcopy(model.state_dict())
+            for alpha in (cfg.merge_alpha, *alphas):
+                model.load_state_dict(tuned)
+                merge_with_base(model, base, alpha)
+                merged = per_query(model, model_p, chunks, {"fold": fold, "test": test})
+                lost = mean(scores["unmerged"]["fold"]) > mean(merged["fold"]) + cfg.merge_tolerance
+                suffix = "" if alpha == cfg.merge_alpha else f"@{alpha}"
+                scores[f"merged{suffix}"] = merged
+                scores[f"checked{suffix}"] = scores["unmerged"] if lost or alpha >= 1 else merged
+        for p in policies:
+            oof[p].update(scores[p]["fold"])
+            test_means[p].append(mean(scores[p]["test"]))
+        row = {
+            "fold": i,
+            "queries": len(fold),
+            "train_groups": metrics["train"]["groups"],
+            "shipped_by_stage": metrics["shipped"],
+            "optimizer_steps": metrics["effective"]["optimizer_steps"],
+            "stage_seconds": round(seconds, 1),
+            "base": mean({q: base_scores["pool"][q] for q in fold_ids}),
+            **{p: mean(scores[p]["fold"]) for p in policies},
+            "checked_ships": "unmerged" if scores["checked"] is scores["unmerged"] else "merged",
+        }
+        fold_rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    base_oof = {q: base_scores["pool"][q] for q in oof["unmerged"]}
+    out = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
+        "protocol": f"{args.folds}-fold CV over train+dev (fold seed {args.fold_seed}); per fold stages/negatives.py "
+        "+ stages/train_embedder.py with the fold as dev and merge_alpha 1, then the merge applied here; "
+        "document-level NDCG@10",
+        "overrides": args.set,
+        "merge_alpha": cfg.merge_alpha,
+        "merge_tolerance": cfg.merge_tolerance,
+        "queries": {"out_of_fold": len(base_oof), "test": len(test)},
+        "folds": fold_rows,
+        "out_of_fold_ndcg@10": {"base": mean(base_oof), **{p: mean(oof[p]) for p in policies}},
+        "gain_over_base": {p: paired_bootstrap(_wrap(oof[p]), _wrap(base_oof)) for p in policies},
+        "test_ndcg@10_mean_over_fold_models": {
+            "base": mean(base_scores["test"]),
+            **{p: round(statistics.mean(v), 4) for p, v in test_means.items()},
+        },
+        "per_query": {"base": base_oof, **oof},
+    }
+    write_json(args.out or f"metrics/benchmarks/cv_selection/{args.name}.json", out)
+    print(json.dumps({k: out[k] for k in ("out_of_fold_ndcg@10", "gain_over_base")}, indent=2))
+
+
+def _wrap(scores: dict[str, float]) -> dict[str, dict[str, float]]:
+    return {q: {"ndcg@10": v} for q, v in scores.items()}
+
+
+def compare(a_path: str, b_path: str) -> None:
+    """B's paired out-of-fold gain over A, per policy, and B's policies against A's shipped (checked) policy."""
+    a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (a_path, b_path))
+    rows = {}
+    for p in [p for p in b["per_query"] if p != "base"]:
+        if p in a["per_query"]:
+            rows[f"{p} vs {p}"] = paired_bootstrap(_wrap(b["per_query"][p]), _wrap(a["per_query"][p]))
+        rows[f"{p} vs A checked"] = paired_bootstrap(_wrap(b["per_query"][p]), _wrap(a["per_query"]["checked"]))
+    print(json.dumps({"A": a["overrides"], "B": b["overrides"], "B_minus_A": rows}, indent=2))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--name", default="default", help="output file name under metrics/benchmarks/cv_selection/")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--fold-seed", type=int, default=0)
+    ap.add_argument("--alphas", default="", help="extra WiSE-FT merge weights to score, e.g. 0.7,0.85")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="param override")
+    ap.add_argument("--compare", nargs=2, metavar=("A_JSON", "B_JSON"))
+    args = ap.parse_args()
+    if args.compare:
+        compare(*args.compare)
+    else:
+        cross_validate(args)
+
+
+if __name__ == "__main__":
+    main()
