@@ -37,23 +37,19 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import yaml
-from seed_variance import with_overrides
+from precision_quality import doc_scores
+from seed_variance import run_embedder_stages, scratch_copy, with_overrides
 
-from ragtune.evaluation import paired_bootstrap, score_systems
+from ragtune.evaluation import paired_bootstrap
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
-from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt
+from ragtune.retrieval import model_prompt
 from ragtune.training import EmbedderTrainConfig, merge_with_base
 
 POLICIES = ("unmerged", "merged", "checked")
@@ -70,17 +66,10 @@ def per_query(model, model_p: dict, chunks: list[dict], splits: dict[str, list[d
     """Document-level NDCG@10 per query id, per split, as the evaluate stage computes it (no embedding cache)."""
     qp = model_prompt(model, "query", model_p.get("query_prompt"))
     pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
-    enc = Embedder("cv", model, DenseEncoder(model, "", use_cache=False), qp, pp)
-    index = DenseIndex([c["chunk_id"] for c in chunks], enc.encode_passages([c["text"] for c in chunks]))
-    chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    out = {}
-    for name, queries in splits.items():
-        ranking = index.search_vectors(
-            [q["query_id"] for q in queries], enc.encode_queries([q["query"] for q in queries]), 100
-        )
-        scored = score_systems({"m": ranking}, queries, chunk_to_doc, [10])["per_query"]["m"]
-        out[name] = {qid: round(m["ndcg@10"], 4) for qid, m in scored.items()}
-    return out
+    return {
+        name: {qid: round(m["ndcg@10"], 4) for qid, m in s["per_query"].items()}
+        for name, s in doc_scores(model, qp, pp, chunks, splits).items()
+    }
 
 
 def mean(scores: dict[str, float]) -> float:
@@ -89,18 +78,10 @@ def mean(scores: dict[str, float]) -> float:
 
 def run_fold(params: dict, train: list[dict], fold: list[dict], workdir: Path) -> tuple[Path, dict, float]:
     """negatives + train_embedder in ``workdir`` with ``fold`` as dev; returns the model folder, metrics, seconds."""
-    for name in ("stages", "data"):
-        shutil.copytree(name, workdir / name)
+    scratch_copy(workdir, {**params, "train_embedder": {**params["train_embedder"], "merge_alpha": 1.0}})
     write_jsonl(workdir / "data/pairs/train.jsonl", [{**q, "split": "train"} for q in train])
     write_jsonl(workdir / "data/pairs/dev.jsonl", [{**q, "split": "dev"} for q in fold])
-    params = {**params, "train_embedder": {**params["train_embedder"], "merge_alpha": 1.0}}
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    t0 = time.perf_counter()
-    for script in ("stages/negatives.py", "stages/train_embedder.py"):
-        subprocess.run([sys.executable, script], cwd=workdir, check=True)
-    seconds = time.perf_counter() - t0
-    metrics = json.loads((workdir / "metrics/train_embedder.json").read_text(encoding="utf-8"))
-    return workdir / "models/embedder", metrics, seconds
+    return run_embedder_stages(workdir, "stages/negatives.py", "stages/train_embedder.py")
 
 
 def cross_validate(args: argparse.Namespace) -> None:
@@ -127,11 +108,12 @@ def cross_validate(args: argparse.Namespace) -> None:
             model = load_embedder(str(path))
             scores = {"unmerged": per_query(model, model_p, chunks, {"fold": fold, "test": test})}
             tuned = copy.deepcopy(model.state_dict())
+            unmerged_mean = mean(scores["unmerged"]["fold"])
             for alpha in (cfg.merge_alpha, *alphas):
                 model.load_state_dict(tuned)
                 merge_with_base(model, base, alpha)
                 merged = per_query(model, model_p, chunks, {"fold": fold, "test": test})
-                lost = mean(scores["unmerged"]["fold"]) > mean(merged["fold"]) + cfg.merge_tolerance
+                lost = unmerged_mean > mean(merged["fold"]) + cfg.merge_tolerance
                 suffix = "" if alpha == cfg.merge_alpha else f"@{alpha}"
                 scores[f"merged{suffix}"] = merged
                 scores[f"checked{suffix}"] = scores["unmerged"] if lost or alpha >= 1 else merged

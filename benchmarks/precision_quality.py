@@ -40,8 +40,11 @@ from ragtune.training import (
 )
 
 
-def score(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """Document-level ndcg@10 / mrr@10 per split, exactly as the evaluate stage computes them (no cache)."""
+def doc_scores(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict]:
+    """Document-level mean and per-query metrics@10 per split, exactly as the evaluate stage computes them (no cache).
+
+    Each split maps to ``{"mean": {...}, "per_query": {query_id: {...}}}``; the passages are encoded once.
+    """
     enc = Embedder("trained", model, DenseEncoder(model, "", use_cache=False), qp, pp)
     index = DenseIndex([c["chunk_id"] for c in chunks], enc.encode_passages([c["text"] for c in chunks]))
     chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
@@ -50,9 +53,17 @@ def score(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[di
         ranking = index.search_vectors(
             [q["query_id"] for q in queries], enc.encode_queries([q["query"] for q in queries]), 100
         )
-        doc = score_systems({"m": ranking}, queries, chunk_to_doc, [10])["doc"]["m"]
-        out[name] = {"ndcg@10": round(doc["ndcg@10"], 4), "mrr@10": round(doc["mrr@10"], 4)}
+        scored = score_systems({"m": ranking}, queries, chunk_to_doc, [10])
+        out[name] = {"mean": scored["doc"]["m"], "per_query": scored["per_query"]["m"]}
     return out
+
+
+def score(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+    """Document-level ndcg@10 / mrr@10 per split, as the evaluate stage reports them."""
+    return {
+        name: {"ndcg@10": round(s["mean"]["ndcg@10"], 4), "mrr@10": round(s["mean"]["mrr@10"], 4)}
+        for name, s in doc_scores(model, qp, pp, chunks, splits).items()
+    }
 
 
 def main() -> None:

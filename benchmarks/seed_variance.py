@@ -51,17 +51,27 @@ def with_overrides(params: dict, overrides: list[str]) -> dict:
     return params
 
 
-def run_seed(seed: int, params: dict, workdir: Path) -> tuple[Path, dict, float]:
-    """The train_embedder stage in ``workdir`` with only the seed changed; returns the model folder and its metrics."""
+def scratch_copy(workdir: Path, params: dict) -> None:
+    """The stage inputs (`stages/`, `data/`) and ``params`` as params.yaml in ``workdir``: a repo the stages run in."""
     for name in ("stages", "data"):
         shutil.copytree(name, workdir / name)
-    params = {**params, "train_embedder": {**params["train_embedder"], "seed": seed}}
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def run_embedder_stages(workdir: Path, *scripts: str) -> tuple[Path, dict, float]:
+    """Run ``scripts`` in ``workdir`` as `dvc repro` would; returns the embedder folder, its metrics and seconds."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "stages/train_embedder.py"], cwd=workdir, check=True)
+    for script in scripts:
+        subprocess.run([sys.executable, script], cwd=workdir, check=True)
     seconds = time.perf_counter() - t0
     metrics = json.loads((workdir / "metrics/train_embedder.json").read_text(encoding="utf-8"))
     return workdir / "models/embedder", metrics, seconds
+
+
+def run_seed(seed: int, params: dict, workdir: Path) -> tuple[Path, dict, float]:
+    """The train_embedder stage in ``workdir`` with only the seed changed; returns the model folder and its metrics."""
+    scratch_copy(workdir, {**params, "train_embedder": {**params["train_embedder"], "seed": seed}})
+    return run_embedder_stages(workdir, "stages/train_embedder.py")
 
 
 def main() -> None:
