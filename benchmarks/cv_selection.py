@@ -50,7 +50,7 @@ from ragtune.jsonl import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt
-from ragtune.training import EmbedderTrainConfig, merge_with_base
+from ragtune.training import EmbedderTrainConfig, merge_lost_on_dev, merge_with_base
 
 POLICIES = ("unmerged", "merged", "checked")
 
@@ -113,7 +113,7 @@ def cross_validate(args: argparse.Namespace) -> None:
                 model.load_state_dict(tuned)
                 merge_with_base(model, base, alpha)
                 merged = per_query(model, model_p, chunks, {"fold": fold, "test": test})
-                lost = unmerged_mean > mean(merged["fold"]) + cfg.merge_tolerance
+                lost = merge_lost_on_dev(unmerged_mean, mean(merged["fold"]), cfg.merge_tolerance)
                 suffix = "" if alpha == cfg.merge_alpha else f"@{alpha}"
                 scores[f"merged{suffix}"] = merged
                 scores[f"checked{suffix}"] = scores["unmerged"] if lost or alpha >= 1 else merged
@@ -124,6 +124,7 @@ def cross_validate(args: argparse.Namespace) -> None:
             "fold": i,
             "queries": len(fold),
             "train_groups": metrics["train"]["groups"],
+            "train_rows": metrics["train"].get("rows", metrics["train"]["groups"]),
             "shipped_by_stage": metrics["shipped"],
             "optimizer_steps": metrics["effective"]["optimizer_steps"],
             "stage_seconds": round(seconds, 1),

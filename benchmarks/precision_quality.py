@@ -104,7 +104,7 @@ def main() -> None:
         pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
         freeze(model, cfg)
         apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
-        dataset, _ = groups_to_dataset(groups, cfg.n_hard_negatives)
+        dataset, _ = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
         evaluator = build_ir_evaluator(splits["dev"], chunks, qp, pp, level=cfg.dev_level)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_trainer(
@@ -114,7 +114,8 @@ def main() -> None:
                 evaluator,
                 tmp,
                 column_prompts(cfg.n_hard_negatives, qp, pp),
-                batch_keys=group_row_keys(groups, cfg.n_hard_negatives, chunk_docs),  # the stage's batches
+                # the stage's batches
+                batch_keys=group_row_keys(groups, cfg.n_hard_negatives, chunk_docs, cfg.positives),
             )
             t0 = time.perf_counter()
             trainer.train()

@@ -54,14 +54,17 @@ def main() -> None:
         counts = freeze(model, cfg)
         attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         counts |= attention
-        train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives)
+        train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
         if len(train_ds) < cfg.batch_size:
             raise SystemExit(
-                f"train_embedder: only {len(train_ds)} usable training groups ({dropped} had fewer than "
-                f"n_hard_negatives={cfg.n_hard_negatives} negatives); need at least batch_size={cfg.batch_size}."
+                f"train_embedder: only {len(train_ds)} training rows from {len(groups) - dropped} usable groups "
+                f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives); need at least "
+                f"batch_size={cfg.batch_size}."
             )
         # the rows' relevant documents, so that no batch shows a query a chunk of its own document as a negative
-        batch_keys = batching.group_row_keys(groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks})
+        batch_keys = batching.group_row_keys(
+            groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
+        )
         evaluator = (
             build_ir_evaluator(dev, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level) if dev else None
         )
@@ -120,7 +123,8 @@ def main() -> None:
             cfg,
             world=world,
             counts=counts,
-            groups=len(train_ds),
+            groups=len(groups) - dropped,
+            rows=len(train_ds),
             dropped=dropped,
             seconds=seconds,
             samples_per_second=result.metrics.get("train_samples_per_second", 0.0),
@@ -130,6 +134,9 @@ def main() -> None:
             leaked_queries=leaked,
         )
         metrics["warnings"] += attention_warnings
+        # labeled positives left out of training (positives: first) are counted, never dropped silently
+        usable = [g for g in groups if training.usable_group(g, cfg.n_hard_negatives)]
+        metrics["train"]["positives_not_trained"] = sum(len(set(g["pos"])) for g in usable) - len(train_ds)
         metrics["train"]["first_epoch_batches"] = first_epoch
         if fn_rows > 0.1 * len(train_ds):
             metrics["warnings"].append(
@@ -156,7 +163,7 @@ def main() -> None:
         write_model_card(OUT_DIR, model_p["embedder"], cfg, metrics)
         write_json("metrics/train_embedder.json", metrics)
         before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
-        summary["read"] = f"{len(groups)} training groups, {len(dev)} dev queries"
+        summary["read"] = f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries"
         summary["wrote"] = (
             f"{OUT_DIR} ({metrics['shipped']}; {metrics['effective']['optimizer_steps']} steps, "
             f"dev ndcg@10 {before} → {after}, "

@@ -99,6 +99,28 @@ def test_rows_short_of_negatives_are_skipped_like_groups_to_dataset():
         DocumentDisjointBatchSampler(ds, 4, False, keys=keys[:-1])
 
 
+def test_rows_of_one_multi_document_question_never_share_a_batch():
+    """positives: all gives a question naming two documents two rows; in one batch each row's positive would be
+    the other's in-batch negative, so the keys must keep them apart, and stay aligned with the dataset's rows."""
+    groups, chunk_docs = _groups(n_docs=12, per_doc=2)
+    for g in groups[::4]:  # every fourth question also names the previous document
+        prev = (int(g["pos_ids"][0][1:].split("#")[0]) - 1) % 12
+        g["pos"].append(f"tài liệu {prev} đoạn 2")
+        g["pos_ids"].append(f"D{prev}#2")
+    ds, _ = groups_to_dataset(groups, 1, "all")
+    keys = group_row_keys(groups, 1, chunk_docs, "all")
+    assert len(keys) == len(ds) == 30
+    twins = [(i, i + 1) for i in range(len(ds) - 1) if ds["anchor"][i] == ds["anchor"][i + 1]]
+    assert len(twins) == 6
+    for i, j in twins:
+        second_doc = "doc:" + groups[4 * twins.index((i, j))]["pos_ids"][1].split("#")[0]
+        assert second_doc in keys[i].owned and second_doc in keys[j].owned  # both rows own both documents
+        assert second_doc in keys[j].shown and second_doc not in keys[i].shown  # each shows its own positive
+    batches, conflicted = plan_batches(keys, list(range(len(ds))), batch_size=4, drop_last=False)
+    assert conflicted == 0 and count_conflicts(keys, batches) == 0
+    assert not any(i in b and j in b for b in batches for i, j in twins)
+
+
 def test_the_trainer_draws_disjoint_batches_reproducibly(tiny_embedder_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 

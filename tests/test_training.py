@@ -36,6 +36,7 @@ PARAMS = {
     "gist_temperature": 0.05,
     "matryoshka_dims": [32, 16],
     "n_hard_negatives": 2,
+    "positives": "all",
     "batch_sampler": "no_duplicates",
     "max_seq_length": 64,
     "epochs": 3,
@@ -87,6 +88,8 @@ def test_unknown_or_invalid_params_are_refused():
     with pytest.raises(TrainConfigError, match="hardness_strength"):
         EmbedderTrainConfig.from_params({"hardness_mode": "in_batch_negatives"})  # a mode with strength 0 does nothing
     assert EmbedderTrainConfig.from_params({"directions": "query_to_doc"}).directions == ("query_to_doc",)
+    with pytest.raises(TrainConfigError, match="positives"):
+        EmbedderTrainConfig.from_params({"positives": "every"})
 
 
 def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
@@ -109,8 +112,10 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert attention == {"attention_dropout": 0.05, "attention_dropout_modules": len(attn_dropouts)} and not warns
 
     groups = [{"query": f"câu hỏi {i}", "pos": [f"đoạn văn {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(12)]
-    ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives)
+    groups[0]["pos"].append("đoạn văn 0 của tài liệu thứ hai")  # a question naming two documents
+    ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
     assert ds.column_names == ["anchor", "positive", "negative_1", "negative_2"] and dropped == 0
+    assert len(ds) == 13 and ds["positive"][:2] == groups[0]["pos"]  # positives: all → a row per positive
     prompts = column_prompts(cfg.n_hard_negatives, "query: ", "passage: ")
     chunks = [{"chunk_id": f"c{i}", "text": f"đoạn văn {i}"} for i in range(12)]
     dev = [{"query_id": "d1", "query": "câu hỏi 1", "positive_chunk_ids": ["c1"]}]
@@ -241,6 +246,19 @@ def test_groups_short_of_negatives_are_dropped_not_padded():
     groups = [{"query": "a", "pos": ["p"], "neg": ["n1"]}, {"query": "b", "pos": ["p2"], "neg": ["n1", "n2"]}]
     ds, dropped = groups_to_dataset(groups, 2)
     assert len(ds) == 1 and dropped == 1
+
+
+def test_every_labeled_positive_becomes_a_row_only_with_positives_all():
+    groups = [
+        {"query": "a", "pos": ["p1", "p2", "p1"], "neg": ["n1"]},  # two documents, one chunk listed twice
+        {"query": "b", "pos": ["q1"], "neg": ["n2"]},
+        {"query": "c", "pos": ["r1", "r2"], "neg": []},  # short of negatives: dropped whatever the mode
+    ]
+    first, dropped_first = groups_to_dataset(groups, 1)
+    every, dropped_every = groups_to_dataset(groups, 1, "all")
+    assert first["positive"] == ["p1", "q1"] and dropped_first == 1
+    assert every["anchor"] == ["a", "a", "b"] and every["positive"] == ["p1", "p2", "q1"] and dropped_every == 1
+    assert every["negative_1"] == ["n1", "n1", "n2"]  # each row keeps its group's guarded negatives
 
 
 def test_checkpoints_are_wiped_when_the_fingerprint_changes(tmp_path):

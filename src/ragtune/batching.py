@@ -65,25 +65,27 @@ def row_keys(
 
 
 def group_row_keys(
-    groups: Sequence[Mapping[str, Any]], n_hard_negatives: int, chunk_docs: Mapping[str, str]
+    groups: Sequence[Mapping[str, Any]],
+    n_hard_negatives: int,
+    chunk_docs: Mapping[str, str],
+    positives: str = "first",
 ) -> list[RowKeys]:
-    """Keys for the rows ``training.groups_to_dataset`` makes from the same groups (same order, same filter).
+    """Keys for the rows ``training.groups_to_dataset`` makes from the same groups (``training.training_rows``).
 
-    A group's relevant documents are those of all its positive chunks (``pos_ids``), not only the one the row
-    trains on; its shown documents are those of the positive and the ``n_hard_negatives`` negatives it trains on.
-    Ids missing from ``chunk_docs`` (groups from another tool) fall back to text keys alone.
+    A row's relevant documents are those of all its group's positive chunks (``pos_ids``), not only the one the
+    row trains on; its shown documents are those of its own positive and the ``n_hard_negatives`` negatives it
+    trains on. Ids missing from ``chunk_docs`` (groups from another tool) fall back to text keys alone.
     """
-    from ragtune.training import usable_group
+    from ragtune.training import training_rows
 
     keys = []
-    for g in groups:
-        if not usable_group(g, n_hard_negatives):
-            continue
+    rows, _ = training_rows(list(groups), n_hard_negatives, positives)
+    for g, p in rows:
         pos_ids = list(g.get("pos_ids") or [])
         neg_ids = list(g.get("neg_ids") or [])[:n_hard_negatives]
         positive_docs = [chunk_docs[c] for c in pos_ids if c in chunk_docs]
-        shown_docs = [chunk_docs[c] for c in pos_ids[:1] + neg_ids if c in chunk_docs]
-        keys.append(row_keys(g["query"], g["pos"][0], g["neg"][:n_hard_negatives], positive_docs, shown_docs))
+        shown_docs = [chunk_docs[c] for c in pos_ids[p : p + 1] + neg_ids if c in chunk_docs]
+        keys.append(row_keys(g["query"], g["pos"][p], g["neg"][:n_hard_negatives], positive_docs, shown_docs))
     return keys
 
 

@@ -33,6 +33,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 # MNRL hardness weighting: add strength·stop_grad(cos) to these negatives' logits, so harder negatives weigh more.
 HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
+# Which labeled positives of a group become training rows: ``first`` = pos[0] only; ``all`` = one row per positive.
+POSITIVES = ("first", "all")
 
 
 class TrainConfigError(ValueError):
@@ -56,6 +58,7 @@ class EmbedderTrainConfig(StageConfig):
     gist_temperature: float = 0.01
     matryoshka_dims: tuple[int, ...] = ()
     n_hard_negatives: int = 1
+    positives: str = "first"  # first | all: one training row per labeled positive (see training_rows)
     batch_sampler: str = "document_disjoint"  # or no_duplicates (identical texts only): see ragtune.batching
     max_seq_length: int = 256
     epochs: float = 1.0
@@ -110,6 +113,11 @@ class EmbedderTrainConfig(StageConfig):
             )
         if self.loss == "gist" and self.hardness_mode != "none":
             raise TrainConfigError("train_embedder.hardness_mode applies to loss mnrl or cached_mnrl, not gist")
+        if self.positives not in POSITIVES:
+            raise TrainConfigError(
+                f"train_embedder.positives={self.positives!r}: choose one of {POSITIVES} (all: one training row per "
+                "labeled positive; first: only each question's first positive)"
+            )
         if self.batch_sampler not in BATCH_SAMPLERS:
             raise TrainConfigError(
                 f"train_embedder.batch_sampler={self.batch_sampler!r}: choose one of {BATCH_SAMPLERS}"
@@ -149,8 +157,39 @@ def usable_group(group: dict[str, Any], n_hard_negatives: int) -> bool:
     return bool(group["pos"]) and len(group["neg"]) >= n_hard_negatives
 
 
-def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tuple[Any, int]:
-    """FlagEmbedding groups → a ``Dataset`` with columns anchor, positive, negative_1..n.
+def training_rows(
+    groups: Sequence[dict[str, Any]], n_hard_negatives: int, positives: str = "first"
+) -> tuple[list[tuple[dict[str, Any], int]], int]:
+    """The training rows a list of groups makes, as ``(group, positive index)``, and how many groups were dropped.
+
+    A group whose question names several relevant documents carries one positive chunk per document. ``first``
+    trains on ``pos[0]`` alone, so the other labeled documents are never seen as positives; ``all`` makes one
+    row per positive, each with the group's hard negatives (they are guarded against every positive's document).
+    Rows of one group share their relevant documents, so the document-disjoint sampler never puts two of them in
+    one batch, where each would be the other's false negative. ``groups_to_dataset`` and
+    ``batching.group_row_keys`` both read the rows from here, so the dataset and the sampler's keys stay aligned.
+    """
+    if positives not in POSITIVES:
+        raise ValueError(f"positives={positives!r}: choose one of {POSITIVES}")
+    rows: list[tuple[dict[str, Any], int]] = []
+    dropped = 0
+    for g in groups:
+        if not usable_group(g, n_hard_negatives):
+            dropped += 1
+            continue
+        texts = g["pos"] if positives == "all" else g["pos"][:1]
+        seen: set[str] = set()
+        for i, text in enumerate(texts):
+            if text not in seen:  # the same chunk listed twice is one positive, not two rows
+                seen.add(text)
+                rows.append((g, i))
+    return rows, dropped
+
+
+def groups_to_dataset(
+    groups: Sequence[dict[str, Any]], n_hard_negatives: int, positives: str = "first"
+) -> tuple[Any, int]:
+    """FlagEmbedding groups → a ``Dataset`` with columns anchor, positive, negative_1..n (rows: ``training_rows``).
 
     MNRL needs the same number of columns in every row; a group with fewer mined negatives than asked for is
     dropped and counted (never padded with made-up negatives).
@@ -160,13 +199,10 @@ def groups_to_dataset(groups: list[dict[str, Any]], n_hard_negatives: int) -> tu
     cols: dict[str, list[str]] = {"anchor": [], "positive": []}
     for i in range(1, n_hard_negatives + 1):
         cols[f"negative_{i}"] = []
-    dropped = 0
-    for g in groups:
-        if not usable_group(g, n_hard_negatives):
-            dropped += 1
-            continue
+    rows, dropped = training_rows(groups, n_hard_negatives, positives)
+    for g, p in rows:
         cols["anchor"].append(g["query"])
-        cols["positive"].append(g["pos"][0])
+        cols["positive"].append(g["pos"][p])
         for i in range(n_hard_negatives):
             cols[f"negative_{i + 1}"].append(g["neg"][i])
     return Dataset.from_dict(cols), dropped
@@ -631,6 +667,11 @@ def merge_with_base(model: Any, base: Any, alpha: float) -> None:
     model.load_state_dict(merged)
 
 
+def merge_lost_on_dev(unmerged: float, merged: float, tolerance: float) -> bool:
+    """The merge rule: undo a WiSE-FT merge only when the unmerged model beats it on dev by more than ``tolerance``."""
+    return unmerged > merged + tolerance
+
+
 def merge_checked_on_dev(
     model: Any, base: Any, cfg: EmbedderTrainConfig, evaluate: Any
 ) -> tuple[dict[str, float], dict[str, float], str]:
@@ -649,7 +690,7 @@ def merge_checked_on_dev(
     merge_with_base(model, base, cfg.merge_alpha)
     merged = evaluate(model) if evaluate else {}
     key = "dev_cosine_ndcg@10"
-    if key in unmerged and unmerged[key] > merged[key] + cfg.merge_tolerance:
+    if key in unmerged and merge_lost_on_dev(unmerged[key], merged[key], cfg.merge_tolerance):
         model.load_state_dict(kept)
         return unmerged, unmerged, f"fine-tuned (the alpha {cfg.merge_alpha} merge lost on dev)"
     return unmerged, merged, f"fine-tuned, merged with base (alpha {cfg.merge_alpha})"
@@ -764,6 +805,7 @@ def run_metrics(
     world: int,
     counts: dict[str, Any],
     groups: int,
+    rows: int,
     dropped: int,
     seconds: float,
     samples_per_second: float,
@@ -805,6 +847,8 @@ def run_metrics(
         },
         "train": {
             "groups": groups,
+            "rows": rows,  # one per trained positive: more than groups with positives: all
+            "positives": cfg.positives,
             "groups_dropped_short_of_negatives": dropped,
             "final_loss": round(final_loss, 4) if final_loss is not None else None,
             "chance_loss": round(math.log(cfg.batch_size * world), 4),
