@@ -124,7 +124,7 @@ def cross_validate(args: argparse.Namespace) -> None:
             "fold": i,
             "queries": len(fold),
             "train_groups": metrics["train"]["groups"],
-            "train_rows": metrics["train"].get("rows", metrics["train"]["groups"]),
+            "train_rows": metrics["train"]["rows"],
             "shipped_by_stage": metrics["shipped"],
             "optimizer_steps": metrics["effective"]["optimizer_steps"],
             "stage_seconds": round(seconds, 1),

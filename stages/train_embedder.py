@@ -135,8 +135,8 @@ def main() -> None:
         )
         metrics["warnings"] += attention_warnings
         # labeled positives left out of training (positives: first) are counted, never dropped silently
-        usable = [g for g in groups if training.usable_group(g, cfg.n_hard_negatives)]
-        metrics["train"]["positives_not_trained"] = sum(len(set(g["pos"])) for g in usable) - len(train_ds)
+        every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
+        metrics["train"]["positives_not_trained"] = len(every_positive) - len(train_ds)
         metrics["train"]["first_epoch_batches"] = first_epoch
         if fn_rows > 0.1 * len(train_ds):
             metrics["warnings"].append(

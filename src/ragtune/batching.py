@@ -79,7 +79,7 @@ def group_row_keys(
     from ragtune.training import training_rows
 
     keys = []
-    rows, _ = training_rows(list(groups), n_hard_negatives, positives)
+    rows, _ = training_rows(groups, n_hard_negatives, positives)
     for g, p in rows:
         pos_ids = list(g.get("pos_ids") or [])
         neg_ids = list(g.get("neg_ids") or [])[:n_hard_negatives]
