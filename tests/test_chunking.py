@@ -93,3 +93,26 @@ def test_size_must_fit_model():
         check_fits_model(510, 512, 3)
     with pytest.raises(ValueError, match="overlap"):
         Chunker(word_count, word_split, max_tokens=64, overlap_tokens=40)
+
+
+def test_a_title_that_is_only_the_id_is_not_prepended():
+    chunker = Chunker(word_count, word_split, max_tokens=200, overlap_tokens=16)
+    for doc_id in ("1", "d_topic_3100"):
+        (chunk,) = chunker.chunk_document(doc_id, doc_id.upper(), "Mỗi năm có mười hai ngày phép.")
+        assert chunk.text == "Mỗi năm có mười hai ngày phép." and chunk.title == ""
+    (titled,) = chunker.chunk_document("d_topic_3100", "Nghỉ phép năm", "Mỗi năm có mười hai ngày phép.")
+    assert titled.text == "Nghỉ phép năm\nMỗi năm có mười hai ngày phép."
+
+
+def test_token_counting_does_not_warn_about_long_documents(tiny_embedder_path, caplog):
+    """Measuring a document longer than the model's limit is the chunker's job, not a mistake worth a warning."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
+    tok.model_max_length = 16
+    count, split = hf_token_functions(tok)
+    long = " ".join(["nhân viên được nghỉ phép năm"] * 20)
+    assert count([long])[0] > 16 and len(split(long, 16)) > 1
+    assert "Token indices sequence length" not in caplog.text
+    tok([long])  # a real model input still warns: only the chunker's calls are silenced
+    assert "Token indices sequence length" in caplog.text

@@ -439,7 +439,7 @@ def test_alqac_format_needs_only_params(tmp_path: Path) -> None:
     assert first["title"] == "Phạm vi điều chỉnh"
     assert first["metadata"] == {"law_id": law, "article_id": "1"}
     assert first["source"] == "alqac/corpus.jsonl:1"
-    assert second["title"] == f"{law}@2"  # no blank line after the first line: fall back to the id
+    assert second["title"] == ""  # no blank line after the first line: no title (never the id)
     assert result.queries[0]["positive_doc_ids"] == [f"{law}@1"]
     assert result.queries[0]["metadata"] == {"answer": "Đúng", "question_type": "Đúng/Sai"}
 
@@ -456,3 +456,57 @@ def test_title_format_builds_titles_from_metadata(tmp_path: Path) -> None:
     bad = {"documents": [{"path": "c.jsonl", "title_format": "{law}: {title}"}]}
     with pytest.raises(IngestError, match="law"):
         ingest(load_config(bad, repo=tmp_path))
+
+
+# ---------------------------------------------------------------- a title that is only the id
+
+
+def word_chunker() -> Any:
+    from ragtune.chunking import Chunker
+
+    def count(texts: list[str]) -> list[int]:
+        return [len(t.split()) for t in texts]
+
+    def split(text: str, n: int) -> list[tuple[int, int]]:
+        return [(0, len(text))]
+
+    return Chunker(count, split, max_tokens=64, overlap_tokens=8, prepend_title=True)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_id_and_text_table_gives_no_id_title_and_chunks_without_the_id(tmp_path: Path, fmt: str) -> None:
+    from ragtune.chunking import chunk_corpus
+
+    # no title column / an empty one / a title column that repeats the id
+    rows = [{"id": 1, "text": BODY}, {"id": "d_topic_3100", "text": BODY + " Hai."},
+            {"id": "p-7", "title": "P-7", "text": BODY + " Ba."}]  # fmt: skip
+    if fmt == "csv":
+        lines = "".join(f'{r["id"]},{r.get("title", "")},"{r["text"]}"\n' for r in rows)
+        write(tmp_path / "docs.csv", "id,title,text\n" + lines)
+    else:
+        jsonl(tmp_path / "docs.jsonl", rows)
+    result = run(tmp_path, [f"docs.{fmt}"])
+    assert [(d["doc_id"], d["title"]) for d in result.documents] == [("1", ""), ("d_topic_3100", ""), ("p-7", "")]
+    chunks = chunk_corpus(result.documents, word_chunker())
+    assert [c["doc_id"] for c in chunks] == ["1", "d_topic_3100", "p-7"]
+    for c in chunks:
+        assert c["text"].startswith("Nhân viên được nghỉ phép") and c["title"] == ""
+
+
+def test_folder_document_without_a_title_gets_none_not_its_file_name(tmp_path: Path) -> None:
+    write(tmp_path / "d/pol-001.md", BODY)  # top level: the id is the file stem
+    write(tmp_path / "d/sub/guide.txt", BODY + " Hai.")
+    write(tmp_path / "d/meta.csv", "file,id\nsub/guide.txt,G-1\n")
+    result = run(tmp_path, [{"path": "d", "metadata": "d/meta.csv"}])
+    assert [(d["doc_id"], d["title"]) for d in result.documents] == [("pol-001", ""), ("G-1", "")]
+
+
+def test_real_titles_are_kept_and_prepended(tmp_path: Path) -> None:
+    from ragtune.chunking import chunk_corpus
+
+    write(tmp_path / "d/pol-001.md", f"# Chính sách nghỉ phép\n\n{BODY}")
+    jsonl(tmp_path / "t.jsonl", [{"id": "7", "text": f"Quy trình gửi xe\n\n{BODY} Hai."}])
+    result = run(tmp_path, ["d", "t.jsonl"])
+    assert [d["title"] for d in result.documents] == ["Chính sách nghỉ phép", "Quy trình gửi xe"]
+    chunks = chunk_corpus(result.documents, word_chunker())
+    assert [c["text"].split("\n")[0] for c in chunks] == ["Chính sách nghỉ phép", "Quy trình gửi xe"]

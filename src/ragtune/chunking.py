@@ -120,6 +120,10 @@ class Chunker:
         return "\n".join(parts)
 
     def chunk_document(self, doc_id: str, title: str, text: str) -> list[Chunk]:
+        if title.strip().casefold() == doc_id.strip().casefold():
+            # An id is not a title: prepended, it would embed every chunk as "<id>\n<text>" and train the model
+            # to match identifiers. Ingest already writes "" for such titles; this guards older documents.jsonl.
+            title = ""
         sections = split_units(text)
         units = [u for s in sections for u in s.units]
         for u, n in zip(units, self.count_tokens([u.text for u in units]), strict=True):
@@ -242,16 +246,22 @@ class Chunker:
 def hf_token_functions(
     tokenizer: Any,
 ) -> tuple[Callable[[list[str]], list[int]], Callable[[str, int], list[tuple[int, int]]]]:
-    """Token counting and splitting backed by a Hugging Face fast tokenizer."""
+    """Token counting and splitting backed by a Hugging Face fast tokenizer.
+
+    Both measure whole documents and units on purpose, so inputs longer than the model's limit are normal here:
+    ``verbose=False`` silences transformers' "Token indices sequence length is longer than the specified maximum
+    sequence length" for these calls only (without padding or truncation it is the only message that flag
+    gates), and leaves the tokenizer's own one-time warning armed for real model inputs.
+    """
 
     def count(texts: list[str]) -> list[int]:
         if not texts:
             return []
-        enc = tokenizer(texts, add_special_tokens=False)
+        enc = tokenizer(texts, add_special_tokens=False, verbose=False)
         return [len(ids) for ids in enc["input_ids"]]
 
     def split(text: str, max_tokens: int) -> list[tuple[int, int]]:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         offsets = enc["offset_mapping"]
         spans = []
         for start in range(0, len(offsets), max_tokens):
@@ -268,7 +278,7 @@ def chunk_corpus(documents: Iterable[dict[str, Any]], chunker: Chunker) -> list[
     docs = list(documents)
     out: list[dict[str, Any]] = []
     for doc in track(docs, "Chunking", total=len(docs)):
-        out.extend(c.to_record() for c in chunker.chunk_document(doc["doc_id"], doc.get("title", ""), doc["text"]))
+        out.extend(c.to_record() for c in chunker.chunk_document(doc["doc_id"], doc.get("title") or "", doc["text"]))
     return out
 
 

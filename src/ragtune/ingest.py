@@ -251,6 +251,17 @@ def first_line_title(text: str) -> str | None:
     return None
 
 
+def is_id_title(title: str, *names: str | None) -> bool:
+    """Whether ``title`` is only a name of the record (its id, the id's last path part, the file stem).
+
+    Such a "title" says nothing about the text, and the chunker prepends titles to every chunk: a table with only
+    id and text columns made every chunk embed as "1\n<text>", "d_topic_3100\n<text>", teaching the model to
+    match identifiers. Compared stripped and case-insensitively ("POL-001" is the id "pol-001").
+    """
+    key = title.strip().casefold()
+    return any(key == name.strip().casefold() for name in names if name)
+
+
 _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n---[ \t]*(?:\n|\Z)", re.DOTALL)
 _MD_H1 = re.compile(r"^#[ \t]+(\S.*?)[ \t#]*$", re.MULTILINE)
 
@@ -681,14 +692,20 @@ class _Run:
 
     def add_document(
         self, *, doc_id: str | None, title: str | None, text: str | None, source: str, metadata: dict[str, Any],
-        origin: str, fmt: str, raw: Any, title_format: str | None = None,
+        origin: str, fmt: str, raw: Any, title_format: str | None = None, stem: str | None = None,
     ) -> None:  # fmt: skip
-        """Normalize, validate and keep (or quarantine) one document candidate."""
+        """Normalize, validate and keep (or quarantine) one document candidate.
+
+        The title is a real one (given, or the text's short first line) or ``""``, never the id or the file
+        ``stem``: chunks carry their title into the embedding, and the report/search show ``title or doc_id``.
+        """
         self.doc_read += 1
         norm_text = self.norm(text or "")
-        norm_title = normalize_text(title, self.config.tone_style) if title else None
-        if norm_title is None:
-            norm_title = first_line_title(norm_text) or doc_id or ""
+        names = (doc_id, PurePosixPath(doc_id).name if doc_id else None, stem)
+        norm_title = normalize_text(title, self.config.tone_style) if title else ""
+        if not norm_title or is_id_title(norm_title, *names):
+            norm_title = first_line_title(norm_text) or ""
+            norm_title = "" if is_id_title(norm_title, *names) else norm_title
         meta = self._metadata(metadata)
         if title_format:
             fields = {**{k: v for k, v in meta.items() if not isinstance(v, (list, dict))}, "title": norm_title}
@@ -700,6 +717,7 @@ class _Run:
                     f"{source}: title_format {title_format!r} needs field {exc}; available: {sorted(fields)}. "
                     "Fix `title_format` in params.yaml."
                 ) from exc
+            norm_title = "" if is_id_title(norm_title, *names) else norm_title  # e.g. title_format: "{id}"
         record = {"doc_id": doc_id, "title": norm_title, "text": norm_text, "source": source, "metadata": meta}
         if not norm_text:
             self.reject("document", source, "empty_text", raw if raw is not None else record)
@@ -796,10 +814,9 @@ def _ingest_file(run: _Run, source: SourceConfig, path: Path, sidecar: dict[str,
     title = meta.pop("title", None) or extracted.title
     if title is None and fmt == "txt":
         title = first_line_title(extracted.text)
-    title = str(title) if title else path.stem
     run.add_document(
         doc_id=doc_id,
-        title=title,
+        title=str(title) if title else None,  # no file-stem fallback: the stem is usually the id (add_document)
         text=extracted.text,
         source=src,
         metadata=meta,
@@ -807,6 +824,7 @@ def _ingest_file(run: _Run, source: SourceConfig, path: Path, sidecar: dict[str,
         fmt=fmt,
         raw=None,
         title_format=source.title_format,
+        stem=path.stem,
     )
 
 
