@@ -227,6 +227,7 @@ def test_queries_match_int_ids_and_normalize(tmp_path: Path) -> None:
             "positive_doc_ids": ["15", "37"],
             "source": "q.csv:2",
             "metadata": {"loai": "direct"},
+            "split": None,
         },
         {
             "query_id": "7",
@@ -234,6 +235,7 @@ def test_queries_match_int_ids_and_normalize(tmp_path: Path) -> None:
             "positive_doc_ids": ["15"],
             "source": "q.jsonl:1",
             "metadata": {},
+            "split": None,
         },
     ]
     assert result.metrics["queries"]["positives_per_query_mean"] == 1.5
@@ -334,8 +336,9 @@ def test_unknown_positives_partial_and_total(tmp_path: Path) -> None:
     ]
     assert result.quarantine[0]["record"]["unknown_positive_ids"] == ["ZZZ"]
     assert result.queries == [
-        {"query_id": "q1", "query": "Một?", "positive_doc_ids": ["A"], "source": "q.jsonl:1", "metadata": {}}
-    ]
+        {"query_id": "q1", "query": "Một?", "positive_doc_ids": ["A"], "source": "q.jsonl:1", "metadata": {},
+         "split": None}
+    ]  # fmt: skip
     m = result.metrics["queries"]
     assert (m["read"], m["kept"], m["quarantined"], m["unknown_positive_ids"]) == (5, 1, 4, 2)
 
@@ -456,6 +459,107 @@ def test_title_format_builds_titles_from_metadata(tmp_path: Path) -> None:
     bad = {"documents": [{"path": "c.jsonl", "title_format": "{law}: {title}"}]}
     with pytest.raises(IngestError, match="law"):
         ingest(load_config(bad, repo=tmp_path))
+
+
+# ---------------------------------------------------------------- fixed splits and ids across query files
+
+
+def docs_and_questions(tmp_path: Path) -> None:
+    jsonl(tmp_path / "docs.jsonl", [{"id": "A", "text": BODY}, {"id": "B", "text": BODY + " Khác."}])
+
+
+def test_fixed_split_from_source_key(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    jsonl(tmp_path / "train.jsonl", [{"id": "t1", "query": "Nghỉ phép mấy ngày?", "positives": ["A"]}])
+    jsonl(tmp_path / "test.jsonl", [{"id": "x1", "query": "Đăng ký ở đâu?", "positives": ["B"]}])
+    jsonl(tmp_path / "more.jsonl", [{"id": "m1", "query": "Hỏi thêm?", "positives": ["A"]}])
+    result = run(
+        tmp_path,
+        ["docs.jsonl"],
+        [{"path": "train.jsonl", "split": "Training"}, {"path": "test.jsonl", "split": " TEST "}, "more.jsonl"],
+    )
+    assert [(q["query_id"], q["split"]) for q in result.queries] == [("t1", "train"), ("x1", "test"), ("m1", None)]
+    assert result.metrics["queries"]["by_split"] == {"train": 1, "dev": 0, "test": 1, "unassigned": 1}
+
+
+def test_fixed_split_from_mapped_column_with_fallback_to_source(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    write(
+        tmp_path / "q.csv",
+        "ma,cau_hoi,lien_quan,tap\nq1,Một?,A,Train\nq2,Hai?,B,TEST\nq3,Ba?,A,validation\nq4,Bốn?,B,\n",
+    )
+    write(tmp_path / "r.csv", "ma,cau_hoi,lien_quan,tap\nr1,Năm?,A,\nr2,Sáu?,B,dev\n")
+    cols = {"id": "ma", "query": "cau_hoi", "positives": "lien_quan", "split": "tap"}
+    result = run(
+        tmp_path,
+        ["docs.jsonl"],
+        [{"path": "q.csv", "columns": cols}, {"path": "r.csv", "columns": cols, "split": "test"}],
+    )
+    got = {q["query_id"]: q["split"] for q in result.queries}
+    assert got == {"q1": "train", "q2": "test", "q3": "dev", "q4": None, "r1": "test", "r2": "dev"}
+    assert all("tap" not in q["metadata"] and "split" not in q["metadata"] for q in result.queries)
+
+
+def test_unmapped_split_column_is_not_used(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    jsonl(tmp_path / "q.jsonl", [{"id": "q1", "query": "Một?", "positives": ["A"], "split": "test"}])
+    result = run(tmp_path, ["docs.jsonl"], ["q.jsonl"])
+    assert result.queries[0]["split"] is None
+    assert result.queries[0]["metadata"] == {"split": "test"}
+    assert any("columns.split" in w for w in result.warnings)
+
+
+def test_bad_split_value_is_a_hard_error_with_file_line_and_allowed_values(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    write(tmp_path / "q.csv", "id,query,positives,split\nq1,Một?,A,train\nq2,Hai?,B,public_test\n")
+    with pytest.raises(IngestError) as err:
+        run(tmp_path, ["docs.jsonl"], [{"path": "q.csv", "columns": {"split": "split"}}])
+    message = str(err.value)
+    assert "q.csv:3" in message and "'public_test'" in message
+    assert "train, training, dev, validation" in message and "testing" in message
+    with pytest.raises(IngestError, match=r"ingest.queries\[0\].split.*'holdout'.*allowed"):
+        run(tmp_path, ["docs.jsonl"], [{"path": "q.csv", "split": "holdout"}])
+
+
+def test_split_on_a_document_source_is_a_hard_error(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    with pytest.raises(IngestError, match=r"ingest.documents\[0\].*split.*ingest.queries"):
+        run(tmp_path, [{"path": "docs.jsonl", "split": "test"}])
+    with pytest.raises(IngestError, match=r"ingest.documents\[0\].*split"):
+        run(tmp_path, [{"path": "docs.jsonl", "columns": {"split": "tap"}}])
+
+
+def test_colliding_ids_across_files_are_all_kept(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    jsonl(tmp_path / "train.jsonl", [{"id": i, "query": f"Câu huấn luyện {i}?", "positives": ["A"]} for i in (1, 2)])
+    jsonl(
+        tmp_path / "test.jsonl",
+        [{"id": i, "query": f"Câu kiểm tra {i}?", "positives": ["B"]} for i in (1, 2, 3)]
+        + [{"id": 3, "query": "Trùng trong cùng tệp?", "positives": ["B"]}],
+    )
+    result = run(
+        tmp_path, ["docs.jsonl"], [{"path": "train.jsonl", "split": "train"}, {"path": "test.jsonl", "split": "test"}]
+    )
+    assert [(q["query_id"], q["split"]) for q in result.queries] == [
+        ("1", "train"), ("2", "train"), ("test/1", "test"), ("test/2", "test"), ("3", "test"),
+    ]  # fmt: skip
+    # a repeat inside one file is still a duplicate
+    assert reasons(result) == [("duplicate_query_id", "test.jsonl:4")]
+    assert result.quarantine[0]["record"]["duplicate_of"] == "test.jsonl:3"
+    assert result.metrics["queries"]["renamed_duplicate_ids"] == 2
+    (warning,) = [w for w in result.warnings if "query id" in w]
+    assert warning.startswith("2 query id(s)") and "'test/1'" in warning
+
+
+def test_qualified_id_that_also_collides_is_quarantined(tmp_path: Path) -> None:
+    docs_and_questions(tmp_path)
+    jsonl(tmp_path / "a.jsonl", [{"id": "1", "query": "Một?", "positives": ["A"]},
+                                 {"id": "b/1", "query": "Hai?", "positives": ["A"]}])  # fmt: skip
+    jsonl(tmp_path / "b.jsonl", [{"id": "1", "query": "Ba?", "positives": ["B"]}])
+    result = run(tmp_path, ["docs.jsonl"], ["a.jsonl", "b.jsonl"])
+    assert [q["query_id"] for q in result.queries] == ["1", "b/1"]
+    assert reasons(result) == [("duplicate_query_id", "b.jsonl:1")]
+    assert result.metrics["queries"]["renamed_duplicate_ids"] == 0
 
 
 # ---------------------------------------------------------------- a title that is only the id

@@ -40,7 +40,13 @@ FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm")
 TABLE_FORMATS = ("csv", "xlsx", "jsonl")
 DOC_DEFAULT_COLUMNS = {"id": "id", "title": "title", "text": "text"}
 QUERY_DEFAULT_COLUMNS = {"id": "id", "query": "query", "positives": "positives"}
-_SOURCE_KEYS = {"path", "columns", "metadata", "sheet", "title_format"}
+_SOURCE_KEYS = {"path", "columns", "metadata", "sheet", "title_format", "split"}
+# Split names people write in evaluation files → ours (docs/schemas.md); compared stripped and case-insensitively.
+SPLIT_NAMES = {
+    "train": "train", "training": "train",
+    "dev": "dev", "validation": "dev", "valid": "dev", "val": "dev", "development": "dev",
+    "test": "test", "testing": "test",
+}  # fmt: skip
 _FIRST_LINE_TITLE_MAX = 120
 
 
@@ -73,6 +79,8 @@ class SourceConfig:
     # e.g. "{law_id}, Điều {article_id}: {title}" — builds titles from metadata fields when the corpus has no
     # informative title (ALQAC articles are all titled like "Phạm vi điều chỉnh", which says nothing of the law)
     title_format: str | None = None
+    # queries only: the split every question of this source belongs to (a `columns.split` cell overrides it)
+    split: str | None = None
 
     @property
     def is_folder(self) -> bool:
@@ -87,6 +95,21 @@ class IngestConfig:
     min_chars: int = 20
     max_bad_fraction: float = 0.2
     repo: Path = Path(".")  # output `source` fields are relative to it (docs/schemas.md)
+
+
+def normalize_split(value: Any) -> str | None:
+    """``train``/``dev``/``test`` for a split name people write ("Train", "validation", "TEST"); None if unknown.
+
+    A value outside the list is never guessed at: "public_test" or "trian" could be either side, and a test
+    question silently drawn into training would leak.
+    """
+    if value is None:
+        return None
+    return SPLIT_NAMES.get(unicodedata.normalize("NFC", str(value)).strip().lower())
+
+
+def _allowed_splits() -> str:
+    return ", ".join(SPLIT_NAMES)
 
 
 def _source(raw: Any, key: str, root: Path, *, queries: bool) -> SourceConfig:
@@ -108,6 +131,19 @@ def _source(raw: Any, key: str, root: Path, *, queries: bool) -> SourceConfig:
     columns = raw.get("columns") or {}
     if not isinstance(columns, dict) or not all(isinstance(v, str) for v in columns.values()):
         raise IngestError(f"params.yaml: `{key}.columns` must map our names to column names, e.g. {{text: body}}.")
+    if not queries and ("split" in raw or "split" in columns):
+        raise IngestError(
+            f"params.yaml: `{key}` has `split`, but splits belong to questions, not documents. Move `split:` "
+            "(or `columns.split`) to the query source under `ingest.queries` that holds the questions."
+        )
+    split = None
+    if raw.get("split") is not None:
+        split = normalize_split(raw["split"])
+        if split is None:
+            raise IngestError(
+                f"params.yaml: `{key}.split` = {raw['split']!r} is not a split name; allowed (any case): "
+                f"{_allowed_splits()}. Fix the value or remove the key (its questions are then drawn by `pairs`)."
+            )
     if not queries and path.is_dir() and "text" in columns:
         raise IngestError(f"params.yaml: `{key}` is a folder; `columns.text` only applies to table sources.")
     if path.is_file() and path.suffix.lower().lstrip(".") not in TABLE_FORMATS:
@@ -139,6 +175,7 @@ def _source(raw: Any, key: str, root: Path, *, queries: bool) -> SourceConfig:
         metadata=metadata,
         sheet=raw.get("sheet"),
         title_format=title_format,
+        split=split,
     )
 
 
@@ -674,6 +711,9 @@ class _Run:
         self.repaired = 0
         self.query_repaired = 0
         self.unknown_positive_ids = 0
+        self.query_ids: dict[str, str] = {}  # kept query_id → source
+        self.query_ids_by_file: dict[Path, dict[str, str]] = {}  # query file → its own ids → source
+        self.renamed_query_ids: list[tuple[str, str, str, str]] = []  # (id, kept as, source, first use of id)
         self.by_format: Counter[str] = Counter()
         self.by_source: Counter[str] = Counter()
         self.files_read = 0
@@ -888,6 +928,14 @@ def _ingest_queries(run: _Run, source: SourceConfig) -> tuple[list[dict[str, Any
     check_columns(table, path, columns, set(source.columns), {"query", "positives"}, source.key)
     mapped = {column: name for name, column in columns.items()}
     has_id = columns["id"] in table.columns
+    split_column = source.columns.get("split")
+    if split_column is None and "split" in table.columns and table.rows:
+        # Explicit only: a column that happens to be called "split" may mean something else (a data split of the
+        # tool that made the file); guessing wrong would move questions between train and test.
+        run.warnings.append(
+            f"{src}: column 'split' is not used to assign splits (kept in metadata); to use it, set "
+            f"`{source.key}.columns.split: split` in params.yaml."
+        )
     for line, raw, error in table.bad:
         run.reject("query", f"{src}:{line}", table.bad_reason, {"line": raw, "error": error})
     out: list[dict[str, Any]] = []
@@ -895,6 +943,15 @@ def _ingest_queries(run: _Run, source: SourceConfig) -> tuple[list[dict[str, Any
     for row in table.rows:
         where = f"{src}:{row.line}"
         rec = row.record
+        split = source.split
+        if split_column is not None and rec.get(split_column) is not None:
+            split = normalize_split(rec[split_column])
+            if split is None:
+                raise IngestError(
+                    f"{where}: split {rec[split_column]!r} (column {split_column!r}) is not a split name; allowed "
+                    f"(any case): {_allowed_splits()}. Fix the cell, leave it empty to use the source's `split:` "
+                    f"(or let `pairs` draw it), or map another column in `{source.key}.columns.split`."
+                )
         query_id = as_id(rec.get(columns["id"])) if has_id else f"{path.stem}:{row.line}"
         if query_id is None:
             run.reject("query", where, "missing_column", {**rec, "missing": columns["id"]})
@@ -907,10 +964,14 @@ def _ingest_queries(run: _Run, source: SourceConfig) -> tuple[list[dict[str, Any
         positives = parse_positives(rec.get(columns["positives"]), known | frozenset(run.aliases))
         positives = list(dict.fromkeys(run.aliases.get(p, p) for p in positives))
         metadata = run._metadata(
-            {mapped.get(k, k): v for k, v in rec.items() if mapped.get(k) not in ("id", "query", "positives")}
+            {
+                mapped.get(k, k): v
+                for k, v in rec.items()
+                if mapped.get(k) not in ("id", "query", "positives") and k != split_column
+            }
         )
         query = {"query_id": query_id, "query": text, "positive_doc_ids": positives, "source": where,
-                 "metadata": metadata}  # fmt: skip
+                 "metadata": metadata, "split": split}  # fmt: skip
         if not positives:
             run.reject("query", where, "no_positives", rec)
             continue
@@ -924,6 +985,34 @@ def _ingest_queries(run: _Run, source: SourceConfig) -> tuple[list[dict[str, Any
             query["positive_doc_ids"] = kept
         out.append(query)
     return out, len(table.rows) + len(table.bad)
+
+
+def _keep_query_ids(run: _Run, source: SourceConfig, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The queries of one source whose ids are unique, renaming ids that another query file already used.
+
+    A train file and a test file both numbering their questions 1..N is the normal case, not an error:
+    quarantining the second file's ids would silently lose most of a test set. So an id seen in a *different*
+    file is kept as ``<file stem>/<id>``; a repeat *within* one file (or of a qualified id) is still a
+    ``duplicate_query_id``. The same file listed twice counts as one file.
+    """
+    own = run.query_ids_by_file.setdefault(source.path.resolve(), {})
+    kept: list[dict[str, Any]] = []
+    for q in batch:
+        query_id = q["query_id"]
+        if query_id in own:
+            run.reject("query", q["source"], "duplicate_query_id", {**q, "duplicate_of": own[query_id]})
+            continue
+        own[query_id] = q["source"]
+        if query_id in run.query_ids:
+            qualified = f"{source.path.stem}/{query_id}"
+            if qualified in run.query_ids:
+                run.reject("query", q["source"], "duplicate_query_id", {**q, "duplicate_of": run.query_ids[qualified]})
+                continue
+            run.renamed_query_ids.append((query_id, qualified, q["source"], run.query_ids[query_id]))
+            q = {**q, "query_id": qualified}
+        run.query_ids[q["query_id"]] = q["source"]
+        kept.append(q)
+    return kept
 
 
 def plan(config: IngestConfig) -> list[tuple[SourceConfig, Path]]:
@@ -956,18 +1045,17 @@ def ingest(
                        {"file": name, **{k: v for k, v in row.items() if k != "_line"}})  # fmt: skip
     queries: list[dict[str, Any]] = []
     query_read = 0
-    seen_queries: dict[str, str] = {}
     for source in config.queries:
         batch, n = _ingest_queries(run, source)
         query_read += n
-        for q in batch:
-            if q["query_id"] in seen_queries:
-                run.reject(
-                    "query", q["source"], "duplicate_query_id", {**q, "duplicate_of": seen_queries[q["query_id"]]}
-                )
-                continue
-            seen_queries[q["query_id"]] = q["source"]
-            queries.append(q)
+        queries.extend(_keep_query_ids(run, source, batch))
+    if run.renamed_query_ids:
+        n, (old, new, where, first) = len(run.renamed_query_ids), run.renamed_query_ids[0]
+        run.warnings.append(
+            f"{n} query id(s) were already used by another query file and were kept under '<file stem>/<id>', "
+            f"e.g. {where}: id {old!r} (first used at {first}) → {new!r}. Nothing was dropped; give the files "
+            "distinct ids to keep your own."
+        )
     metrics = _metrics(run, queries, query_read)
     return IngestResult(
         documents=run.documents,
@@ -1002,6 +1090,9 @@ def _metrics(run: _Run, queries: list[dict[str, Any]], query_read: int) -> dict[
             # a query kept with some of its positives also has a quarantine entry; count rejected queries only
             "quarantined": query_read - len(queries),
             "unknown_positive_ids": run.unknown_positive_ids,
+            "renamed_duplicate_ids": len(run.renamed_query_ids),
+            "by_split": {s: sum(1 for q in queries if q["split"] == s) for s in ("train", "dev", "test")}
+            | {"unassigned": sum(1 for q in queries if q["split"] is None)},
             "positives_per_query_mean": (
                 round(statistics.fmean(len(q["positive_doc_ids"]) for q in queries), 3) if queries else 0.0
             ),
