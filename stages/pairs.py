@@ -1,10 +1,11 @@
-"""pairs: labeled queries → seeded train/dev/test split with aligned positive chunks; plus self-supervised pairs."""
+"""pairs: labeled queries → train/dev/test split (fixed by ingest, else seeded) with aligned positive chunks; plus
+self-supervised pairs. Nothing is written until the leak check has passed."""
 
 from collections import defaultdict
 
 import numpy as np
 
-from ragtune.console import stage
+from ragtune.console import stage, warn
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
 from ragtune.pairs import (
     SPLITS,
@@ -32,7 +33,8 @@ def main() -> None:
         for i, c in enumerate(chunks):
             chunks_by_doc[c["doc_id"]].append(i)
 
-        splits = split_queries(queries, float(p["dev_ratio"]), float(p["test_ratio"]), int(p["seed"]))
+        plan = split_queries(queries, float(p["dev_ratio"]), float(p["test_ratio"]), int(p["seed"]))
+        splits = plan.splits
         # Only relevant documents with several chunks need alignment (and only their chunks need embedding).
         needed = sorted(
             {i for q in queries for d in q["positive_doc_ids"] if len(chunks_by_doc[d]) > 1 for i in chunks_by_doc[d]}
@@ -71,7 +73,6 @@ def main() -> None:
                 }
                 for q in splits[name]
             ]
-            write_jsonl(f"data/pairs/{name}.jsonl", out_splits[name])
 
         syn_p = p["synthetic"]
         synthetic, syn_counts = [], {}
@@ -95,8 +96,8 @@ def main() -> None:
             syn_counts["dropped_over_max_per_labeled"] = capped
             for kind in ("title", "heading", "ict"):  # kept pairs by kind, after every drop
                 syn_counts[kind] = sum(1 for s in synthetic if s["kind"] == kind)
-        write_jsonl("data/pairs/synthetic.jsonl", synthetic)
 
+        # The leak check raises before anything is written: a leaked split never reaches the training stages.
         report = validate(
             out_splits,
             synthetic,
@@ -104,7 +105,24 @@ def main() -> None:
             {d["doc_id"]: d for d in docs},
         )
         report["synthetic"]["by_kind_and_drops"] = dict(sorted(syn_counts.items()))
+        report["split_sources"] = plan.sources
+        report["quarantined"] = plan.quarantined
+        for name in SPLITS:
+            write_jsonl(f"data/pairs/{name}.jsonl", out_splits[name])
+        write_jsonl("data/pairs/synthetic.jsonl", synthetic)
+        write_jsonl("data/pairs/quarantine.jsonl", plan.quarantine)
         write_json("metrics/pairs.json", report)
+        if plan.quarantine:
+            reasons = ", ".join(f"{r} {n}" for r, n in plan.quarantined.items() if n)
+            warn(
+                f"{len(plan.quarantine)} question(s) share their text with a fixed held-out question and were left out "
+                f"of their split ({reasons}); see data/pairs/quarantine.jsonl"
+            )
+        carved = plan.sources["dev"]["carved_from_train"]
+        if carved:
+            warn(f"no question is fixed to dev: {carved} fixed-train question(s) were moved to dev (pairs.dev_ratio)")
+        if not out_splits["dev"] and float(p["dev_ratio"]) > 0:
+            warn("dev is empty: nothing can check the fine-tune; fix some questions to dev or add training questions")
         summary["read"] = f"{len(queries)} labeled queries, {len(chunks)} chunks"
         summary["wrote"] = (
             f"train {len(out_splits['train'])} / dev {len(out_splits['dev'])} / test {len(out_splits['test'])} "

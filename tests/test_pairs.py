@@ -17,9 +17,9 @@ def make_queries(n):
 
 def test_split_is_seeded_complete_and_sized():
     qs = make_queries(100)
-    a = split_queries(qs, 0.1, 0.2, seed=1)
-    b = split_queries(qs, 0.1, 0.2, seed=1)
-    c = split_queries(qs, 0.1, 0.2, seed=2)
+    a = split_queries(qs, 0.1, 0.2, seed=1).splits
+    b = split_queries(qs, 0.1, 0.2, seed=1).splits
+    c = split_queries(qs, 0.1, 0.2, seed=2).splits
     assert a == b and a != c
     assert (len(a["train"]), len(a["dev"]), len(a["test"])) == (70, 10, 20)
     ids = [q["query_id"] for s in a.values() for q in s]
@@ -31,7 +31,7 @@ def test_same_question_text_never_crosses_splits():
     # the same question under different ids, with different case/punctuation
     qs += [{"query_id": f"dup{i}", "query": f"Câu hỏi  số {i}?", "positive_doc_ids": ["d0"]} for i in range(40)]
     for seed in range(5):
-        s = split_queries(qs, 0.2, 0.3, seed=seed)
+        s = split_queries(qs, 0.2, 0.3, seed=seed).splits
         where = {}
         for name, items in s.items():
             for q in items:
@@ -40,10 +40,151 @@ def test_same_question_text_never_crosses_splits():
 
 
 def test_all_test_split_for_benchmarking():
-    s = split_queries(make_queries(10), 0.0, 1.0, seed=0)
+    s = split_queries(make_queries(10), 0.0, 1.0, seed=0).splits
     assert len(s["test"]) == 10 and not s["train"] and not s["dev"]
     with pytest.raises(ValueError, match="test_ratio"):
         split_queries(make_queries(3), 0.5, 0.6, seed=0)
+
+
+def plain_seeded_split(queries, dev_ratio, test_ratio, seed):
+    """The split before fixed splits existed, kept verbatim as the reference for the all-drawn path."""
+    import random
+    from collections import defaultdict
+
+    groups = defaultdict(list)
+    for q in queries:
+        groups[query_key(q["query"])].append(q)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n = len(keys)
+    n_test = round(n * test_ratio)
+    n_dev = min(round(n * dev_ratio), n - n_test)
+    assignment = {k: "test" for k in keys[:n_test]}
+    assignment.update({k: "dev" for k in keys[n_test : n_test + n_dev]})
+    out = {s: [] for s in ("train", "dev", "test")}
+    for k in keys:
+        out[assignment.get(k, "train")].extend(groups[k])
+    for s in out:
+        out[s].sort(key=lambda q: q["query_id"])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("n", "dev", "test", "seed"),
+    [
+        (100, 0.1, 0.2, 1),
+        (307, 0.15, 0.25, 42),
+        (7, 0.3, 0.3, 3),
+        (40, 0.0, 1.0, 0),
+        (1, 0.15, 0.25, 5),
+        (0, 0.1, 0.1, 0),
+    ],
+)
+def test_all_drawn_split_is_the_plain_seeded_split(n, dev, test, seed):
+    """No split fixed anywhere (key absent or null): exactly the old split, so the sample's pair files stay byte-identical."""
+    qs = make_queries(n) + [
+        {"query_id": f"z{i}", "query": f"Câu hỏi số {i}!", "positive_doc_ids": ["d0"]} for i in range(0, n, 3)
+    ]  # same texts under other ids
+    plan = split_queries([dict(q, split=None) if i % 2 else q for i, q in enumerate(qs)], dev, test, seed)
+    reference = plain_seeded_split(qs, dev, test, seed)
+    assert {s: [q["query_id"] for q in v] for s, v in plan.splits.items()} == {
+        s: [q["query_id"] for q in v] for s, v in reference.items()
+    }
+    sizes = {s: len(v) for s, v in plan.splits.items()}
+    assert plan.sources == {"train": {"fixed": 0, "drawn": sizes["train"]},
+                            "dev": {"fixed": 0, "drawn": sizes["dev"], "carved_from_train": 0},
+                            "test": {"fixed": 0, "drawn": sizes["test"]}}  # fmt: skip
+    assert plan.quarantine == [] and plan.quarantined == {"same_text_as_dev": 0, "same_text_as_test": 0}
+
+
+def fixed(prefix, n, split, *, text=None):
+    return [
+        {"query_id": f"{prefix}{i:03d}", "query": (text or f"{prefix} câu hỏi") + f" {i}", "positive_doc_ids": ["d"],
+         "source": f"{prefix}.csv:{i + 2}", "split": split}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def ids(items):
+    return {q["query_id"] for q in items}
+
+
+def test_fixed_splits_stay_and_ratios_apply_to_the_drawn_alone():
+    train, dev, test = fixed("tr", 50, "train"), fixed("dv", 5, "dev"), fixed("te", 30, "test")
+    drawn = fixed("u", 100, None)
+    plan = split_queries([*train, *dev, *test, *drawn], dev_ratio=0.1, test_ratio=0.2, seed=0)
+    s = plan.splits
+    assert ids(train) <= ids(s["train"]) and ids(dev) <= ids(s["dev"]) and ids(test) <= ids(s["test"])
+    # 20% of the 100 drawn questions (not of 185) go to test, 10% to dev; the rest to train
+    assert (len(s["train"]), len(s["dev"]), len(s["test"])) == (50 + 70, 5 + 10, 30 + 20)
+    assert plan.sources == {"train": {"fixed": 50, "drawn": 70}, "dev": {"fixed": 5, "drawn": 10, "carved_from_train": 0},
+                            "test": {"fixed": 30, "drawn": 20}}  # fmt: skip
+    assert ids(drawn) == ids(q for v in s.values() for q in v if q["split"] is None)
+    again = split_queries([*drawn, *test, *dev, *train], dev_ratio=0.1, test_ratio=0.2, seed=0)
+    assert again.splits == s  # input order does not matter
+    assert split_queries([*train, *dev, *test, *drawn], 0.1, 0.2, seed=1).splits != s  # the drawn part is seeded
+
+
+def test_without_fixed_dev_dev_is_carved_from_train_never_from_test():
+    train, test = fixed("tr", 80, "train"), fixed("te", 20, "test")
+    plan = split_queries([*train, *test], dev_ratio=0.15, test_ratio=0.25, seed=0)
+    s = plan.splits
+    assert ids(s["test"]) == ids(test)  # untouched: no drawn question, and test_ratio applies to drawn ones only
+    assert len(s["dev"]) == 12 and ids(s["dev"]) <= ids(train)  # 15% of the 80 train questions
+    assert ids(s["train"]) | ids(s["dev"]) == ids(train) and not ids(s["train"]) & ids(s["dev"])
+    assert plan.sources["dev"] == {"fixed": 0, "drawn": 0, "carved_from_train": 12}
+    assert plan.sources["train"] == {"fixed": 68, "drawn": 0}
+    # with drawn questions as well, the carve takes from both, and still never from test
+    drawn = fixed("u", 40, None)
+    mixed = split_queries([*train, *test, *drawn], dev_ratio=0.15, test_ratio=0.25, seed=0)
+    assert ids(test) <= ids(mixed.splits["test"]) and len(mixed.splits["test"]) == 20 + 10
+    assert len(mixed.splits["dev"]) == round(0.15 * (80 + 40))
+    assert ids(mixed.splits["dev"]) <= ids(train) | ids(drawn)
+    src = mixed.sources["dev"]
+    assert src["carved_from_train"] > 0 and src["drawn"] > 0 and src["fixed"] == 0
+
+
+def test_text_in_fixed_train_and_test_stays_in_test_and_the_train_copy_is_quarantined():
+    test = fixed("te", 3, "test", text="Nghỉ phép mấy ngày")
+    train = fixed("tr", 10, "train")
+    copy = {**train[0], "query_id": "tr-copy", "query": "nghỉ phép MẤY ngày 1?", "source": "train.csv:99"}
+    dev_copy = {**copy, "query_id": "dv-copy", "split": "dev", "source": "dev.csv:5"}
+    drawn_copy = {**copy, "query_id": "u-copy", "split": None, "source": "more.csv:2"}
+    plan = split_queries([*train, copy, dev_copy, drawn_copy, *test], dev_ratio=0.1, test_ratio=0.0, seed=0)
+    s = plan.splits
+    assert "te001" in ids(s["test"])  # the test copy is kept
+    assert not {"tr-copy", "dv-copy", "u-copy"} & ids([*s["train"], *s["dev"], *s["test"]])
+    assert [(q["reason"], q["source"], q["record"]["query_id"], q["record"]["duplicate_of"]) for q in plan.quarantine] == [
+        ("same_text_as_test", "train.csv:99", "tr-copy", "te001"),
+        ("same_text_as_test", "dev.csv:5", "dv-copy", "te001"),
+        ("same_text_as_test", "more.csv:2", "u-copy", "te001"),
+    ]  # fmt: skip
+    assert all(q["stage"] == "pairs" and q["kind"] == "query" for q in plan.quarantine)
+    assert plan.quarantined == {"same_text_as_dev": 0, "same_text_as_test": 3}
+    held = {query_key(q["query"]) for q in [*s["dev"], *s["test"]]}
+    assert not held & {query_key(q["query"]) for q in s["train"]}
+
+
+def test_text_in_fixed_train_and_dev_stays_in_dev():
+    dev = fixed("dv", 2, "dev", text="Đăng ký ở đâu")
+    train = [*fixed("tr", 5, "train"), {**dev[1], "query_id": "tr-copy", "split": "train"}]
+    plan = split_queries([*train, *dev], dev_ratio=0.5, test_ratio=0.5, seed=0)
+    assert ids(plan.splits["dev"]) == ids(dev)  # fixed dev: nothing carved from train
+    assert "tr-copy" not in ids(plan.splits["train"]) and len(plan.splits["train"]) == 5
+    assert plan.quarantined == {"same_text_as_dev": 1, "same_text_as_test": 0}
+
+
+def test_a_drawn_copy_of_a_fixed_train_text_joins_train():
+    train = fixed("tr", 20, "train")
+    drawn = [{**q, "query_id": f"u{i}", "split": None} for i, q in enumerate(train)]  # same texts, unassigned
+    plan = split_queries([*train, *drawn], dev_ratio=0.0, test_ratio=0.5, seed=0)
+    assert not plan.splits["test"] and not plan.splits["dev"] and len(plan.splits["train"]) == 40
+    assert plan.quarantine == []
+
+
+def test_an_unknown_split_value_is_refused():
+    with pytest.raises(ValueError, match=r"'q1'.*'holdout'.*re-run ingest"):
+        split_queries([{"query_id": "q1", "query": "x", "positive_doc_ids": ["d"], "split": "holdout"}], 0.1, 0.1, 0)
 
 
 def test_alignment_picks_the_best_chunk_of_each_relevant_document():
@@ -120,6 +261,9 @@ def test_validate_reports_and_refuses_leakage():
     leaky = {"train": [q], "dev": [], "test": [dict(q, query_id="t1", query="Được nghỉ mấy ngày?")]}
     with pytest.raises(AssertionError, match="held-out"):
         validate(leaky, [], chunks, docs)
+    dev_test = {"train": [], "dev": [q], "test": [dict(q, query_id="t1", query="Được nghỉ mấy ngày?")]}
+    with pytest.raises(AssertionError, match="test query texts also appear in dev"):
+        validate(dev_test, [], chunks, docs)
 
 
 def test_synthetic_pairs_auto_only_when_labels_are_scarce():
@@ -158,3 +302,79 @@ def test_synthetic_pairs_are_capped_per_labeled_question():
     assert all(k in syn for k in kept)
     assert cap_synthetic(syn, 0, 2, seed=0) == (syn, 0)  # no labels: synthetic pairs are all there is
     assert cap_synthetic(syn, 10, 0, seed=0) == (syn, 0)  # 0 = no cap
+
+
+def load_pairs_stage():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "pairs.py"
+    spec = importlib.util.spec_from_file_location("pairs_stage", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pairs_workdir(tmp_path, monkeypatch):
+    """A repo holding ingest/chunk outputs whose documents have one chunk each (no model needed to align)."""
+    import yaml
+
+    from ragtune.jsonl import write_jsonl
+
+    docs = [{"doc_id": f"d{i}", "title": "", "text": f"văn bản {i}", "source": "x", "metadata": {}} for i in range(3)]
+    chunks = [{"chunk_id": f"d{i}#0000", "doc_id": f"d{i}", "title": "", "section": "", "text": f"văn bản {i}",
+               "n_tokens": 3, "char_start": 0, "char_end": 9} for i in range(3)]  # fmt: skip
+    queries = [
+        *fixed("tr", 10, "train"),
+        {**fixed("tr", 1, "train", text="Nghỉ phép mấy ngày")[0], "query_id": "tr-copy", "source": "train.csv:99"},
+        *fixed("te", 4, "test", text="Nghỉ phép mấy ngày"),
+    ]
+    for q in queries:
+        q["positive_doc_ids"], q["metadata"] = ["d1"], {}
+    write_jsonl(tmp_path / "data/interim/documents.jsonl", docs)
+    write_jsonl(tmp_path / "data/interim/queries.jsonl", queries)
+    write_jsonl(tmp_path / "data/chunks/chunks.jsonl", chunks)
+    synthetic = {"enabled": False, "min_labeled_train": 100, "per_doc": {"title": 1}, "max_pairs": 10,
+                 "ict_keep_sentence": 0.1, "max_per_labeled": 2.0}  # fmt: skip
+    params = {"model": {"embedder": "unused"}, "bm25": {},
+              "pairs": {"seed": 0, "dev_ratio": 0.2, "test_ratio": 0.5, "synthetic": synthetic}}  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+
+def test_stage_writes_fixed_splits_quarantine_and_split_sources(tmp_path, monkeypatch):
+    import json
+
+    from ragtune.jsonl import read_jsonl
+
+    pairs_workdir(tmp_path, monkeypatch)
+    load_pairs_stage().main()
+    splits = {s: read_jsonl(tmp_path / f"data/pairs/{s}.jsonl") for s in ("train", "dev", "test")}
+    assert {q["query_id"] for q in splits["test"]} == {f"te{i:03d}" for i in range(4)}
+    assert len(splits["dev"]) == 2 and len(splits["train"]) == 8  # 20% of the 10 train questions carved to dev
+    (quarantined,) = read_jsonl(tmp_path / "data/pairs/quarantine.jsonl")
+    assert (quarantined["stage"], quarantined["reason"], quarantined["source"]) == (
+        "pairs", "same_text_as_test", "train.csv:99"
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics/pairs.json").read_text(encoding="utf-8"))
+    assert metrics["split_sources"] == {"train": {"fixed": 8, "drawn": 0},
+                                        "dev": {"fixed": 0, "drawn": 0, "carved_from_train": 2},
+                                        "test": {"fixed": 4, "drawn": 0}}  # fmt: skip
+    assert metrics["quarantined"] == {"same_text_as_dev": 0, "same_text_as_test": 1}
+
+
+def test_stage_refuses_to_write_a_leaked_split(tmp_path, monkeypatch):
+    from ragtune.pairs import SplitPlan
+
+    pairs_workdir(tmp_path, monkeypatch)
+    stage = load_pairs_stage()
+
+    def leaky(queries, *args):
+        test = [q for q in queries if q["split"] == "test"]
+        return SplitPlan({"train": [*test[:1], *queries[:3]], "dev": [], "test": test}, {}, [])
+
+    monkeypatch.setattr(stage, "split_queries", leaky)
+    with pytest.raises(AssertionError, match="held-out"):
+        stage.main()
+    assert not (tmp_path / "data/pairs").exists() or not list((tmp_path / "data/pairs").iterdir())

@@ -1,4 +1,7 @@
-"""Training/evaluation pairs: a seeded, leak-free split of labeled queries, plus self-supervised pairs.
+"""Training/evaluation pairs: a leak-free train/dev/test split of labeled queries, plus self-supervised pairs.
+
+Questions keep the split ingest fixed for them (a competition's test file, a curated dev set); the rest are
+drawn by a seeded shuffle.
 
 Positives only ever come from labels (a query's relevant documents) or from a document's own structure (its
 title, a section heading, one of its sentences). Neighbouring documents are never positives, and pairs carry no
@@ -14,6 +17,7 @@ import statistics
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,35 +31,112 @@ def query_key(text: str) -> str:
     return re.sub(r"[\W_]+", " ", text).strip()
 
 
-def split_queries(
-    queries: Sequence[dict[str, Any]], dev_ratio: float, test_ratio: float, seed: int
-) -> dict[str, list[dict[str, Any]]]:
-    """Split labeled queries into train/dev/test.
+@dataclass
+class SplitPlan:
+    """Labeled queries by split, where each split's questions came from, and the copies the leak guard set aside."""
 
-    Queries with the same normalized text are kept in one split (so a test question can never reappear in
-    training under another id). Assignment is by a seeded shuffle of those groups; sizes are rounded to whole
-    groups. ``test_ratio=1`` evaluates on every labeled query (e.g. to benchmark a base model).
+    splits: dict[str, list[dict[str, Any]]]
+    # per split: "fixed" (ingest said so), "drawn" (unassigned, placed by the seeded shuffle) and, for dev,
+    # "carved_from_train" (fixed to train, moved to dev because no dev question was fixed)
+    sources: dict[str, dict[str, int]]
+    quarantine: list[dict[str, Any]]  # {"stage": "pairs", "kind": "query", "source", "reason", "record"}
+
+    @property
+    def quarantined(self) -> dict[str, int]:
+        """Quarantined copies by reason; every reason is listed, so a 0 in the metrics is a checked 0."""
+        counts = Counter(q["reason"] for q in self.quarantine)
+        return {reason: counts[reason] for reason in QUARANTINE_REASONS}
+
+
+QUARANTINE_REASONS = ("same_text_as_dev", "same_text_as_test")
+
+
+def split_queries(queries: Sequence[dict[str, Any]], dev_ratio: float, test_ratio: float, seed: int) -> SplitPlan:
+    """Split labeled queries into train/dev/test, honouring the split ingest fixed for a question (``split``).
+
+    Queries with the same normalized text are one group and land in one split (so a test question can never
+    reappear in training under another id). Then:
+
+    * **Fixed** questions (``split`` is train/dev/test) stay in their split. When copies of one text are fixed
+      to different splits, the most held-out split keeps it (test > dev > train) and every other copy of that
+      text, fixed or unassigned, goes to ``quarantine`` as ``same_text_as_test``/``same_text_as_dev``: the
+      user's held-out set stays exactly what they brought, and nothing of it is trained on. Unassigned copies of
+      a fixed-train text join that train group.
+    * **Unassigned** questions (``split`` null or absent) are drawn: the groups are sorted and shuffled with
+      ``seed``; the first ``round(n * test_ratio)`` go to test, ``n`` counting unassigned groups alone.
+    * **Dev**: with a fixed dev set, the next ``round(n * dev_ratio)`` unassigned groups join it. Without one,
+      dev is carved from the train pool (fixed-train and drawn-train groups, never test): ``round(m *
+      dev_ratio)`` groups, ``m`` counting unassigned and fixed-train groups; with no fixed-train group that is
+      again the next unassigned groups.
+
+    With nothing fixed this is exactly the plain seeded split (same groups in the same order, same sizes), so
+    a corpus without fixed splits keeps byte-identical pair files. Sizes are rounded to whole groups;
+    ``test_ratio=1`` evaluates on every unassigned query (e.g. to benchmark a base model).
     """
     if not 0 <= dev_ratio <= 1 or not 0 <= test_ratio <= 1 or dev_ratio + test_ratio > 1:
         raise ValueError(
             f"pairs.dev_ratio={dev_ratio} and pairs.test_ratio={test_ratio} must be in [0, 1] and sum to ≤ 1."
         )
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for q in queries:
-        groups[query_key(q["query"])].append(q)
-    keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
-    n = len(keys)
-    n_test = round(n * test_ratio)
-    n_dev = min(round(n * dev_ratio), n - n_test)
-    assignment = {k: "test" for k in keys[:n_test]}
-    assignment.update({k: "dev" for k in keys[n_test : n_test + n_dev]})
+        if q.get("split") is not None and q["split"] not in SPLITS:
+            raise ValueError(
+                f"query {q['query_id']!r} ({q.get('source', '?')}): split {q['split']!r} is not one of {SPLITS} "
+                "or null. queries.jsonl is written by ingest, which normalises split names; re-run ingest."
+            )
+        by_key[query_key(q["query"])].append(q)
+    # the split a text is fixed to: the most held-out split any of its copies is fixed to
+    level: dict[str, str | None] = {}
+    for k, copies in by_key.items():
+        fixed = {q.get("split") for q in copies}
+        level[k] = next((s for s in ("test", "dev", "train") if s in fixed), None)
+
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    quarantine: list[dict[str, Any]] = []
+    for q in queries:
+        k = query_key(q["query"])
+        held = level[k]
+        if held in ("dev", "test") and q.get("split") != held:
+            kept = next(x for x in by_key[k] if x.get("split") == held)
+            record = {**q, "duplicate_of": kept["query_id"]}
+            quarantine.append({"stage": "pairs", "kind": "query", "source": q.get("source", ""),
+                               "reason": f"same_text_as_{held}", "record": record})  # fmt: skip
+            continue
+        groups[k].append(q)
+
+    # Unassigned groups: sorted, then shuffled with the seed; test takes the first round(n × test_ratio).
+    rng = random.Random(seed)
+    drawn = sorted(k for k in groups if level[k] is None)
+    rng.shuffle(drawn)
+    n_test = round(len(drawn) * test_ratio)
+    assignment: dict[str, str] = {k: s for k, s in level.items() if s is not None and k in groups}
+    assignment.update(dict.fromkeys(drawn[:n_test], "test"))
+    # Dev: the next unassigned groups of that order, or, when no dev question is fixed, a draw from the whole
+    # train pool (fixed-train groups too; never test). The pool is shuffled afresh: dealing it from the first
+    # order would favour one side, as test has already taken the unassigned groups at its top.
+    pool = drawn[n_test:]
+    carve = [] if any(level[k] == "dev" for k in groups) else sorted(k for k in groups if level[k] == "train")
+    if carve:
+        pool = sorted(pool + carve)
+        rng.shuffle(pool)
+    n_dev = min(round((len(drawn) + len(carve)) * dev_ratio), len(pool))
+    assignment.update(dict.fromkeys(pool[:n_dev], "dev"))
+
     out: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
-    for k in keys:
+    seen = set(drawn)
+    for k in [*drawn, *sorted(k for k in groups if k not in seen)]:
         out[assignment.get(k, "train")].extend(groups[k])
+    sources: dict[str, dict[str, int]] = {
+        "train": {"fixed": 0, "drawn": 0},
+        "dev": {"fixed": 0, "drawn": 0, "carved_from_train": 0},
+        "test": {"fixed": 0, "drawn": 0},
+    }
     for s in SPLITS:
         out[s].sort(key=lambda q: q["query_id"])
-    return out
+        for q in out[s]:
+            own = q.get("split")
+            sources[s]["drawn" if own is None else "fixed" if own == s else "carved_from_train"] += 1
+    return SplitPlan(out, sources, quarantine)
 
 
 ScoreFn = Callable[[int, list[int]], np.ndarray]
@@ -266,12 +347,19 @@ def validate(
     chunks: dict[str, dict[str, Any]],
     documents: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
-    """Statistics that make bad pair data visible in `metrics/pairs.json` (and fail loudly on leakage)."""
+    """Statistics that make bad pair data visible in `metrics/pairs.json` (and fail loudly on leakage).
+
+    The stage runs this before writing any split file, so a leaked split is never written.
+    """
     heldout = {query_key(q["query"]) for s in ("dev", "test") for q in splits[s]}
     train_keys = [query_key(q["query"]) for q in splits["train"]] + [query_key(p["query"]) for p in synthetic]
     leaked = sorted({k for k in train_keys if k in heldout})
     if leaked:
         raise AssertionError(f"{len(leaked)} held-out query texts also appear in training, e.g. {leaked[:3]}")
+    test_keys = {query_key(q["query"]) for q in splits["test"]}
+    leaked = sorted({query_key(q["query"]) for q in splits["dev"]} & test_keys)
+    if leaked:  # model selection on dev would then be selection on test
+        raise AssertionError(f"{len(leaked)} test query texts also appear in dev, e.g. {leaked[:3]}")
 
     def lengths(items):
         return [len(x["query"].split()) for x in items]
