@@ -456,6 +456,12 @@ def test_title_format_builds_titles_from_metadata(tmp_path: Path) -> None:
     section = {"documents": [{"path": "c.jsonl", "title_format": "{law_id}, Điều {article_id}: {title}"}]}
     (doc,) = ingest(load_config(section, repo=tmp_path)).documents
     assert doc["title"] == "Luật Cư trú, Điều 1: Phạm vi điều chỉnh"
+    jsonl(tmp_path / "c.jsonl", [{"id": "L@2", "text": "Luật này áp dụng đối với công dân Việt Nam.",
+                                  "law_id": "Luật Cư trú", "article_id": "2"}])  # fmt: skip
+    (doc,) = ingest(load_config(section, repo=tmp_path)).documents
+    assert doc["title"] == "Luật Cư trú, Điều 2"  # no first-line title: neither the id nor a dangling ":"
+    only_id = {"documents": [{"path": "c.jsonl", "title_format": "{id}"}]}
+    assert ingest(load_config(only_id, repo=tmp_path)).documents[0]["title"] == ""
     bad = {"documents": [{"path": "c.jsonl", "title_format": "{law}: {title}"}]}
     with pytest.raises(IngestError, match="law"):
         ingest(load_config(bad, repo=tmp_path))

@@ -757,6 +757,8 @@ class _Run:
                     f"{source}: title_format {title_format!r} needs field {exc}; available: {sorted(fields)}. "
                     "Fix `title_format` in params.yaml."
                 ) from exc
+            if not fields["title"]:  # "{law_id}, Điều {article_id}: {title}" without a title: no dangling ":"
+                norm_title = norm_title.rstrip(" :;,-–—|/")
             norm_title = "" if is_id_title(norm_title, *names) else norm_title  # e.g. title_format: "{id}"
         record = {"doc_id": doc_id, "title": norm_title, "text": norm_text, "source": source, "metadata": meta}
         if not norm_text:
