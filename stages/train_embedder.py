@@ -5,6 +5,7 @@ Runs as a single process (`python stages/train_embedder.py`) or under DDP (`torc
 
 import os
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -61,6 +62,11 @@ def main() -> None:
                 f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives); need at least "
                 f"batch_size={cfg.batch_size}."
             )
+        # epochs / eval_steps / save_steps: auto → numbers for these rows; the resolved config builds the trainer,
+        # the resume fingerprint and the model card
+        cfg, plan = training.resolve_schedule(cfg, len(train_ds), world)
+        if rank0:
+            console.print(f"schedule: {plan.reason}", soft_wrap=True)
         # the rows' relevant documents, so that no batch shows a query a chunk of its own document as a negative
         batch_keys = batching.group_row_keys(
             groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
@@ -134,6 +140,7 @@ def main() -> None:
             leaked_queries=leaked,
         )
         metrics["warnings"] += attention_warnings
+        metrics["plan"] = asdict(plan)
         # labeled positives left out of training (positives: first) are counted, never dropped silently
         every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
         metrics["train"]["positives_not_trained"] = len(every_positive) - len(train_ds)

@@ -1,6 +1,8 @@
 """train_reranker: the fine-tuned embedder's candidates → a cross-encoder reranker (resumable, measured on dev)."""
 
+import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from ragtune import reranking, training
@@ -58,6 +60,10 @@ def main() -> None:
         model = reranking.load_reranker(base_path, cfg.max_length, cfg.head, seed=cfg.seed)
         attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         train_ds = reranking.groups_to_dataset(groups, cfg.loss)
+        # epochs / eval_steps / save_steps: auto → numbers for these rows (the resolved config builds the trainer,
+        # the resume fingerprint and the model card)
+        cfg, plan = training.resolve_schedule(cfg, len(train_ds), int(os.environ.get("WORLD_SIZE", "1")))
+        console.print(f"schedule: {plan.reason}", soft_wrap=True)
         pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
         samples = reranking.dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
         evaluator = reranking.build_evaluator(samples, cfg.batch_size) if samples else None
@@ -146,6 +152,7 @@ def main() -> None:
                 "top1_most_common_doc": popular_doc,
                 "top1_most_common_share": round(share, 4),
             },
+            "plan": asdict(plan),
             "warnings": warnings,
         }
         model.save_pretrained(OUT_DIR)

@@ -44,6 +44,10 @@ PARAMS = {
     "max_length": 48,
     "epochs": 3,
     "max_steps": 13,
+    "auto_min_steps": 5,  # the auto plan's knobs: test_auto_schedule_reaches_the_reranker_trainer
+    "auto_max_epochs": 4,
+    "auto_max_steps": 500,
+    "eval_fraction": 0.25,
     "batch_size": 4,
     "lr": 4e-5,
     "head_lr": 2e-3,
@@ -139,6 +143,29 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
         pos_weight=1.0,
     )
     assert type(mnrl.loss).__name__ == "MultipleNegativesRankingLoss" and mnrl.loss.scale == 5.0
+
+
+def test_auto_schedule_reaches_the_reranker_trainer(tiny_embedder_path, tmp_path):
+    """The reranker's rows are its dataset's (pointwise for bce: a positive and its negatives per group), and the
+    resolved plan is what the CrossEncoderTrainer gets and counts."""
+    from ragtune.reranking import build_args
+    from ragtune.training import resolve_schedule
+
+    cfg = RerankerTrainConfig.from_params({"batch_size": 4, "auto_min_steps": 10, "max_length": 32})
+    groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]
+    ds = groups_to_dataset(groups, "bce")
+    with pytest.raises(RerankerConfigError, match="resolve_schedule"):
+        build_args(cfg, tmp_path, new_head=True, has_eval=False)
+    resolved, plan = resolve_schedule(cfg, len(ds))
+    # 24 rows / 4 = 6 steps per epoch → 2 epochs reach 10 steps; eval_fraction 0.5 → every 6
+    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps, plan.eval_steps, plan.save_steps) == (6, 2, 12, 6, 6)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    for c in (resolved, cfg):  # build_trainer resolves an auto config itself, to the same values
+        trainer = build_trainer(model, c, ds, None, tmp_path, new_head=True, pos_weight=1.0)
+        a = trainer.args
+        assert (a.num_train_epochs, a.max_steps, a.eval_steps, a.save_steps) == (2, -1, 6, 6)
+        epochs, per_epoch, *_, max_steps = trainer.set_initial_training_values(a, trainer.get_train_dataloader())
+        assert (per_epoch, max_steps, epochs) == (6, 12, 2)
 
 
 def test_mean_head_gets_the_head_learning_rate_and_round_trips(tiny_embedder_path, tmp_path):

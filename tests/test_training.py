@@ -10,6 +10,7 @@ from ragtune.training import (
     EmbedderTrainConfig,
     TrainConfigError,
     apply_attention_dropout,
+    build_args,
     build_ir_evaluator,
     build_loss,
     build_trainer,
@@ -18,8 +19,10 @@ from ragtune.training import (
     groups_to_dataset,
     merge_checked_on_dev,
     merge_with_base,
+    plan_schedule,
     precision_flags,
     prepare_checkpoint_dir,
+    resolve_schedule,
     ship_base,
     training_warnings,
 )
@@ -41,6 +44,10 @@ PARAMS = {
     "max_seq_length": 64,
     "epochs": 3,
     "max_steps": 11,
+    "auto_min_steps": 5,  # the auto plan's knobs: test_auto_schedule_reaches_the_trainer
+    "auto_max_epochs": 4,
+    "auto_max_steps": 500,
+    "eval_fraction": 0.25,
     "batch_size": 4,
     "lr": 5e-5,
     "warmup_ratio": 0.2,
@@ -160,6 +167,156 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
     assert type(gist).__name__ == "GISTEmbedLoss" and gist.temperature == 0.05
     with pytest.raises(TrainConfigError, match="guide"):
         build_loss(model, gist_cfg)
+
+
+ROW_COUNTS = (10, 40, 184, 736, 5_000, 500_000, 1_000_000)
+
+
+def test_auto_plan_is_sized_to_the_data():
+    """epochs: auto on row counts from a toy corpus to a million pairs: whole epochs until auto_min_steps, capped by
+    auto_max_epochs, cut at auto_max_steps; dev check and checkpoint at eval_fraction of the run."""
+    import math
+
+    d = EmbedderTrainConfig()  # the defaults, equal to params.yaml's
+    plans = [plan_schedule(n, 16) for n in ROW_COUNTS]
+    for n, p in zip(ROW_COUNTS, plans, strict=True):
+        assert p.rows == n and p.steps_per_epoch == math.ceil(n / 16)
+        assert p.total_steps <= d.auto_max_steps
+        if p.max_steps > 0:  # cut by the compute budget: a fraction of one epoch on very large data
+            assert p.total_steps == p.max_steps == d.auto_max_steps and p.epochs < 1
+            assert p.steps_per_epoch > d.auto_max_steps and "auto_max_steps" in p.reason
+        else:
+            assert p.epochs >= 1 and p.epochs == int(p.epochs)
+            assert p.total_steps == p.epochs * p.steps_per_epoch
+            if math.ceil(d.auto_min_steps / p.steps_per_epoch) <= d.auto_max_epochs:
+                assert p.total_steps >= d.auto_min_steps
+                assert p.total_steps - p.steps_per_epoch < d.auto_min_steps  # the fewest whole epochs that do
+            else:
+                assert p.epochs == d.auto_max_epochs and "short of auto_min_steps" in p.reason
+        assert p.eval_steps == p.save_steps == max(1, math.ceil(round(d.eval_fraction * p.total_steps, 9)))
+        assert p.reason.endswith(".") and ". " not in p.reason  # one sentence, for one console line
+    totals = [p.total_steps for p in plans]
+    epochs = [p.epochs for p in plans]
+    assert totals == sorted(totals) and epochs == sorted(epochs, reverse=True)  # more data: more steps, fewer epochs
+    got = {n: (p.epochs, p.max_steps, p.total_steps, p.eval_steps) for n, p in zip(ROW_COUNTS, plans, strict=True)}
+    assert got[10] == (10, -1, 10, 3)  # 0.3 × 10 is 3.0000000000000004 in floats: still 3
+    assert got[40] == (10, -1, 30, 9)  # 3 steps per epoch: the epoch cap binds before 60 steps
+    assert got[184] == (5, -1, 60, 18)  # the sample: exactly the hand-tuned 5 epochs / 60 steps / every 18
+    assert got[736] == (2, -1, 92, 28)
+    assert got[5_000] == (1, -1, 313, 94)
+    assert got[500_000] == (0.096, 3000, 3000, 900)
+    assert got[1_000_000] == (0.048, 3000, 3000, 900)
+    # the reranker's defaults on the sample: 736 pointwise rows / 8 → the hand-tuned 1 epoch, 92 steps, every 46
+    r = plan_schedule(736, 8, auto_min_steps=60, auto_max_epochs=10, auto_max_steps=2000, eval_fraction=0.5)
+    assert (r.epochs, r.max_steps, r.total_steps, r.steps_per_epoch) == (1, -1, 92, 92)
+    assert r.eval_steps == r.save_steps == 46
+    # the Trainer's count: per-process batches ceil(rows / (batch·world)), then ceil(batches / accumulation)
+    assert plan_schedule(184, 8, world=2).steps_per_epoch == 12
+    assert plan_schedule(184, 16, grad_accum=2).steps_per_epoch == 6
+    assert plan_schedule(185, 16, world=2, grad_accum=3).steps_per_epoch == 2  # 6 batches per process / 3
+    assert plan_schedule(0, 16).steps_per_epoch == 1  # nothing to train (a run that ships its base): still 1
+
+
+def test_sample_plan_reproduces_the_hand_tuned_schedule():
+    """params.yaml's defaults on the sample's row counts resolve to the values they replaced, so the sample's
+    TrainingArguments, and with them the trained weights, are unchanged."""
+    from ragtune.params import load_params, section
+    from ragtune.reranking import RerankerTrainConfig
+
+    params = load_params()
+    emb = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
+    assert (emb.epochs, emb.eval_steps, emb.save_steps) == ("auto", "auto", "auto")
+    cfg, plan = resolve_schedule(emb, 184)
+    assert (cfg.epochs, cfg.max_steps, cfg.eval_steps, cfg.save_steps) == (5.0, -1, 18, 18) and plan.total_steps == 60
+    rr, plan = resolve_schedule(RerankerTrainConfig.from_params(section(params, "train_reranker")), 736)
+    assert (rr.epochs, rr.max_steps, rr.eval_steps, rr.save_steps) == (1.0, -1, 46, 46) and plan.total_steps == 92
+    # the dataclass defaults of every auto key equal params.yaml's
+    for c in (emb, rr):
+        default = type(c)()
+        for key in ("epochs", "eval_steps", "save_steps", "auto_min_steps", "auto_max_epochs", "auto_max_steps"):
+            assert getattr(default, key) == section(params, c.SECTION)[key], key
+        assert default.eval_fraction == section(params, c.SECTION)["eval_fraction"]
+
+
+def test_explicit_schedule_values_win():
+    p = plan_schedule(184, 16, epochs=3)  # a number of epochs wins over auto (and over auto_max_steps)
+    assert (p.epochs, p.max_steps, p.total_steps, p.eval_steps) == (3, -1, 36, 11)
+    assert plan_schedule(500_000, 16, epochs=1).total_steps == 31_250
+    assert plan_schedule(184, 16, epochs=0.5).total_steps == 6  # the Trainer's ceil(epochs × steps per epoch)
+    p = plan_schedule(184, 16, max_steps=11)  # max_steps > 0 wins over everything
+    assert (p.max_steps, p.total_steps, p.eval_steps) == (11, 11, 4) and "max_steps 11" in p.reason
+    assert plan_schedule(184, 16, epochs=3, max_steps=11).epochs == 3  # kept for the Trainer, which ignores it
+    p = plan_schedule(184, 16, eval_steps=7)  # an auto save_steps follows a set eval_steps (a multiple of it)
+    assert (p.eval_steps, p.save_steps) == (7, 7)
+    p = plan_schedule(184, 16, save_steps=20)
+    assert (p.eval_steps, p.save_steps) == (20, 20)
+    p = plan_schedule(184, 16, eval_steps=5, save_steps=10)
+    assert (p.eval_steps, p.save_steps) == (5, 10)
+    cfg, _ = resolve_schedule(EmbedderTrainConfig(), 500_000)
+    assert resolve_schedule(cfg, 500_000)[0] == cfg  # resolving a resolved config changes nothing
+    assert (cfg.max_steps, cfg.eval_steps) == (3000, 900)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("epochs", 0),
+        ("epochs", -1),
+        ("epochs", "five"),
+        ("epochs", True),
+        ("eval_steps", 0),
+        ("eval_steps", 2.5),
+        ("eval_steps", "often"),
+        ("save_steps", -3),
+        ("auto_min_steps", 0),
+        ("auto_max_epochs", 0),
+        ("auto_max_steps", 0),
+        ("eval_fraction", 0),
+        ("eval_fraction", 1.5),
+    ],
+)
+def test_bad_schedule_values_are_refused_with_their_key(key, value):
+    from ragtune.reranking import RerankerConfigError, RerankerTrainConfig
+
+    with pytest.raises(TrainConfigError, match=rf"train_embedder\.{key}"):
+        EmbedderTrainConfig.from_params({key: value})
+    with pytest.raises(RerankerConfigError, match=rf"train_reranker\.{key}"):
+        RerankerTrainConfig.from_params({key: value})
+
+
+def test_auto_schedule_reaches_the_trainer(tiny_embedder_path, tmp_path):
+    """The resolved plan is what TrainingArguments get, and the Trainer, counting its own dataloader (the
+    document-disjoint sampler, gradient accumulation), arrives at the same steps per epoch and total."""
+    from sentence_transformers import SentenceTransformer
+
+    cfg = EmbedderTrainConfig.from_params(
+        {
+            "batch_size": 4,
+            "n_hard_negatives": 0,
+            "gradient_accumulation_steps": 2,
+            "auto_min_steps": 10,
+            "auto_max_epochs": 3,
+            "eval_fraction": 0.5,
+        }
+    )
+    groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(13)]
+    ds, _ = groups_to_dataset(groups, 0)
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    prompts = column_prompts(0, "", "")
+    with pytest.raises(TrainConfigError, match="resolve_schedule"):
+        build_args(cfg, tmp_path, prompts)  # auto is not a number of steps
+    resolved, plan = resolve_schedule(cfg, len(ds))
+    # 13 rows / 4 = 4 batches, 2 steps per epoch; 10 steps would take 5 epochs, the cap is 3
+    assert (plan.steps_per_epoch, plan.epochs, plan.total_steps, plan.eval_steps) == (2, 3, 6, 3)
+    for c in (resolved, cfg):  # build_trainer resolves an auto config itself, to the same values
+        trainer = build_trainer(model, c, ds, None, tmp_path / "ck", prompts)
+        a = trainer.args
+        assert (a.num_train_epochs, a.max_steps, a.eval_steps, a.save_steps) == (3, -1, 3, 3)
+        epochs, per_epoch, *_, max_steps = trainer.set_initial_training_values(a, trainer.get_train_dataloader())
+        assert (per_epoch, max_steps, epochs) == (plan.steps_per_epoch, plan.total_steps, 3)
+    cut, plan = resolve_schedule(dataclasses.replace(cfg, auto_max_steps=5), len(ds))  # the budget cuts mid-epoch
+    a = build_trainer(model, cut, ds, None, tmp_path / "ck", prompts).args
+    assert (a.max_steps, a.eval_steps, a.save_steps) == (5, 3, 3) and plan.total_steps == 5
 
 
 def test_attention_dropout_is_validated_and_loud_when_it_reaches_nothing(tiny_embedder_path):

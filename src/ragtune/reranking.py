@@ -28,7 +28,17 @@ from typing import Any
 
 from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
-from ragtune.training import check_attention_dropout, model_card_sections, precision_flags, trainer_callbacks
+from ragtune.training import (
+    AUTO,
+    check_attention_dropout,
+    check_schedule,
+    model_card_sections,
+    precision_flags,
+    require_resolved,
+    resolve_schedule,
+    trainer_callbacks,
+    unresolved,
+)
 
 LOSSES = ("bce", "lambda", "mnrl")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -61,8 +71,12 @@ class RerankerTrainConfig(StageConfig):
     max_pos_per_doc: int = 8  # cap on training questions per positive document; 0 = no cap
     use_synthetic: bool = True  # add the pairs stage's self-supervised pairs (when it wrote any)
     max_length: int = 320
-    epochs: float = 2.0
-    max_steps: int = -1
+    epochs: float | str = AUTO  # auto: training.plan_schedule sizes it to the training rows; a number wins
+    max_steps: int = -1  # > 0 overrides epochs and the auto plan
+    auto_min_steps: int = 60  # epochs: auto trains whole epochs until at least this many optimizer steps …
+    auto_max_epochs: int = 10  # … but never more epochs than this …
+    auto_max_steps: int = 2000  # … and stops here even mid-epoch (a deterministic compute budget, in steps)
+    eval_fraction: float = 0.5  # eval_steps / save_steps: auto = ceil(eval_fraction × total steps)
     batch_size: int = 16
     lr: float = 3e-5
     head_lr: float = 1e-3  # learning rate of a newly initialised head; 0 = same as lr
@@ -70,8 +84,8 @@ class RerankerTrainConfig(StageConfig):
     scheduler: str = "linear"
     weight_decay: float = 0.01
     rerank_k: int = 20  # dev evaluator: rerank this many embedder candidates per query
-    eval_steps: int = 25
-    save_steps: int = 25
+    eval_steps: int | str = AUTO  # auto: see eval_fraction; a number wins
+    save_steps: int | str = AUTO  # auto: equal to eval_steps
     save_total_limit: int = 2
     early_stopping_patience: int = 0
     load_best_model_at_end: bool = True
@@ -102,6 +116,7 @@ class RerankerTrainConfig(StageConfig):
         if self.batch_size < 2:
             raise RerankerConfigError("train_reranker.batch_size must be ≥ 2")
         check_attention_dropout(self.attention_dropout, RerankerConfigError, self.SECTION)
+        check_schedule(self, RerankerConfigError)
 
 
 # --------------------------------------------------------------------------------------------------- data
@@ -317,7 +332,8 @@ def build_args(
     cuda: bool | None = None,
     bf16_supported: bool | None = None,
 ) -> Any:
-    """CrossEncoderTrainingArguments from the config, every field mapped explicitly."""
+    """CrossEncoderTrainingArguments from the config, every field mapped explicitly (``cfg`` resolved: no ``auto``)."""
+    require_resolved(cfg)
     import torch
     from sentence_transformers.cross_encoder.training_args import CrossEncoderTrainingArguments
 
@@ -368,9 +384,15 @@ def build_trainer(
     pos_weight: float,
     callbacks: list[Any] | None = None,
 ) -> Any:
-    """The CrossEncoderTrainer for a config: loss, arguments, evaluator and early stopping wired up."""
+    """The CrossEncoderTrainer for a config: loss, arguments, evaluator and early stopping wired up.
+
+    A schedule still set to ``auto`` is resolved here for ``train_dataset`` (the stage resolves it first, to report
+    the plan).
+    """
     from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
 
+    if unresolved(cfg):
+        cfg, _ = resolve_schedule(cfg, len(train_dataset))
     return CrossEncoderTrainer(
         model=model,
         args=build_args(cfg, output_dir, new_head=new_head, has_eval=evaluator is not None),
