@@ -46,6 +46,9 @@ def main() -> None:
         heldout = {query_key(q["query"]) for q in dev + read_jsonl("data/pairs/test.jsonl")}
         leaked = sum(1 for g in groups if query_key(g["query"]) in heldout)
         chunks = read_jsonl("data/chunks/chunks.jsonl")
+        checkable = training.dev_questions(dev, cfg.dev_level)
+        # None: train. Otherwise the base model ships untrained, and this says why (enabled: false, or no dev)
+        untrained = training.untrained_reason(cfg, has_dev=bool(checkable))
 
         base_path = resolve_model(model_p["embedder"])
         model = load_embedder(base_path)
@@ -56,7 +59,7 @@ def main() -> None:
         attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         counts |= attention
         train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
-        if len(train_ds) < cfg.batch_size:
+        if untrained is None and len(train_ds) < cfg.batch_size:
             raise SystemExit(
                 f"train_embedder: only {len(train_ds)} training rows from {len(groups) - dropped} usable groups "
                 f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives); need at least "
@@ -65,14 +68,57 @@ def main() -> None:
         # epochs / eval_steps / save_steps: auto → numbers for these rows; the resolved config builds the trainer,
         # the resume fingerprint and the model card
         cfg, plan = training.resolve_schedule(cfg, len(train_ds), world)
-        if rank0:
+        if rank0 and untrained is None:
             console.print(f"schedule: {plan.reason}", soft_wrap=True)
         # the rows' relevant documents, so that no batch shows a query a chunk of its own document as a negative
         batch_keys = batching.group_row_keys(
             groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
         )
         evaluator = (
-            build_ir_evaluator(dev, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level) if dev else None
+            build_ir_evaluator(checkable, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level)
+            if checkable
+            else None
+        )
+        if untrained is not None:
+            if not rank0:
+                return
+            # built, never run: the metrics then hold the values this run would have used, with 0 optimizer steps
+            trainer = build_trainer(
+                model,
+                cfg,
+                train_ds,
+                evaluator,
+                CKPT_DIR,
+                column_prompts(cfg.n_hard_negatives, qp, pp),
+                guide=load_embedder(base_path) if cfg.loss == "gist" else None,
+                batch_keys=batch_keys,
+            )
+            metrics = run_metrics(
+                trainer,
+                cfg,
+                world=world,
+                counts=counts,
+                groups=len(groups) - dropped,
+                rows=len(train_ds),
+                dropped=dropped,
+                seconds=0.0,
+                samples_per_second=0.0,
+                resumed_from=None,
+                dev_before={},
+                dev_after={},
+                leaked_queries=leaked,
+            )
+            every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
+            metrics["train"]["positives_not_trained"] = len(every_positive)  # none was trained
+            ship_untrained(model_p, cfg, plan, base_path, metrics, untrained)
+            summary["read"] = f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries"
+            summary["wrote"] = f"{OUT_DIR} ({metrics['shipped']}: not trained), metrics/train_embedder.json"
+            return
+        # ship_unchecked: true with no dev question: trained, and every report says nothing checked it
+        unchecked = (
+            []
+            if checkable
+            else [training.unchecked_warning(cfg.SECTION, OUT_DIR, trained=True, start="the base model")]
         )
         dev_before = evaluator(model) if evaluator and rank0 else {}
 
@@ -139,7 +185,7 @@ def main() -> None:
             dev_after=dev_after,
             leaked_queries=leaked,
         )
-        metrics["warnings"] += attention_warnings
+        metrics["warnings"] += attention_warnings + unchecked
         metrics["plan"] = asdict(plan)
         # labeled positives left out of training (positives: first) are counted, never dropped silently
         every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
@@ -153,7 +199,7 @@ def main() -> None:
             )
         if cfg.merge_alpha < 1:
             metrics["dev"]["unmerged"] = training.dev_metrics(dev_unmerged)
-        metrics["shipped"] = shipped
+        metrics["shipped"] = shipped if checkable else f"{shipped} (no dev questions: unchecked)"
         if training.ship_base(cfg, metrics):
             # Never ship a regression: the base model goes out instead, and every report says so.
             model = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
@@ -176,6 +222,31 @@ def main() -> None:
             f"dev ndcg@10 {before} → {after}, "
             f"{len(metrics['warnings'])} warnings)"
         )
+
+
+def ship_untrained(
+    model_p: dict, cfg: EmbedderTrainConfig, plan: training.SchedulePlan, base_path: str, metrics: dict, why: str
+) -> None:
+    """Write the base model to OUT_DIR unchanged, with every file a training run writes (metrics, card, folders).
+
+    Why: index, train_reranker, evaluate and ``dvc metrics`` read these outputs whether or not training ran.
+    ``enabled: false`` is a choice (a base-model bake-off) and says so once; no dev question is a warning.
+    """
+    metrics["plan"] = asdict(plan)
+    metrics["shipped"] = f"base ({why})"
+    # "only 0 optimizer steps" and the like say nothing here: what matters is why there are none
+    unchecked = training.unchecked_warning(cfg.SECTION, OUT_DIR, trained=False, start="the BASE model")
+    metrics["warnings"] = [unchecked] if cfg.enabled else []
+    for w in metrics["warnings"]:
+        warn(w)
+    if not cfg.enabled:
+        console.print(f"{OUT_DIR}: the base model {model_p['embedder']}, not trained (train_embedder.enabled: false)")
+    model = load_embedder(base_path)  # fresh: the training copy's attention modules were changed in place
+    model.max_seq_length = cfg.max_seq_length
+    model.save(OUT_DIR, safe_serialization=True)
+    training.untrained_outputs(LIVE_DIR, CKPT_DIR)
+    write_model_card(OUT_DIR, model_p["embedder"], cfg, metrics)
+    write_json("metrics/train_embedder.json", metrics)
 
 
 if __name__ == "__main__":

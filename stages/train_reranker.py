@@ -46,7 +46,9 @@ def main() -> None:
         Path("data/reranker").mkdir(parents=True, exist_ok=True)
         write_jsonl("data/reranker/train_groups.jsonl", groups)
         write_jsonl("data/reranker/dev_groups.jsonl", dev_groups)
-        if len(groups) < cfg.batch_size:
+        # None: train. "no dev questions: unchecked": save the start model untrained (ship_unchecked: false)
+        untrained = training.untrained_reason(cfg, has_dev=bool(dev))
+        if untrained is None and len(groups) < cfg.batch_size:
             raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
         del embedder
 
@@ -63,7 +65,8 @@ def main() -> None:
         # epochs / eval_steps / save_steps: auto → numbers for these rows (the resolved config builds the trainer,
         # the resume fingerprint and the model card)
         cfg, plan = training.resolve_schedule(cfg, len(train_ds), int(os.environ.get("WORLD_SIZE", "1")))
-        console.print(f"schedule: {plan.reason}", soft_wrap=True)
+        if untrained is None:
+            console.print(f"schedule: {plan.reason}", soft_wrap=True)
         pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
         samples = reranking.dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
         evaluator = reranking.build_evaluator(samples, cfg.batch_size) if samples else None
@@ -78,16 +81,17 @@ def main() -> None:
             sha256_file(reranking.__file__),
             sha256_file(training.__file__),
         )
-        resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint)
+        resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint) if untrained is None else None
         if resume:
             console.print(f"[bold]Resuming[/] from {resume}")
-        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume))
+        callbacks = training.dvclive_callbacks(LIVE_DIR, resume=bool(resume)) if untrained is None else []
+        # untrained: built, never run, so the metrics hold the values this run would have used, with 0 steps
         trainer = reranking.build_trainer(
             model, cfg, train_ds, evaluator, CKPT_DIR, new_head=new_head, pos_weight=pos_weight, callbacks=callbacks
         )
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-        seconds = time.perf_counter() - t0
+        result = trainer.train(resume_from_checkpoint=resume) if untrained is None else None
+        seconds = time.perf_counter() - t0 if untrained is None else 0.0
 
         dev_after = evaluator(model) if evaluator else {}
         pairs_after = reranking.pair_summary(model, dev_groups, cfg.batch_size)
@@ -107,6 +111,15 @@ def main() -> None:
             )
             + attention_warnings
         )
+        start = f"the start model ({base_path}{' + a new head' if new_head else ''})"
+        if untrained is not None:  # "only 0 steps" says nothing: what matters is why there are none
+            warnings = [training.unchecked_warning(cfg.SECTION, OUT_DIR, trained=False, start=start)]
+            shipped = f"untrained start model ({untrained})"
+        elif not dev:
+            warnings.append(training.unchecked_warning(cfg.SECTION, OUT_DIR, trained=True, start=start))
+            shipped = "fine-tuned (no dev questions: unchecked)"
+        else:
+            shipped = "fine-tuned"
         for w in warnings:
             warn(w)
 
@@ -142,7 +155,7 @@ def main() -> None:
                 "final_loss": round(losses[-1], 4) if losses else None,
                 "first_loss": round(losses[0], 4) if losses else None,
                 "seconds": round(seconds, 1),
-                "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+                "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2) if result else 0.0,
                 "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
             },
             "dev": {
@@ -153,15 +166,20 @@ def main() -> None:
                 "top1_most_common_share": round(share, 4),
             },
             "plan": asdict(plan),
+            "shipped": shipped,
             "warnings": warnings,
         }
         model.save_pretrained(OUT_DIR)
         reranking.write_model_card(OUT_DIR, str(base_path), cfg, metrics)
         write_json("metrics/train_reranker.json", metrics)
-        clear_checkpoints(CKPT_DIR)
+        if untrained is None:
+            clear_checkpoints(CKPT_DIR)
+        else:
+            training.untrained_outputs(LIVE_DIR, CKPT_DIR)
         summary["read"] = f"{len(pairs)} training pairs ({sum(capped.values())} capped), {len(dev)} dev queries"
         summary["wrote"] = (
-            f"{OUT_DIR} ({steps} steps, dev ndcg@10 input {dev_after.get('dev_base_ndcg@10', float('nan')):.3f} → "
+            f"{OUT_DIR} ({shipped}, {steps} steps, "
+            f"dev ndcg@10 input {dev_after.get('dev_base_ndcg@10', float('nan')):.3f} → "
             f"reranked {dev_after.get('dev_ndcg@10', float('nan')):.3f}), data/reranker/*.jsonl, "
             "metrics/train_reranker.json"
         )

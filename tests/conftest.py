@@ -187,3 +187,61 @@ def write_params(work: Path, params: dict) -> None:
 def tiny_repo(tmp_path: Path, tiny_embedder_path: Path):
     """(path, params, run_dvc) for a committed copy of the repo with a tiny corpus and the tiny embedder."""
     return make_tiny_repo(tmp_path, tiny_embedder_path)
+
+
+# ----------------------------------------------------------------------------- one stage, inputs written by hand
+def make_stage_dir(tmp_path: Path, tiny_embedder_path: Path, *, dev: bool = True, **sections: dict) -> Path:
+    """A folder with what train_embedder and train_reranker read, written directly (no ingest … negatives run).
+
+    The TOPICS corpus, one chunk per document, three training questions per document with the next document's chunk
+    as hard negative, and two dev questions (``dev=False``: an empty dev split). ``sections`` update params.yaml's
+    sections (``train_embedder={"enabled": False}``). ``models/embedder`` is the tiny embedder, for the reranker.
+    """
+    work = tmp_path / "stage"
+    chunks = [
+        {"chunk_id": f"D{i}#0", "doc_id": f"D{i}", "text": f"{title}\n{body}"} for i, (title, body) in enumerate(TOPICS)
+    ]
+    questions = [
+        {"query_id": f"Q{i}{j}", "query": q, "positive_doc_ids": [f"D{i}"], "positive_chunk_ids": [f"D{i}#0"]}
+        for i, (title, body) in enumerate(TOPICS)
+        for j, q in enumerate([f"{title} quy định thế nào?", body.split(".")[0].lower() + "?", f"hỏi về {title}"])
+    ]
+    held = {"Q00", "Q31"}
+    train = [q for q in questions if q["query_id"] not in held]
+    groups = [
+        {
+            "query_id": q["query_id"],
+            "query": q["query"],
+            "pos": [chunks[int(q["query_id"][1])]["text"]],
+            "pos_ids": q["positive_chunk_ids"],
+            "neg": [chunks[(int(q["query_id"][1]) + 1) % len(chunks)]["text"]],
+            "neg_ids": [chunks[(int(q["query_id"][1]) + 1) % len(chunks)]["chunk_id"]],
+        }
+        for q in train
+    ]
+    write_jsonl(work / "data/chunks/chunks.jsonl", chunks)
+    write_jsonl(work / "data/negatives/train_groups.jsonl", groups)
+    write_jsonl(work / "data/pairs/train.jsonl", train)
+    write_jsonl(work / "data/pairs/synthetic.jsonl", [])
+    write_jsonl(work / "data/pairs/dev.jsonl", [q for q in questions if q["query_id"] in held] if dev else [])
+    write_jsonl(work / "data/pairs/test.jsonl", [])
+    shutil.copytree(tiny_embedder_path, work / "models/embedder")
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    params["model"].update({"embedder": str(tiny_embedder_path), "max_seq_length": 64})
+    params["train_embedder"].update({"batch_size": 4, "max_seq_length": 64, "lr": 1e-3, "auto_min_steps": 6})
+    params["train_reranker"].update({"batch_size": 4, "max_length": 64, "rank_max": 6, "auto_min_steps": 6})
+    for name, values in sections.items():
+        params[name].update(values)
+    write_params(work, params)
+    return work
+
+
+def run_stage(work: Path, name: str) -> str:
+    """``python stages/<name>.py`` of this repo, run in ``work``; returns its output (stdout + stderr)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAGTUNE_QUIET="1", COLUMNS="200")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / f"{name}.py")], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return proc.stdout + proc.stderr

@@ -60,6 +60,7 @@ PARAMS = {
     "save_total_limit": 4,
     "early_stopping_patience": 2,
     "load_best_model_at_end": False,
+    "ship_unchecked": True,  # a stage-level switch: test_reranker_stage_without_dev_*
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "precision": "auto",
@@ -334,3 +335,37 @@ def test_a_new_head_starts_from_the_seed_and_leaves_the_global_rng_alone(tiny_em
     torch.manual_seed(5)
     load_reranker(tiny_embedder_path, 64, head, seed=7)
     assert torch.equal(torch.rand(3), expected)  # the global RNG is where it was
+
+
+@pytest.mark.parametrize("ship_unchecked", [False, True])
+def test_reranker_stage_without_dev(tmp_path, tiny_embedder_path, ship_unchecked):
+    """No dev question: by default models/reranker is the untrained start model (loadable, so evaluate and search
+    still find a reranker) and every report says why; ship_unchecked: true trains it, with a warning instead."""
+    import torch
+    from conftest import make_stage_dir, run_stage
+    from sentence_transformers import CrossEncoder
+
+    from ragtune.jsonl import read_json
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False, train_reranker={"ship_unchecked": ship_unchecked})
+    out = run_stage(work, "train_reranker")
+    m = read_json(work / "metrics/train_reranker.json")
+    shipped = CrossEncoder(str(work / "models/reranker"), device="cpu")
+    start = load_reranker(work / "models/embedder", 64, "mean", seed=42)
+    pairs = zip(shipped.state_dict().values(), start.state_dict().values(), strict=True)
+    same = all(torch.equal(a, b) for a, b in pairs)
+    assert m["plan"]["rows"] == m["train"]["rows"] and m["plan"]["total_steps"] > 0
+    card = (work / "models/reranker/README.md").read_text(encoding="utf-8")
+    if ship_unchecked:
+        assert m["shipped"] == "fine-tuned (no dev questions: unchecked)" and not same
+        assert m["effective"]["optimizer_steps"] == m["plan"]["total_steps"] and "schedule:" in out
+        assert any("UNCHECKED" in w for w in m["warnings"])
+    else:
+        assert m["shipped"] == "untrained start model (no dev questions: unchecked)" and same
+        assert m["effective"]["optimizer_steps"] == 0 and "schedule:" not in out
+        assert len(m["warnings"]) == 1 and "NOT TRAINED" in m["warnings"][0]
+        assert "train_reranker.ship_unchecked: true" in m["warnings"][0]
+        assert "the untrained start model" in card and "planned, not run" in card
+        assert (work / "models/reranker_checkpoints").is_dir()
+        assert (work / "dvclive/train_reranker/plots/metrics").is_dir()
+    assert len(shipped.predict([("hỏi về vpn", "Kết nối VPN")])) == 1

@@ -62,6 +62,8 @@ PARAMS = {
     "merge_alpha": 0.7,
     "merge_tolerance": 0.01,
     "keep_base_if_worse": False,
+    "enabled": False,  # stage-level switches: test_stage_* below
+    "ship_unchecked": True,
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "precision": "auto",
@@ -236,6 +238,8 @@ def test_sample_plan_reproduces_the_hand_tuned_schedule():
         for key in ("epochs", "eval_steps", "save_steps", "auto_min_steps", "auto_max_epochs", "auto_max_steps"):
             assert getattr(default, key) == section(params, c.SECTION)[key], key
         assert default.eval_fraction == section(params, c.SECTION)["eval_fraction"]
+        assert default.ship_unchecked is section(params, c.SECTION)["ship_unchecked"] is False
+    assert EmbedderTrainConfig().enabled is section(params, "train_embedder")["enabled"] is True
 
 
 def test_explicit_schedule_values_win():
@@ -615,3 +619,93 @@ def test_training_curves_are_plotted_against_the_optimizer_step(tiny_embedder_pa
     dev_curve = column("eval/dev_cosine_ndcg@10.tsv")
     assert sorted(dev_curve) == [0, 3, 6]
     assert dev_curve[0] == pytest.approx(before["dev_cosine_ndcg@10"])
+
+
+def _same_weights(a_path, b_path) -> bool:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    a = SentenceTransformer(str(a_path), device="cpu").state_dict()
+    b = SentenceTransformer(str(b_path), device="cpu").state_dict()
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _untrained_outputs_exist(work) -> None:
+    """DVC requires every declared output after a run, trained or not; the curve folder holds no stale curve."""
+    assert (work / "models/embedder_checkpoints").is_dir() and not any((work / "models/embedder_checkpoints").iterdir())
+    assert (work / "dvclive/train_embedder/plots/metrics").is_dir()
+    assert not any((work / "dvclive/train_embedder/plots/metrics").iterdir())
+
+
+def test_stage_without_dev_ships_the_base_model_and_says_so(tmp_path, tiny_embedder_path):
+    """No dev question: nothing could see a fine-tune lose to its base, so the base ships, loudly, with every
+    metrics file a trained run writes."""
+    from conftest import make_stage_dir, run_stage
+
+    from ragtune.jsonl import read_json
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False)
+    (work / "dvclive/train_embedder/plots/metrics").mkdir(parents=True)
+    (work / "dvclive/train_embedder/plots/metrics/loss.tsv").write_text("step\tloss\n1\t2.0\n")  # an old run's curve
+    out = run_stage(work, "train_embedder")
+    m = read_json(work / "metrics/train_embedder.json")
+    assert m["shipped"] == "base (no dev questions: unchecked)"
+    assert len(m["warnings"]) == 1 and "NOT TRAINED" in m["warnings"][0]
+    assert "ingest.queries" in m["warnings"][0] and "train_embedder.ship_unchecked: true" in m["warnings"][0]
+    assert "ship_unchecked" in out  # printed, not only stored
+    assert m["effective"]["optimizer_steps"] == 0 and m["effective"]["loss"] == "MultipleNegativesRankingLoss"
+    assert m["train"]["rows"] == 22 and m["train"]["positives_not_trained"] == 22
+    assert m["plan"]["total_steps"] == 6 and m["plan"]["rows"] == 22 and m["dev"] == {"before": {}, "after": {}}
+    assert _same_weights(work / "models/embedder", tiny_embedder_path)
+    card = (work / "models/embedder/README.md").read_text(encoding="utf-8")
+    assert "the base model, not fine-tuned" in card and "no dev questions: unchecked" in card
+    assert "| epochs | 1.0 |" in card and "| eval_steps | 2 |" in card  # the resolved plan, not "auto"
+    _untrained_outputs_exist(work)
+
+
+def test_stage_enabled_false_ships_the_base_model_quietly(tmp_path, tiny_embedder_path):
+    """A base-model bake-off: the base model goes out with a card saying so, and no warning (it was asked for)."""
+    from conftest import make_stage_dir, run_stage
+
+    from ragtune.jsonl import read_json
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"enabled": False})
+    out = run_stage(work, "train_embedder")
+    m = read_json(work / "metrics/train_embedder.json")
+    assert m["shipped"] == "base (train_embedder.enabled: false)" and m["warnings"] == []
+    assert m["effective"]["optimizer_steps"] == 0 and "plan" in m
+    assert "enabled: false" in out and "schedule:" not in out
+    assert _same_weights(work / "models/embedder", tiny_embedder_path)
+    card = (work / "models/embedder/README.md").read_text(encoding="utf-8")
+    assert "the base model, not fine-tuned" in card and "train_embedder.enabled: false" in card
+    _untrained_outputs_exist(work)
+
+
+def test_stage_ship_unchecked_trains_and_warns(tmp_path, tiny_embedder_path):
+    """ship_unchecked: true without dev questions trains as before (epochs: auto sized to the 22 rows), and every
+    report says that nothing checked the result."""
+    from conftest import make_stage_dir, run_stage
+
+    from ragtune.jsonl import read_json
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False, train_embedder={"ship_unchecked": True})
+    out = run_stage(work, "train_embedder")
+    m = read_json(work / "metrics/train_embedder.json")
+    # 22 rows / 4 = 6 steps per epoch → 1 epoch reaches auto_min_steps 6; eval/save at ceil(0.3 × 6) = 2
+    assert m["plan"] == {
+        "rows": 22,
+        "steps_per_epoch": 6,
+        "epochs": 1.0,
+        "max_steps": -1,
+        "total_steps": 6,
+        "eval_steps": 2,
+        "save_steps": 2,
+        "reason": m["plan"]["reason"],
+    }
+    assert "schedule: 22 rows / 4 per step = 6 steps per epoch" in out
+    assert m["effective"]["optimizer_steps"] == 6 and m["effective"]["epochs"] == 1.0
+    assert m["shipped"].startswith("fine-tuned") and m["shipped"].endswith("(no dev questions: unchecked)")
+    assert any("UNCHECKED" in w and "ingest.queries" in w for w in m["warnings"])
+    assert not _same_weights(work / "models/embedder", tiny_embedder_path)
+    card = (work / "models/embedder/README.md").read_text(encoding="utf-8")
+    assert "# ragtune fine-tuned embedder" in card and "Schedule: 22 rows" in card

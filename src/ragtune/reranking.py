@@ -89,6 +89,7 @@ class RerankerTrainConfig(StageConfig):
     save_total_limit: int = 2
     early_stopping_patience: int = 0
     load_best_model_at_end: bool = True
+    ship_unchecked: bool = False  # no dev question: ship the untrained start model (false) or train unchecked (true)
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     precision: str = "auto"
@@ -549,6 +550,20 @@ def write_model_card(out_dir: str | Path, base_model: str, cfg: RerankerTrainCon
     """README.md for the reranker folder: its base, its params, and dev reranking before → after."""
     rows, params, warn = model_card_sections(cfg, metrics)
     eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    head = "new one-logit head" if eff["new_head"] else "its own head"
+    if shipped.startswith("untrained"):  # the card must not call a model trained that never was
+        title = "ragtune reranker: the untrained start model"
+        state = "seeded, never trained" if eff["new_head"] else "unchanged"
+        intro = f"`{base_model}` ({head}, {state}), written by the ragtune `train_reranker` stage: {shipped}."
+    else:
+        title = "ragtune fine-tuned reranker"
+        intro = f"""Trained from `{base_model}` ({head}) by the ragtune
+`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
+fine-tuned embedder's top {cfg.rank_max} plus random ones (shipped: {shipped})."""
+    planned = "" if eff["optimizer_steps"] else " (planned, not run)"
+    schedule = f"Schedule{planned}: {metrics['plan']['reason']}" if "plan" in metrics else ""
+    rows = rows or "| not measured | | |"
     text = f"""---
 library_name: sentence-transformers
 base_model: {base_model}
@@ -556,11 +571,11 @@ language: [vi]
 tags: [sentence-transformers, cross-encoder, reranker, ragtune]
 ---
 
-# ragtune fine-tuned reranker
+# {title}
 
-Trained from `{base_model}` ({"new one-logit head" if eff["new_head"] else "its own head"}) by the ragtune
-`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
-fine-tuned embedder's top {cfg.rank_max} plus random ones.
+{intro}
+
+{schedule}
 
 ```python
 from sentence_transformers import CrossEncoder

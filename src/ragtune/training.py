@@ -83,6 +83,8 @@ class EmbedderTrainConfig(StageConfig):
     merge_alpha: float = 1.0  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
     merge_tolerance: float = 0.005  # keep the merge unless the unmerged model beats it on dev by more than this
     keep_base_if_worse: bool = True  # ship the base model (loudly) when no checkpoint beats it on dev
+    enabled: bool = True  # false: ship model.embedder untrained (a base-model bake-off)
+    ship_unchecked: bool = False  # no labeled dev question: ship the base (false) or an unchecked fine-tune (true)
     gradient_accumulation_steps: int = 1
     gradient_checkpointing: bool = False
     precision: str = "auto"  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
@@ -810,6 +812,18 @@ def clear_checkpoints(path: str | Path) -> None:
             child.unlink(missing_ok=True)
 
 
+def untrained_outputs(live_dir: str | Path, ckpt_dir: str | Path) -> None:
+    """Leave a stage's curve and checkpoint folders empty after a run that trained nothing.
+
+    DVC requires every declared output to exist after a stage runs, and curves left from an earlier training run
+    would be read as this run's.
+    """
+    shutil.rmtree(live_dir, ignore_errors=True)
+    Path(live_dir, "plots", "metrics").mkdir(parents=True, exist_ok=True)
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    clear_checkpoints(ckpt_dir)
+
+
 def _last_checkpoint(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -900,6 +914,40 @@ def merge_checked_on_dev(
     return unmerged, merged, f"fine-tuned, merged with base (alpha {cfg.merge_alpha})"
 
 
+def dev_questions(dev: Sequence[dict[str, Any]], level: str) -> list[dict[str, Any]]:
+    """The dev questions the dev evaluator can score at ``level``: those with relevance labels at that level."""
+    key = "positive_doc_ids" if level == "doc" else "positive_chunk_ids"
+    return [q for q in dev if q.get(key)]
+
+
+def untrained_reason(cfg: StageConfig, has_dev: bool) -> str | None:
+    """Why a stage ships its start model without training (the metrics' ``shipped`` suffix), or None to train.
+
+    ``enabled: false`` (train_embedder only) is a choice: a base-model bake-off. No dev question is a guard: nothing
+    could tell a fine-tune that lost to its start model (an unseen medical corpus without dev fell from MRR@10
+    .842 to .783, and nothing saw it), so training needs ``ship_unchecked: true`` to go ahead.
+    """
+    if not getattr(cfg, "enabled", True):
+        return f"{cfg.SECTION}.enabled: false"
+    if not has_dev and not cfg.ship_unchecked:  # type: ignore[attr-defined]
+        return "no dev questions: unchecked"
+    return None
+
+
+def unchecked_warning(section: str, out_dir: str, *, trained: bool, start: str) -> str:
+    """The loud line for a run without dev questions: what ``out_dir`` holds, and the two ways out."""
+    label = "label ~50 questions in ingest.queries (the pairs stage holds some out as dev)"
+    if trained:
+        return (
+            f"no dev question: {out_dir} is an UNCHECKED fine-tune ({section}.ship_unchecked: true); nothing compared "
+            f"it with {start}, and it may be worse. For a check, {label}"
+        )
+    return (
+        f"no dev question, so nothing could check a trained model: {out_dir} is {start}, NOT TRAINED. For a check, "
+        f"{label}; to ship an unchecked one anyway, set {section}.ship_unchecked: true"
+    )
+
+
 def ship_base(cfg: EmbedderTrainConfig, metrics: dict[str, Any]) -> bool:
     """Whether to write the base model instead: ``keep_base_if_worse`` and the best checkpoint lost on dev NDCG@10."""
     before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
@@ -922,6 +970,20 @@ def write_model_card(out_dir: str | Path, base_model: str, cfg: EmbedderTrainCon
     """README.md for the model folder: what it was trained from, with which params, and what it measured."""
     rows, params, warn = model_card_sections(cfg, metrics)
     eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    planned = "" if eff["optimizer_steps"] else " (planned, not run)"
+    schedule = f"Schedule{planned}: {metrics['plan']['reason']}" if "plan" in metrics else ""
+    if shipped.startswith("base"):  # the weights are the base model's: the card must not call them fine-tuned
+        title = "ragtune embedder: the base model, not fine-tuned"
+        why = shipped.removeprefix("base").strip(" ()") or (
+            f"the {eff['optimizer_steps']}-step fine-tune scored below it on dev"
+        )
+        intro = f"`{base_model}` unchanged, written by the ragtune `train_embedder` stage ({why})."
+    else:
+        title = "ragtune fine-tuned embedder"
+        intro = f"""Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
+{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}; shipped: {shipped})."""
+    rows = rows or "| not measured | | |"
     text = f"""---
 library_name: sentence-transformers
 base_model: {base_model}
@@ -929,10 +991,11 @@ language: [vi]
 tags: [sentence-transformers, feature-extraction, retrieval, ragtune]
 ---
 
-# ragtune fine-tuned embedder
+# {title}
 
-Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
-{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}).
+{intro}
+
+{schedule}
 
 ```python
 from sentence_transformers import SentenceTransformer
