@@ -1,27 +1,31 @@
-"""evaluate: rank held-out queries with every system; write metrics, the recall@k plot, and the report."""
+"""evaluate: rank held-out queries with every system; choose the served pipeline on dev evidence; write the report."""
 
 from pathlib import Path
 
 from ragtune.console import stage, warn
 from ragtune.evaluation import (
-    choose_pipeline,
+    ndcg_per_query,
     paired_bootstrap,
     per_query_records,
     recall_curve,
     render_report,
+    rerank_scores,
     score_systems,
     write_curve_csv,
 )
 from ragtune.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
-from ragtune.reranking import apply_rerank, rerank_ranking, top1_concentration
-from ragtune.retrieval import DenseIndex, build_bm25, load_dense, rrf
+from ragtune.reranking import apply_rerank, top1_concentration
+from ragtune.retrieval import DenseIndex, build_bm25, convex_fusion, load_dense, rrf, top_k
 from ragtune.search import PIPELINE_FILE
+from ragtune.selection import choose_pipeline, tune_weight
 
 FT_MODEL = "models/embedder"
 RERANKER = "models/reranker"
 TRAIN_METRICS = ("metrics/train_embedder.json", "metrics/train_reranker.json")
-SERVABLE = ("ft_dense", "ft_hybrid", "ft_dense+rerank", "ft_hybrid+rerank", "bm25")  # what `ragtune search` runs
+# what `ragtune search` can serve, simplest first: the ladder starts at ft_dense and tries the others in this order
+RETRIEVERS = ("ft_dense", "bm25", "ft_hybrid", "ft_convex")
+UNTUNED = 0.5  # convex alpha and reranker weight reported when there is no dev split to choose them on
 
 
 def main() -> None:
@@ -29,6 +33,7 @@ def main() -> None:
     e, model_p, bm25_p = section(params, "evaluate"), section(params, "model"), section(params, "bm25")
     ks = [int(k) for k in e["ks"]]
     depth = int(e["candidate_k"])
+    folds, seed = int(e["select_folds"]), int(e["select_seed"])
     with stage("evaluate") as summary:
         docs = read_jsonl("data/interim/documents.jsonl")
         chunks = read_jsonl("data/chunks/chunks.jsonl")
@@ -36,37 +41,70 @@ def main() -> None:
         splits = {s: q for s, q in splits.items() if q}
         if "test" not in splits:
             raise SystemExit(
-                "evaluate: the test split is empty. Set pairs.test_ratio > 0 (and check that ingest kept labeled "
-                "queries: see metrics/ingest.json) — a model is never reported without held-out queries."
+                "evaluate: the test split is empty. Set pairs.test_ratio > 0, or give a test file (ingest.queries "
+                "with split: test), and check that ingest kept labeled queries (metrics/ingest.json): a model is "
+                "never reported without held-out queries."
             )
+        chunk_ids = [c["chunk_id"] for c in chunks]
         chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
         titles = {d["doc_id"]: d.get("title", "") for d in docs}
 
         bm25 = build_bm25(chunks, bm25_p)
         base = load_dense(model_p)
-        chunk_vecs = base.encode_passages([c["text"] for c in chunks])
-        base_index = DenseIndex([c["chunk_id"] for c in chunks], chunk_vecs)
+        base_index = DenseIndex(chunk_ids, base.encode_passages([c["text"] for c in chunks]))
         tuned = load_dense(model_p, name=FT_MODEL) if Path(FT_MODEL).exists() else None
         if tuned is not None:
-            ft_index = DenseIndex([c["chunk_id"] for c in chunks], tuned.encode_passages([c["text"] for c in chunks]))
+            ft_index = DenseIndex(chunk_ids, tuned.encode_passages([c["text"] for c in chunks]))
 
-        systems_by_split = {}
+        alphas = [float(a) for a in e["convex_alphas"]]
+        systems_by_split, convex_by_split = {}, {}
         for split, queries in splits.items():
-            qtext = {q["query_id"]: q["query"] for q in queries}
-            qids = list(qtext)
-            systems = {"bm25": bm25.search(qtext, depth)}
-            systems["base_dense"] = base_index.search_vectors(qids, base.encode_queries(list(qtext.values())), depth)
+            qids, texts = [q["query_id"] for q in queries], [q["query"] for q in queries]
+            sparse = bm25.score_matrix(texts)
+            systems = {"bm25": {q: top_k(chunk_ids, sparse[i], depth) for i, q in enumerate(qids)}}
+            systems["base_dense"] = base_index.search_vectors(qids, base.encode_queries(texts), depth)
             systems["hybrid"] = rrf([systems["bm25"], systems["base_dense"]], k=int(e["rrf_k"]), depth=depth)
             if tuned is not None:
-                systems["ft_dense"] = ft_index.search_vectors(qids, tuned.encode_queries(list(qtext.values())), depth)
+                dense = ft_index.similarities(tuned.encode_queries(texts))
+                systems["ft_dense"] = {q: top_k(chunk_ids, dense[i], depth) for i, q in enumerate(qids)}
                 systems["ft_hybrid"] = rrf([systems["bm25"], systems["ft_dense"]], k=int(e["rrf_k"]), depth=depth)
+                convex_by_split[split] = convex_fusion(qids, chunk_ids, dense, sparse, alphas, depth)
             systems_by_split[split] = systems
+
+        # Weights are chosen on dev, and judged by cross-validation within dev (ragtune.selection).
+        dev_scores, weights, curves = {}, {}, {}
+        if "dev" in splits:
+            dev_scores = {n: ndcg_per_query(r, splits["dev"], chunk_to_doc) for n, r in systems_by_split["dev"].items()}
+        if tuned is not None:
+            if "dev" in splits:
+                per_alpha = {
+                    a: ndcg_per_query(r, splits["dev"], chunk_to_doc) for a, r in convex_by_split["dev"].items()
+                }
+                tw = tune_weight(per_alpha, prefer=lambda a: a, folds=folds, seed=seed)  # ties: lean on dense
+                weights["ft_convex"], curves["ft_convex"], dev_scores["ft_convex"] = tw.weight, tw.curve, tw.out_of_fold
+            alpha = weights.get("ft_convex", UNTUNED if UNTUNED in alphas else alphas[len(alphas) // 2])
+            weights["ft_convex"] = alpha
+            for split in splits:
+                systems_by_split[split]["ft_convex"] = convex_by_split[split][alpha]
 
         reranker_report = {}
         if tuned is not None and Path(RERANKER).exists():
-            reranker_report = add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks)
+            reranker_report = add_reranked_systems(
+                systems_by_split, splits, chunks, chunk_to_doc, e, dev_scores, weights, curves
+            )
 
-        results, records, curves, test_per_query = {}, [], [], {}
+        selection = choose_pipeline(
+            dev_scores if tuned is not None else None,
+            proxy=hybrid_proxy(splits, bm25, base, base_index, chunk_to_doc, depth, int(e["rrf_k"])),
+            start="ft_dense",
+            retrievers=RETRIEVERS[1:],
+            reranked={r: f"{r}+rerank" for r in RETRIEVERS if reranker_report},
+            tuned=[n for n in dev_scores if n == "ft_convex" or n.endswith("+rerank")],
+            seed=seed,
+        )
+        pipeline = selection.system if tuned is not None else None
+
+        results, records, curves_k, test_per_query = {}, [], [], {}
         for split, queries in splits.items():
             scored = score_systems(systems_by_split[split], queries, chunk_to_doc, ks)
             results[split] = {"n_queries": len(queries), "doc": scored["doc"], "chunk": scored["chunk"]}
@@ -74,24 +112,13 @@ def main() -> None:
                 records = per_query_records(scored, queries, titles)
                 test_per_query = scored["per_query"]
                 plot_ks = [int(k) for k in e["plot_ks"] if int(k) <= depth]
-                curves = recall_curve(scored["doc_rankings"], queries, plot_ks)
+                curves_k = recall_curve(scored["doc_rankings"], queries, plot_ks)
 
         gains = {
             name: paired_bootstrap(test_per_query[name], test_per_query["base_dense"])
             for name in test_per_query
             if name not in ("base_dense", "bm25")
         }
-        selection = results.get("dev", results["test"])["doc"]
-        pipeline = choose_pipeline(selection, SERVABLE) if tuned is not None else None
-        overall = choose_pipeline(selection, list(selection))
-        if pipeline and overall not in SERVABLE and selection[overall]["ndcg@10"] > selection[pipeline]["ndcg@10"]:
-            unservable_note = (
-                f"{overall} (not servable by `ragtune search`, which only loads the fine-tuned index) scored higher "
-                f"on dev than the chosen pipeline {pipeline}: ndcg@10 {selection[overall]['ndcg@10']:.4f} vs "
-                f"{selection[pipeline]['ndcg@10']:.4f}"
-            )
-        else:
-            unservable_note = ""
         if pipeline:
             retriever, _, rr = pipeline.partition("+")
             write_json(
@@ -102,10 +129,12 @@ def main() -> None:
                     "rerank": bool(rr),
                     "rerank_k": int(e["rerank_k"]),
                     "fusion_weight": reranker_report.get(retriever, {}).get("weight", 1.0),
+                    "alpha": weights.get("ft_convex", UNTUNED),
                     "candidate_k": depth,
                     "rrf_k": int(e["rrf_k"]),
                     "rerank_bf16": bool(e["rerank_bf16"]),
-                    "chosen_on": "dev" if "dev" in results else "test (no dev split)",
+                    "chosen_on": "dev" if "dev" in results else "nothing (no dev split): the simplest pipeline",
+                    "reason": selection.reason,
                 },
             )
 
@@ -115,22 +144,21 @@ def main() -> None:
                 warnings += [f"{Path(path).stem}: {w}" for w in read_json(path).get("warnings", [])]
         for retr, r in reranker_report.items():
             t = r["test_ndcg@10"]
-            if t["reranker"] < t["retriever"]:
+            if t["reranker"] < t["retriever"] and pipeline == f"{retr}+rerank":
                 warnings.append(
                     f"the reranker alone makes {retr} worse on test: ndcg@10 {t['retriever']:.4f} → {t['reranker']:.4f}"
                     f" (fusion weight chosen on dev: {r['weight']:.1f}, fused {t['fused']:.4f})"
                 )
-            if r["weight"] == 0.0:
-                warnings.append(f"fusion weight 0 chosen on dev for {retr}: the reranker adds nothing there")
             if r["top1_share"] > 0.2:
                 warnings.append(
                     f"the reranker puts {r['top1_doc']} first for {r['top1_share']:.0%} of test queries ({retr}): "
                     "it may rank by document popularity"
                 )
-        if unservable_note:
-            warnings.append(unservable_note)
-        if pipeline and "dev" not in results:
-            warnings.append("no dev split: the pipeline was chosen on test, so its test numbers are optimistic")
+        if "dev" not in results:
+            warnings.append(
+                "no dev split: nothing could check an added component, so search serves ft_dense "
+                "(label questions for a dev split to let hybrid or reranking earn their place)"
+            )
         if tuned is not None:
             gain = results["test"]["doc"]["ft_dense"]["ndcg@10"] - results["test"]["doc"]["base_dense"]["ndcg@10"]
             if gain <= 0:
@@ -155,10 +183,16 @@ def main() -> None:
         metrics["warnings"] = warnings
         if pipeline:
             metrics["pipeline"] = {"system": pipeline, "test": results["test"]["doc"][pipeline]}
+            metrics["selection"] = selection.to_json()
+        if tuned is not None:
+            metrics["convex"] = {
+                "alpha": weights["ft_convex"],
+                "dev_curve": {f"{a:.2f}": v for a, v in curves.get("ft_convex", {}).items()},
+            }
         if reranker_report:
             metrics["reranker"] = reranker_report
         write_json("metrics/evaluate.json", metrics)
-        write_curve_csv("metrics/recall_at_k.csv", curves)
+        write_curve_csv("metrics/recall_at_k.csv", curves_k)
         write_jsonl("reports/per_query_test.jsonl", records)
         best = max(results["test"]["doc"], key=lambda s: results["test"]["doc"][s].get("ndcg@10", 0.0))
         report = render_report(
@@ -168,6 +202,7 @@ def main() -> None:
             context={"n_documents": len(docs), "n_chunks": len(chunks), "base_model": model_p["embedder"]},
             warnings=warnings,
             pipeline=pipeline,
+            selection=selection.to_json() if pipeline else None,
             reranker=reranker_report,
             gains=gains,
         )
@@ -176,35 +211,37 @@ def main() -> None:
         test = results["test"]["doc"]
         summary["read"] = f"{len(chunks)} chunks, " + ", ".join(f"{len(q)} {s} queries" for s, q in splits.items())
         summary["wrote"] = (
-            "metrics/evaluate.json, reports/evaluation.md (test ndcg@10: "
+            f"metrics/evaluate.json, reports/evaluation.md (serving {pipeline}; test ndcg@10: "
             + ", ".join(f"{s} {m['ndcg@10']:.3f}" for s, m in test.items())
             + ")"
         )
 
 
-def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) -> dict:
-    """Add ``<retriever>+rerank`` systems, with the fusion weight per retriever chosen on dev ndcg@10.
+def hybrid_proxy(splits, bm25, base, base_index, chunk_to_doc, depth, rrf_k) -> dict:
+    """Evidence for BM25 fusion from more questions than dev holds (ragtune.selection): the base model's RRF hybrid
+    against the base model over train + dev, questions neither BM25 nor the base model has seen. Never test."""
+    train = read_jsonl("data/pairs/train.jsonl")
+    if "dev" not in splits or not train:
+        return {}
+    pool = train + splits["dev"]
+    qtext = {q["query_id"]: q["query"] for q in pool}
+    dense = base_index.search_vectors(list(qtext), base.encode_queries(list(qtext.values())), depth)
+    hybrid = rrf([bm25.search(qtext, depth), dense], k=rrf_k, depth=depth)
+    return {"ft_hybrid": (ndcg_per_query(hybrid, pool, chunk_to_doc), ndcg_per_query(dense, pool, chunk_to_doc))}
 
-    Reranker scores are computed once per (query, chunk): the dense and hybrid candidate lists overlap.
-    """
+
+def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, dev_scores, weights, curves) -> dict:
+    """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (cross-validated
+    per-query dev scores go to ``dev_scores`` for the selection ladder). Reranker scores are computed once per
+    (query, chunk): the retrievers' candidate lists overlap."""
     from sentence_transformers import CrossEncoder
 
-    model = CrossEncoder(RERANKER)
     k = int(e["rerank_k"])
-    weights = [float(w) for w in e["fusion_weights"]]
-    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
-    report = {}
-    scores = {}
-    for split, queries in splits.items():
-        qtext = {q["query_id"]: q["query"] for q in queries}
-        union = {}
-        for retr in ("ft_dense", "ft_hybrid"):
-            for qid, items in systems_by_split[split][retr].items():
-                for cid, _ in items[:k]:
-                    union.setdefault(qid, {})[cid] = 0.0
-        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
-        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bool(e["rerank_bf16"]))
-        scores[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
+    grid = [float(w) for w in e["fusion_weights"]]
+    retrievers = [r for r in RETRIEVERS if r in systems_by_split["test"]]
+    scores = rerank_scores(
+        CrossEncoder(RERANKER), systems_by_split, splits, retrievers, chunks, k, bool(e["rerank_bf16"])
+    )
 
     def reranked(split: str, retr: str, w: float) -> dict:
         ranking = systems_by_split[split][retr]
@@ -212,30 +249,36 @@ def add_reranked_systems(systems_by_split, splits, chunks, chunk_to_doc, e, ks) 
         return apply_rerank(ranking, s, w)
 
     def ndcg(split: str, ranking: dict) -> float:
-        return score_systems({"x": ranking}, splits[split], chunk_to_doc, ks)["doc"]["x"]["ndcg@10"]
+        return round(sum(ndcg_per_query(ranking, splits[split], chunk_to_doc).values()) / len(splits[split]), 4)
 
-    tune = "dev" if "dev" in splits else "test"
-    for retr in ("ft_dense", "ft_hybrid"):
-        curve = {w: ndcg(tune, reranked(tune, retr, w)) for w in weights}
-        best = max(weights, key=lambda w: (curve[w], -w))  # ties: the smaller weight (less reliance on the reranker)
+    report = {}
+    for retr in retrievers:
+        name = f"{retr}+rerank"
+        if "dev" in splits:
+            per_w = {w: ndcg_per_query(reranked("dev", retr, w), splits["dev"], chunk_to_doc) for w in grid}
+            # ties: the smaller weight (less reliance on the reranker)
+            tw = tune_weight(per_w, prefer=lambda w: -w, folds=int(e["select_folds"]), seed=int(e["select_seed"]))
+            weights[name], curves[name], dev_scores[name] = tw.weight, tw.curve, tw.out_of_fold
+        best = weights.get(name, UNTUNED)
         for split in splits:
-            systems_by_split[split][f"{retr}+rerank"] = reranked(split, retr, best)
+            systems_by_split[split][name] = reranked(split, retr, best)
         pure_test = reranked("test", retr, 1.0)
         doc, share = top1_concentration(pure_test, chunk_to_doc)
+        tune = "dev" if "dev" in splits else "test"
         report[retr] = {
             "rerank_k": k,
             "weight": best,
-            "dev_curve": {f"{w:.2f}": round(v, 4) for w, v in curve.items()},
+            "weight_chosen_on": "dev" if "dev" in splits else "none (no dev split)",
+            "dev_curve": {f"{w:.2f}": v for w, v in curves.get(name, {}).items()},
             "dev_ndcg@10": {
-                # from the weight curve when the grid holds the ends (dict.get would compute its default anyway)
-                "retriever": round(curve[0.0] if 0.0 in curve else ndcg(tune, systems_by_split[tune][retr]), 4),
-                "reranker": round(curve[1.0] if 1.0 in curve else ndcg(tune, reranked(tune, retr, 1.0)), 4),
-                "fused": round(curve[best], 4),
+                "retriever": ndcg(tune, systems_by_split[tune][retr]),
+                "reranker": ndcg(tune, reranked(tune, retr, 1.0)),
+                "fused": ndcg(tune, systems_by_split[tune][name]),
             },
             "test_ndcg@10": {
-                "retriever": round(ndcg("test", systems_by_split["test"][retr]), 4),
-                "reranker": round(ndcg("test", pure_test), 4),
-                "fused": round(ndcg("test", systems_by_split["test"][f"{retr}+rerank"]), 4),
+                "retriever": ndcg("test", systems_by_split["test"][retr]),
+                "reranker": ndcg("test", pure_test),
+                "fused": ndcg("test", systems_by_split["test"][name]),
             },
             "top1_doc": doc,
             "top1_share": round(share, 4),

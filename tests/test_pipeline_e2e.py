@@ -73,7 +73,14 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     # evaluate chose a pipeline on dev, reported it first, and search serves it from models/ alone
     pipeline = read_json(work / "models/pipeline.json")
     assert pipeline["system"] == metrics["pipeline"]["system"] and pipeline["chosen_on"] == "dev"
-    assert set(metrics["reranker"]) == {"ft_dense", "ft_hybrid"}
+    assert set(metrics["reranker"]) == {"ft_dense", "bm25", "ft_hybrid", "ft_convex"}
+    # each component beyond ft_dense was put to the dev-evidence test, and the choice follows the ladder's verdicts
+    steps = metrics["selection"]["steps"]
+    assert {s["candidate"] for s in steps if s["component"] == "retriever"} == {"bm25", "ft_hybrid", "ft_convex"}
+    adopted = [s["candidate"] for s in steps if s["adopted"]]
+    assert pipeline["system"] == (adopted[-1] if adopted else "ft_dense") and pipeline["reason"]
+    assert all(s["ci_low"] > 0 for s in steps if s["adopted"])
+    assert 0.0 <= metrics["convex"]["alpha"] <= 1.0 and "ft_convex" in metrics["test"]
     report = (work / "reports/evaluation.md").read_text(encoding="utf-8")
     assert report.index("## Headline") < report.index("## test split")
     from ragtune.cli import main as cli

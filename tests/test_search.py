@@ -71,6 +71,10 @@ def test_pipeline_file_and_names():
     assert (p.retriever, p.rerank, p.rerank_k, p.fusion_weight, p.name) == ("ft_dense", True, 7, 0.3, "ft_dense+rerank")
     with pytest.raises(SearchSetupError, match="unknown pipeline"):
         Pipeline.parse("base_dense")
+    # every retriever evaluate can choose is servable, with or without the reranker; alpha comes from the file
+    convex = Pipeline.parse("ft_convex+rerank", Pipeline(alpha=0.3))
+    assert (convex.retriever, convex.rerank, convex.alpha) == ("ft_convex", True, 0.3)
+    assert Pipeline.parse("bm25+rerank").name == "bm25+rerank"
     assert Pipeline.load("/nonexistent/pipeline.json") == Pipeline()
 
 
@@ -87,6 +91,24 @@ def test_searcher_follows_the_pipeline_file(repo: Path):
     assert hits[3]["scores"]["final"] is None  # below the reranked head: retrieval order, no fused score
     bm25_only = Searcher.load(repo / "models/index", Pipeline.parse("bm25"))
     assert bm25_only.search("VPN làm việc từ xa", k=1)[0]["doc_id"] == "IT-2"  # lexical match is exact here
+
+
+def test_convex_hybrid_serves_each_side_at_its_ends(repo: Path):
+    """ft_convex at alpha 1 orders like the embedder alone and at alpha 0 like BM25 alone; in between it is served
+    with the alpha that evaluate wrote to pipeline.json."""
+    index = repo / "models/index"
+    query = "VPN làm việc từ xa"
+
+    def order(pipeline: Pipeline) -> list[str]:
+        return [h["chunk_id"] for h in Searcher.load(index, pipeline).search(query, k=4)]
+
+    assert order(Pipeline("ft_convex", alpha=1.0, candidate_k=4)) == order(Pipeline("ft_dense", candidate_k=4))
+    assert order(Pipeline("ft_convex", alpha=0.0, candidate_k=4))[0] == order(Pipeline("bm25", candidate_k=4))[0]
+    write_json(repo / "models/pipeline.json", {"system": "ft_convex", "retriever": "ft_convex", "alpha": 0.4})
+    loaded = Pipeline.load(repo / "models/pipeline.json")
+    assert (loaded.name, loaded.alpha) == ("ft_convex", 0.4)
+    hits = Searcher.load(index, loaded).search(query, k=2)
+    assert len(hits) == 2 and hits[0]["scores"]["retriever"] >= hits[1]["scores"]["retriever"]
 
 
 def test_cli_json_and_table(repo: Path, capsys):

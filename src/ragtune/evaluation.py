@@ -131,12 +131,41 @@ def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list
     return lines
 
 
-def choose_pipeline(dev: dict[str, dict[str, float]], eligible: Sequence[str]) -> str:
-    """The eligible system with the best dev ndcg@10 (then mrr@10); ties go to the earlier, simpler one."""
-    present = [s for s in eligible if s in dev]
-    if not present:
-        raise ValueError(f"none of {list(eligible)} was scored on dev")
-    return max(present, key=lambda s: (dev[s].get("ndcg@10", 0.0), dev[s].get("mrr@10", 0.0), -present.index(s)))
+def ndcg_per_query(
+    ranking: Ranking, queries: Sequence[dict[str, Any]], chunk_to_doc: dict[str, str]
+) -> dict[str, float]:
+    """Document-level NDCG@10 of one chunk ranking, per query id (what pipeline selection compares)."""
+    qrels = {q["query_id"]: set(q["positive_doc_ids"]) for q in queries}
+    _, per_query = evaluate_ranking(to_doc_ranking(ranking, chunk_to_doc), qrels, [10])
+    return {qid: m["ndcg@10"] for qid, m in per_query.items()}
+
+
+def rerank_scores(
+    model: Any,
+    systems_by_split: dict[str, dict[str, Ranking]],
+    splits: dict[str, Sequence[dict[str, Any]]],
+    retrievers: Sequence[str],
+    chunks: Sequence[dict[str, Any]],
+    k: int,
+    bf16: bool,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Reranker score per split, query and chunk over the union of the retrievers' top ``k``: one forward pass per
+    (query, chunk), however many retrievers proposed it."""
+    from ragtune.reranking import rerank_ranking
+
+    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split, queries in splits.items():
+        qtext = {q["query_id"]: q["query"] for q in queries}
+        union: dict[str, dict[str, float]] = {}
+        for retr in retrievers:
+            for qid, items in systems_by_split[split][retr].items():
+                for cid, _ in items[:k]:
+                    union.setdefault(qid, {})[cid] = 0.0
+        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
+        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bf16)
+        out[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
+    return out
 
 
 def render_report(
@@ -148,6 +177,7 @@ def render_report(
     warnings: Sequence[str] = (),
     worst_n: int = 15,
     pipeline: str | None = None,
+    selection: dict[str, Any] | None = None,
     reranker: dict[str, Any] | None = None,
     gains: dict[str, dict[str, float]] | None = None,
 ) -> str:
@@ -166,12 +196,44 @@ def render_report(
         lines += [
             f"## Headline: `{pipeline}`, the pipeline chosen on dev ({results['test']['n_queries']} test queries)",
             "",
-            "`ragtune search` uses this pipeline by default. It was picked by dev ndcg@10 among the pipelines "
-            "search can serve; the test numbers below played no part in the choice.",
+            "`ragtune search` uses this pipeline by default. Each component beyond the fine-tuned embedder alone "
+            "had to beat the simpler pipeline on dev with a 95% paired-bootstrap interval above 0; the test numbers "
+            "below played no part in the choice.",
             "",
             *_table(shown, HEADLINE),
             "",
         ]
+    if selection:
+        lines += ["## How the pipeline was chosen", "", selection["reason"], ""]
+        if selection["steps"]:
+            lines += [
+                "| step | candidate | vs | dev ndcg@10 gain | 95% interval | queries | base model, train + dev ² | "
+                "adopted |",
+                "|---|---|---|---:|---|---:|---|---|",
+            ]
+            for st in selection["steps"]:
+                tuned = " ¹" if st["tuned"] else ""
+                p = st.get("proxy")
+                proxy = (
+                    f"{100 * p['gain']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}], {p['n_queries']} q"
+                    if p
+                    else "–"
+                )
+                lines.append(
+                    f"| {st['component']} | {st['candidate']}{tuned} | {st['incumbent']} | {100 * st['gain']:+.1f} pts "
+                    f"| [{100 * st['ci_low']:+.1f}, {100 * st['ci_high']:+.1f}] | {st['n_queries']} | {proxy} | "
+                    f"{'yes (' + st['evidence'] + ')' if st['adopted'] else 'no'} |"
+                )
+            lines += [
+                "",
+                "¹ a tuned weight (convex alpha or reranker fusion weight): each dev query is scored with the weight "
+                "chosen on the other dev folds, so the choice of weight cannot flatter the candidate.",
+                "",
+                "² BM25 fusion involves no training, so its evidence may also come from the base model's RRF hybrid "
+                "against the base model over train + dev questions (never test); it is then adopted when that "
+                "interval is above 0 and its dev gain on the fine-tuned model is not negative.",
+                "",
+            ]
     if gains:
         lines += [
             "## Gains over base_dense on test, with 95% paired-bootstrap intervals",

@@ -91,10 +91,13 @@ class BM25Index:
         return np.asarray(self._engine.get_scores(bm25_tokenize(query, self.tokenizer)), dtype=np.float32)
 
     def search(self, queries: dict[str, str], k: int) -> Ranking:
-        out: Ranking = {}
-        for qid, text in queries.items():
-            out[qid] = top_k(self.ids, self.scores(text), k)
-        return out
+        return {qid: top_k(self.ids, self.scores(text), k) for qid, text in queries.items()}
+
+    def score_matrix(self, queries: Sequence[str] | Any) -> np.ndarray:
+        """BM25 scores of every indexed item for each query, shape ``[n_queries, n_items]`` (convex fusion needs
+        the score of a chunk BM25 did not retrieve)."""
+        rows = [self.scores(text) for text in queries]
+        return np.stack(rows) if rows else np.zeros((0, len(self.ids)), dtype=np.float32)
 
 
 def top_k(ids: Sequence[str], scores: np.ndarray, k: int) -> list[tuple[str, float]]:
@@ -210,8 +213,12 @@ class DenseIndex:
     ids: list[str]
     embeddings: np.ndarray
 
+    def similarities(self, query_vecs: np.ndarray) -> np.ndarray:
+        """Cosine similarity of each query to every chunk, shape ``[n_queries, n_chunks]``."""
+        return query_vecs @ self.embeddings.T
+
     def search_vectors(self, query_ids: Sequence[str], query_vecs: np.ndarray, k: int) -> Ranking:
-        sims = query_vecs @ self.embeddings.T
+        sims = self.similarities(query_vecs)
         return {qid: top_k(self.ids, sims[i], k) for i, qid in enumerate(query_ids)}
 
 
@@ -232,6 +239,46 @@ def rrf(rankings: Sequence[Ranking], k: int = 60, depth: int | None = None) -> R
         order = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
         fused[qid] = [(item, round(s, 8)) for item, s in order]
     return fused
+
+
+def _minmax(values: np.ndarray) -> np.ndarray:
+    lo, hi = float(values.min()), float(values.max())
+    return np.full_like(values, 0.5) if hi == lo else (values - lo) / (hi - lo)
+
+
+def convex_fusion(
+    query_ids: Sequence[str],
+    ids: Sequence[str],
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    alphas: Sequence[float],
+    depth: int,
+) -> dict[float, Ranking]:
+    """Convex fusion ``alpha × dense + (1 − alpha) × BM25`` of min-max normalised scores, for every alpha at once.
+
+    Why not only RRF: RRF weighs both sides equally, so where the dense side is weak it drags BM25 down (an unseen
+    legal benchmark: RRF hybrid MRR@10 .784 against BM25 alone .806 and dense .755). A convex combination with a
+    weight chosen on dev can lean on the stronger side (Bruch et al., 2023, "An Analysis of Fusion Functions for
+    Hybrid Retrieval"; the ViRE benchmark found it beats RRF on most Vietnamese sets).
+
+    ``dense`` and ``sparse`` hold every chunk's score per query (``[n_queries, n_chunks]``). The candidates are the
+    union of each side's top ``depth``; both scores are exact for every candidate (no "missing = 0" guess) and are
+    min-max normalised over the candidates. ``alpha = 1`` orders like dense alone, ``alpha = 0`` like BM25 alone.
+    """
+    out: dict[float, Ranking] = {float(a): {} for a in alphas}
+    for i, qid in enumerate(query_ids):
+        d, s = dense[i], sparse[i]
+        k = min(depth, len(ids))
+        cand = np.union1d(np.argpartition(-d, k - 1)[:k], np.argpartition(-s, k - 1)[:k]) if k else np.arange(0)
+        if not len(cand):
+            for a in out:
+                out[a][qid] = []
+            continue
+        dn, sn = _minmax(d[cand].astype(np.float64)), _minmax(s[cand].astype(np.float64))
+        cand_ids = [ids[j] for j in cand]
+        for a in out:
+            out[a][qid] = top_k(cand_ids, a * dn + (1.0 - a) * sn, depth)
+    return out
 
 
 def to_doc_ranking(ranking: Ranking, chunk_to_doc: dict[str, str]) -> Ranking:

@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from ragtune.jsonl import read_jsonl
-from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, rrf
+from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, rrf, top_k
 
 INDEX_DIR = "models/index"
 PIPELINE_FILE = "models/pipeline.json"
-RETRIEVERS = ("ft_dense", "ft_hybrid", "bm25")
+RETRIEVERS = ("ft_dense", "ft_hybrid", "ft_convex", "bm25")
 
 
 class SearchSetupError(RuntimeError):
@@ -43,6 +43,7 @@ class Pipeline:
     fusion_weight: float = 1.0
     candidate_k: int = 100
     rrf_k: int = 60
+    alpha: float = 0.5  # ft_convex: weight of the dense score (1 − alpha for BM25), chosen on dev
     rerank_bf16: bool = True  # bf16 autocast for the reranker on CPU (as measured in evaluate)
 
     @property
@@ -56,10 +57,12 @@ class Pipeline:
         if retriever not in RETRIEVERS or suffix not in ("", "rerank"):
             raise SearchSetupError(
                 f"unknown pipeline {name!r}: use one of "
-                + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank") if not (r == "bm25" and s))
+                + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank"))
             )
         b = base or cls()
-        return cls(retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k, b.rerank_bf16)
+        return cls(
+            retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k, b.alpha, b.rerank_bf16
+        )
 
     @classmethod
     def load(cls, path: str | Path = PIPELINE_FILE) -> Pipeline:
@@ -122,7 +125,7 @@ class Searcher:
 
             reranker = CrossEncoder(str(reranker_dir), device="cpu")
         bm25 = None
-        if pipeline.retriever in ("ft_hybrid", "bm25"):
+        if pipeline.retriever in ("ft_hybrid", "ft_convex", "bm25"):
             bm25 = build_bm25(chunks, manifest.get("bm25", {}))
         return cls(
             chunks=chunks,
@@ -139,11 +142,16 @@ class Searcher:
         """First-stage candidates (chunk id, score), best first."""
         p = self.pipeline
         ranked: dict[str, Ranking] = {}
-        if p.retriever in ("ft_dense", "ft_hybrid"):
+        if p.retriever in ("ft_dense", "ft_hybrid", "ft_convex"):
             vec = self.embedder.encode(
                 [query], prompt=self.query_prompt, normalize_embeddings=True, convert_to_numpy=True
             )
-            ranked["dense"] = self.dense.search_vectors(["q"], vec.astype(np.float32), depth)
+            dense = self.dense.similarities(vec.astype(np.float32))
+            if p.retriever == "ft_convex":
+                assert self.bm25 is not None
+                sparse = self.bm25.score_matrix([query])
+                return convex_fusion(["q"], self.dense.ids, dense, sparse, [p.alpha], depth)[p.alpha]["q"]
+            ranked["dense"] = {"q": top_k(self.dense.ids, dense[0], depth)}
         if p.retriever in ("ft_hybrid", "bm25"):
             assert self.bm25 is not None
             ranked["bm25"] = self.bm25.search({"q": query}, depth)
@@ -154,8 +162,8 @@ class Searcher:
     def search(self, query: str, k: int = 5) -> list[dict[str, Any]]:
         """Ranked passages: ``{"rank", "chunk_id", "doc_id", "title", "section", "text", "metadata", "scores"}``.
 
-        ``scores`` holds ``retriever`` (cosine, or RRF for hybrid), ``reranker`` (raw logit → sigmoid) for the
-        reranked head, and ``final``: the fused score that orders the reranked head, null below it.
+        ``scores`` holds ``retriever`` (cosine, RRF for hybrid, the fused score for convex), ``reranker`` (raw logit
+        → sigmoid) for the reranked head, and ``final``: the fused score that orders the reranked head, null below it.
         """
         from ragtune.reranking import fuse, predict
 
