@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ragtune.bakeoff import MODELS_METRICS, measure_encoder
 from ragtune.console import stage, warn
 from ragtune.evaluation import (
     ndcg_per_query,
@@ -192,6 +193,20 @@ def main() -> None:
         if reranker_report:
             metrics["reranker"] = reranker_report
         write_json("metrics/evaluate.json", metrics)
+        # the bake-off's cost side: the same passages through each dense model, measured in a child process
+        sample = [c["text"] for c in chunks[: int(e["bakeoff_passages"])]]
+        dense_models = {"base_dense": (model_p["embedder"], base), "ft_dense": (FT_MODEL, tuned)}
+        write_json(
+            MODELS_METRICS,
+            {
+                name: measure_encoder(
+                    path, sample, emb.passage_prompt, batch_size=int(model_p["batch_size"]),
+                    max_seq_length=model_p.get("max_seq_length"),
+                )
+                for name, (path, emb) in dense_models.items()
+                if emb is not None
+            },
+        )  # fmt: skip
         write_curve_csv("metrics/recall_at_k.csv", curves_k)
         write_jsonl("reports/per_query_test.jsonl", records)
         best = max(results["test"]["doc"], key=lambda s: results["test"]["doc"][s].get("ndcg@10", 0.0))

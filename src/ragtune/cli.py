@@ -3,6 +3,7 @@
     ragtune search "Nhân viên được nghỉ phép bao nhiêu ngày?" --k 5
     ragtune search "..." --json            # for scripts
     ragtune search "..." --pipeline ft_dense   # override the pipeline evaluate chose on dev
+    ragtune compare                            # base-model bake-off: one row per DVC experiment
 
 It works offline from the repository's ``models/`` folder alone (index, embedder, reranker, pipeline.json).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,7 +33,29 @@ def _parser() -> argparse.ArgumentParser:
         f"from {PIPELINE_FILE})",
     )
     s.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
+    c = sub.add_parser("compare", help="one table of quality, speed and memory across DVC experiments (bake-off)")
+    c.add_argument("--system", default="ft_dense", help="which dense system to show: ft_dense (default) or base_dense")
+    c.add_argument("--json-file", help="read `dvc exp show --json` output from this file instead of running it")
     return parser
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ragtune.bakeoff import compare_rows, experiments_from_dvc, render_table
+
+    if args.json_file:
+        raw = Path(args.json_file).read_text(encoding="utf-8")
+    else:
+        proc = subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            print(f"ragtune compare: `dvc exp show --json` failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
+            return 2
+        raw = proc.stdout
+    rows = compare_rows(experiments_from_dvc(json.loads(raw)), system=args.system)
+    if not rows:
+        print("ragtune compare: no experiments with metrics yet (run `dvc exp run` first)", file=sys.stderr)
+        return 2
+    print(render_table(rows))
+    return 0
 
 
 def _print_table(query: str, results: list[dict], searcher: Searcher) -> None:
@@ -62,6 +86,8 @@ def _print_table(query: str, results: list[dict], searcher: Searcher) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "compare":
+        return _compare(args)
     root = Path(args.root)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
