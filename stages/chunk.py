@@ -2,10 +2,9 @@
 
 import statistics
 
-from ragtune.chunking import Chunker, check_fits_model, chunk_corpus, hf_token_functions
+from ragtune.chunking import build_chunker, chunk_corpus
 from ragtune.console import stage
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
-from ragtune.models import load_tokenizer
 from ragtune.params import load_params, section
 
 
@@ -14,18 +13,7 @@ def main() -> None:
     model_p, chunk_p = section(params, "model"), section(params, "chunk")
     with stage("chunk") as summary:
         docs = read_jsonl("data/interim/documents.jsonl")
-        tokenizer = load_tokenizer(model_p["embedder"])
-        passage_prompt = model_p.get("passage_prompt") or "passage: "
-        prompt_tokens = len(tokenizer(passage_prompt, add_special_tokens=False)["input_ids"])
-        check_fits_model(int(chunk_p["max_tokens"]), int(model_p["max_seq_length"]), prompt_tokens)
-        count, split = hf_token_functions(tokenizer)
-        chunker = Chunker(
-            count,
-            split,
-            max_tokens=int(chunk_p["max_tokens"]),
-            overlap_tokens=int(chunk_p["overlap_tokens"]),
-            prepend_title=bool(chunk_p["prepend_title"]),
-        )
+        chunker = build_chunker(model_p, chunk_p)
         chunks = chunk_corpus(docs, chunker)
         write_jsonl("data/chunks/chunks.jsonl", chunks)
         tokens = [c["n_tokens"] for c in chunks]

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from ragtune.bakeoff import MODELS_METRICS, measure_encoder
+from ragtune.chunking import build_chunker
 from ragtune.console import stage, warn
 from ragtune.evaluation import (
     ndcg_per_query,
@@ -14,6 +15,7 @@ from ragtune.evaluation import (
     score_systems,
     write_curve_csv,
 )
+from ragtune.forgetting import forgetting_report, load_set
 from ragtune.jsonl import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
 from ragtune.reranking import apply_rerank, top1_concentration
@@ -170,6 +172,12 @@ def main() -> None:
                     f"ft_dense's test gain over base_dense ({100 * g['gain']:+.1f} pts) is within noise: 95% interval "
                     f"[{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}] contains 0"
                 )
+        forgetting = {}
+        if tuned is not None and e["out_of_domain"]:
+            chunker = build_chunker(model_p, section(params, "chunk"))
+            ood = [load_set(spec, chunker, section(params, "ingest")["root"]) for spec in e["out_of_domain"]]
+            forgetting, ood_warnings = forgetting_report(ood, base, tuned, float(e["forgetting_max_drop"]))
+            warnings += ood_warnings
         if results["test"]["n_queries"] < 30:
             warnings.append(
                 f"only {results['test']['n_queries']} test queries: differences under ~5 points are noise "
@@ -192,6 +200,8 @@ def main() -> None:
             }
         if reranker_report:
             metrics["reranker"] = reranker_report
+        if forgetting:
+            metrics["out_of_domain"] = forgetting
         write_json("metrics/evaluate.json", metrics)
         # the bake-off's cost side: the same passages through each dense model, measured in a child process
         sample = [c["text"] for c in chunks[: int(e["bakeoff_passages"])]]
@@ -220,6 +230,7 @@ def main() -> None:
             selection=selection.to_json() if pipeline else None,
             reranker=reranker_report,
             gains=gains,
+            out_of_domain=forgetting,
         )
         Path("reports").mkdir(exist_ok=True)
         Path("reports/evaluation.md").write_text(report, encoding="utf-8")

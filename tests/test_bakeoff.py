@@ -46,6 +46,13 @@ def test_measure_encoder_reports_what_each_model_costs(tiny_embedder_path: Path,
     for m in (small, big):
         assert m["passages_per_s"] > 0 and m["peak_rss_mib"] > 50  # a child process with torch loaded
         assert m["measured_on"] == "40 passages, batch 8"
+    # the peak is the model's own process, not inherited from a large parent (fork + exec keeps the parent's
+    # high-water mark in getrusage's ru_maxrss): a parent grown by 1 GiB does not move it
+    ballast = bytearray(2**30)
+    ballast[::4096] = b"x" * len(ballast[::4096])  # touch every page so it is resident
+    again = measure_encoder(tiny_embedder_path, VI_SENTENCES * 4, "passage: ", batch_size=8)
+    del ballast
+    assert again["peak_rss_mib"] < small["peak_rss_mib"] + 200
 
 
 def test_compare_renders_one_row_per_experiment_from_dvc_exp_show():

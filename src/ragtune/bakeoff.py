@@ -66,7 +66,6 @@ def measure_encoder(
 
 def _measure_here(spec: dict[str, Any]) -> dict[str, Any]:
     """The child process's side of :func:`measure_encoder`."""
-    import resource
     import time
 
     from ragtune.models import load_embedder, resolve_model
@@ -79,15 +78,32 @@ def _measure_here(spec: dict[str, Any]) -> dict[str, Any]:
     vecs = model.encode(texts, prompt=prompt, batch_size=batch, show_progress_bar=False, convert_to_numpy=True)
     seconds = time.perf_counter() - t0
     weights = [p for p in Path(path).rglob("*") if p.suffix in (".safetensors", ".bin")]
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     return {
         "dim": int(vecs.shape[1]),
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
         "size_mib": round(sum(p.stat().st_size for p in weights) / 2**20, 1),
         "passages_per_s": round(len(texts) / seconds, 1),
-        "peak_rss_mib": round(peak_kib / 1024, 0),
+        "peak_rss_mib": round(_peak_rss_kib() / 1024, 0),
         "measured_on": f"{len(texts)} passages, batch {batch}",
     }
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory since it started (KiB).
+
+    ``/proc/self/status`` VmHWM, not ``getrusage``: a child started by fork + exec inherits the parent's high-water
+    mark in ``ru_maxrss`` (the pre-exec copy of the parent counts), so the evaluate stage's own 2 GiB showed up as
+    every model's peak. VmHWM belongs to the process image after exec alone.
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB; macOS: bytes (no /proc there)
 
 
 def _lookup(metrics: dict[str, Any], path: Sequence[str], system: str) -> Any:

@@ -291,3 +291,25 @@ def check_fits_model(max_tokens: int, model_max_seq_length: int, prompt_tokens: 
             f"2 special tokens and {prompt_tokens} prompt tokens leaves {limit}. Lower chunk.max_tokens to ≤ {limit} "
             "(or raise model.max_seq_length if the model supports it)."
         )
+
+
+def build_chunker(model_params: dict[str, Any], chunk_params: dict[str, Any]) -> Chunker:
+    """The chunker the ``chunk:`` and ``model:`` params describe, its size checked against the model first.
+
+    The chunk stage and the forgetting check (which chunks out-of-domain sets) build it here, so both cut text the
+    same way.
+    """
+    from ragtune.models import load_tokenizer
+
+    tokenizer = load_tokenizer(model_params["embedder"])
+    passage_prompt = model_params.get("passage_prompt") or "passage: "
+    prompt_tokens = len(tokenizer(passage_prompt, add_special_tokens=False)["input_ids"])
+    check_fits_model(int(chunk_params["max_tokens"]), int(model_params["max_seq_length"]), prompt_tokens)
+    count, split = hf_token_functions(tokenizer)
+    return Chunker(
+        count,
+        split,
+        max_tokens=int(chunk_params["max_tokens"]),
+        overlap_tokens=int(chunk_params["overlap_tokens"]),
+        prepend_title=bool(chunk_params["prepend_title"]),
+    )

@@ -180,6 +180,7 @@ def render_report(
     selection: dict[str, Any] | None = None,
     reranker: dict[str, Any] | None = None,
     gains: dict[str, dict[str, float]] | None = None,
+    out_of_domain: dict[str, Any] | None = None,
 ) -> str:
     """Markdown report: the chosen pipeline first, then tables per split, then the worst test queries."""
     lines = ["# ragtune evaluation report", ""]
@@ -251,6 +252,27 @@ def render_report(
         lines.append("")
     if warnings:
         lines += ["## Warnings", ""] + [f"- ⚠️ {w}" for w in warnings] + [""]
+    if out_of_domain:
+        lines += [
+            "## Forgetting check: out-of-domain sets (evaluate.out_of_domain)",
+            "",
+            "The base and the shipped embedder, dense retrieval over each set's own chunks; every question of a set "
+            "is held out from training.",
+            "",
+            "| set | questions | base ndcg@10 | shipped ndcg@10 | change | 95% interval | base mrr@10 | "
+            "shipped mrr@10 |",
+            "|---|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for name, r in out_of_domain.items():
+            if "skipped" in r:
+                lines.append(f"| {name} | skipped: {r['skipped']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {r['n_queries']} | {r['base_ndcg@10']:.4f} | {r['shipped_ndcg@10']:.4f} | "
+                f"{100 * r['change']:+.1f} pts | [{100 * r['ci_low']:+.1f}, {100 * r['ci_high']:+.1f}] | "
+                f"{r['base_mrr@10']:.4f} | {r['shipped_mrr@10']:.4f} |"
+            )
+        lines.append("")
     if reranker:
         lines += [
             "## Reranker",
