@@ -81,6 +81,12 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     assert pipeline["system"] == (adopted[-1] if adopted else "ft_dense") and pipeline["reason"]
     assert all(s["ci_low"] > 0 for s in steps if s["adopted"])
     assert 0.0 <= metrics["convex"]["alpha"] <= 1.0 and "ft_convex" in metrics["test"]
+    # the forgetting check scored the shipped sample (out of this tiny corpus's domain) with base and shipped models
+    ood = metrics["out_of_domain"]["sample"]
+    assert ood["n_queries"] > 250 and 0 <= ood["base_ndcg@10"] <= 1
+    assert "Forgetting check" in (work / "reports/evaluation.md").read_text(encoding="utf-8")
+    models = read_json(work / "metrics/models.json")
+    assert models["base_dense"]["dim"] == models["ft_dense"]["dim"] == 32 and models["ft_dense"]["passages_per_s"] > 0
     report = (work / "reports/evaluation.md").read_text(encoding="utf-8")
     assert report.index("## Headline") < report.index("## test split")
     from ragtune.cli import main as cli
