@@ -78,9 +78,12 @@ def test_compare_renders_one_row_per_experiment_from_dvc_exp_show():
             ],
         }
     ]
+    unnamed = entry(None, "intfloat/multilingual-e5-small", False, 0.81, 384, 40.0)
+    unnamed["rev"] = "0123456789abcdef0123456789abcdef01234567"
+    show[0]["experiments"].append({"revs": [unnamed]})
     rows = compare_rows(experiments_from_dvc(json.loads(json.dumps(show))))
-    assert [r["experiment"] for r in rows] == ["workspace", "e5-base", "vn-emb"]
-    assert [r["trained"] for r in rows] == [True, False, False]
+    assert [r["experiment"] for r in rows] == ["workspace", "e5-base", "vn-emb", "0123456"]
+    assert [r["trained"] for r in rows] == [True, False, False, False]
     table = render_table(rows)
     assert (
         "| vn-emb | AITeamVN/Vietnamese_Embedding | no | 0.8600 | 0.8100 | 0.5000 | 1024 | 6.5 | 900 | 450 |" in table

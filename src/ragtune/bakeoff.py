@@ -169,11 +169,15 @@ def experiments_from_dvc(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]
             }
         )
 
+    def short(rev: Any) -> str:  # a commit hash shortened as git does; "workspace" stays whole
+        rev = str(rev or "")
+        return rev[:7] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
+
     for commit in exp_show:
-        take(commit, str(commit.get("rev", "workspace"))[:7])
+        take(commit, short(commit.get("rev", "workspace")))
         for exp in commit.get("experiments") or []:
             for rev in exp.get("revs") or []:
-                take(rev, str(rev.get("rev", ""))[:7])
+                take(rev, short(rev.get("rev")))
     return out
 
 
