@@ -200,14 +200,23 @@ def main() -> None:
         if cfg.merge_alpha < 1:
             metrics["dev"]["unmerged"] = training.dev_metrics(dev_unmerged)
         metrics["shipped"] = shipped if checkable else f"{shipped} (no dev questions: unchecked)"
+        if dev:
+            base = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
+            base.max_seq_length = cfg.max_seq_length
+            metrics["dev"]["evidence"] = training.dev_evidence(
+                model, base, dev, chunks, qp, pp, base_fingerprint=model_fingerprint(base_path), seed=cfg.seed
+            )
         if training.ship_base(cfg, metrics):
-            # Never ship a regression: the base model goes out instead, and every report says so.
-            model = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
-            model.max_seq_length = cfg.max_seq_length
+            # Never ship what dev cannot tell from a regression: the base model goes out, and every report says so.
+            model = base
             metrics["shipped"] = "base"
+            ev = metrics["dev"]["evidence"]
             metrics["warnings"].append(
-                f"{OUT_DIR} is the BASE model, unchanged: the trained model scored below it on dev "
-                "(train_embedder.keep_base_if_worse: false ships the fine-tuned one anyway)"
+                f"{OUT_DIR} is the BASE model, unchanged: on {ev['n_queries']} dev questions the trained model's "
+                f"NDCG@10 gain is {100 * ev['gain']:+.1f} pts with a 95% interval of [{100 * ev['ci_low']:+.1f}, "
+                f"{100 * ev['ci_high']:+.1f}], which does not rule out a loss. Label more dev questions "
+                "(pairs.dev_ratio, or a dev file) for a fine-tune to earn its place; "
+                "train_embedder.keep_base_if_worse: false ships it anyway"
             )
         for w in metrics["warnings"]:
             warn(w)

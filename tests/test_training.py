@@ -450,16 +450,44 @@ def test_guards_fire():
     )
 
 
-def test_base_model_is_shipped_only_when_every_checkpoint_lost_on_dev():
-    def metrics(before, after):
-        return {"dev": {"before": {"ndcg@10": before}, "after": {"ndcg@10": after}}}
+def test_base_model_is_shipped_unless_dev_evidence_says_the_trained_one_is_better():
+    def metrics(gain, low, n=46):
+        return {"dev": {"evidence": {"gain": gain, "ci_low": low, "ci_high": gain + (gain - low), "n_queries": n}}}
 
     keep = EmbedderTrainConfig.from_params({})
-    assert keep.keep_base_if_worse is True  # the default: never ship a regression
-    assert ship_base(keep, metrics(0.80, 0.72))
-    assert not ship_base(keep, metrics(0.80, 0.86))
-    assert not ship_base(keep, {"dev": {"before": {}, "after": {}}})  # no dev split: nothing to compare
-    assert not ship_base(EmbedderTrainConfig.from_params(PARAMS), metrics(0.80, 0.72))  # the user opted out
+    assert keep.keep_base_if_worse is True  # the default: never ship what dev cannot tell from a regression
+    assert ship_base(keep, metrics(-0.08, -0.15))  # worse
+    assert ship_base(keep, metrics(0.04, -0.02))  # better on average, but the interval allows a loss
+    assert not ship_base(keep, metrics(0.084, 0.018))  # the sample: +8.4 [+1.8, +15.0] over 46 dev questions
+    assert not ship_base(keep, {"dev": {"before": {}, "after": {}}})  # no dev split: the no-dev rule decides
+    assert not ship_base(EmbedderTrainConfig.from_params(PARAMS), metrics(-0.08, -0.15))  # the user opted out
+
+
+def test_dev_evidence_is_a_paired_interval_over_dev_questions(tiny_embedder_path):
+    from conftest import VI_SENTENCES
+
+    from ragtune.models import load_embedder, model_fingerprint
+    from ragtune.training import dev_evidence
+
+    chunks = [{"chunk_id": f"d{i}#0000", "doc_id": f"d{i}", "text": t} for i, t in enumerate(VI_SENTENCES)]
+    dev = [
+        {"query_id": f"q{i}", "query": t.split(",")[0], "positive_doc_ids": [f"d{i}"]}
+        for i, t in enumerate(VI_SENTENCES)
+    ]
+    model = load_embedder(str(tiny_embedder_path))
+    same = dev_evidence(
+        model, model, dev, chunks, "query: ", "passage: ", base_fingerprint=model_fingerprint(str(tiny_embedder_path))
+    )
+    assert same == {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n_queries": 10}  # a model against itself
+    import torch
+
+    other = load_embedder(str(tiny_embedder_path))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5)
+    ev = dev_evidence(other, model, dev, chunks, "query: ", "passage: ", base_fingerprint="")
+    assert ev["n_queries"] == 10 and ev["ci_low"] <= ev["gain"] <= ev["ci_high"]
 
 
 def test_merge_with_base_interpolates_weights(tiny_embedder_path):
