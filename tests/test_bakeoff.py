@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
+import pytest
 from conftest import VI_SENTENCES
 
 from ragtune.bakeoff import compare_rows, experiments_from_dvc, measure_encoder, render_table
@@ -93,3 +96,23 @@ def test_compare_renders_one_row_per_experiment_from_dvc_exp_show():
     assert "| vn-emb | AITeamVN/Vietnamese_Embedding | no | 0.8600 | 0.8100 | 0.5000 | – | – | – | – |" in render_table(
         compare_rows(experiments_from_dvc(show))
     )
+
+
+@pytest.mark.slow
+def test_a_bakeoff_sweep_of_dvc_experiments_ends_in_one_table(
+    tiny_repo, tmp_path: Path, tiny_embedder_path: Path, monkeypatch, capsys
+):
+    """The documented sweep, for real: two base models as DVC experiments, untrained, then `ragtune compare`."""
+    from ragtune.cli import main
+
+    work, _, run = tiny_repo
+    wide = _wider(tiny_embedder_path, tmp_path)
+    run("exp", "run", "-n", "tiny32", "-S", "train_embedder.enabled=false")
+    run("exp", "run", "-n", "tiny64", "-S", f"model.embedder={wide}", "-S", "train_embedder.enabled=false")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    assert main(["compare", "--system", "base_dense"]) == 0
+    rows = {line.split(" | ")[0].strip("| "): line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert {"tiny32", "tiny64"} <= set(rows)
+    assert "| 32 |" in rows["tiny32"] and "| 64 |" in rows["tiny64"] and str(wide) in rows["tiny64"]
+    assert "| no |" in rows["tiny32"]  # train_embedder.enabled: false
