@@ -5,7 +5,7 @@ Usage (repo root, after `dvc repro chunk`):
 
 Each model encodes the same sample chunks in a child process (`ragtune.bakeoff.measure_encoder`, exactly what the
 evaluate stage records in metrics/models.json), `--repeats` times; the median of passages/s and the largest peak are
-kept. Writes metrics/benchmarks/bakeoff.json (then `python benchmarks/report.py` renders it into the README).
+kept. Writes metrics/benchmarks/bakeoff.json (then `python benchmarks/report.py` renders it into docs/benchmarks.md).
 Quality (MRR@10, Hit@1, NDCG@10) comes from the pipeline itself: `dvc exp run -S model.embedder=<name>
 -S train_embedder.enabled=false` per model, then `ragtune compare`.
 """

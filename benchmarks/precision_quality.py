@@ -9,7 +9,7 @@ the precision differs, and `max_steps` is shortened so the fp32 arm fits a coffe
 peaks by step ~36 anyway). Each arm is scored the way the evaluate stage scores it: document-level NDCG@10 and
 MRR@10 on the dev and test splits. Wall-clock time per arm is reported too, since speed is the point of bf16.
 
-Writes metrics/benchmarks/precision_quality.json. The README's Benchmarks section quotes it.
+Writes metrics/benchmarks/precision_quality.json. docs/benchmarks.md quotes it.
 """
 
 from __future__ import annotations

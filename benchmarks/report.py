@@ -1,7 +1,8 @@
-"""Collect every benchmark's JSON from metrics/benchmarks/ into the README's Benchmarks section.
+"""Collect every benchmark's JSON from metrics/benchmarks/ into docs/benchmarks.md.
 
-Each benchmark script writes its own JSON; this renders them between the README markers so figures in the README
-are always the measured ones (never typed by hand).
+Each benchmark script writes its own JSON; this renders them between the markers in docs/benchmarks.md (the text
+around the markers is hand-written and kept), so the figures there are always the measured ones (never typed by
+hand). The README links to that page.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-README = Path("README.md")
+TARGET = Path("docs/benchmarks.md")
 START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 
 
@@ -47,13 +48,13 @@ def render() -> str:
 
 
 def main() -> None:
-    text = README.read_text(encoding="utf-8")
+    text = TARGET.read_text(encoding="utf-8")
     if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the {START} … {END} markers")
+        raise SystemExit(f"{TARGET} lacks the {START} … {END} markers")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    README.write_text(head + render() + tail, encoding="utf-8")
-    print("README.md benchmarks section updated")
+    TARGET.write_text(head + render() + tail, encoding="utf-8")
+    print(f"{TARGET} benchmarks section updated")
 
 
 if __name__ == "__main__":

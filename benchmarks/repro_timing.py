@@ -6,7 +6,7 @@ Usage: python benchmarks/repro_timing.py   (repo root, venv active; the base mod
    metrics/train_embedder.json of the last run), timed per stage from each stage's summary line;
 2. `dvc repro --force negatives`: the data stages again; their outputs must be byte-identical to step 1's;
 3. `dvc repro` with nothing changed, best of 3: the no-op cost (DVC hashing + lock checks).
-Writes metrics/benchmarks/repro_timing.json; `python benchmarks/report.py` copies the figures into the README.
+Writes metrics/benchmarks/repro_timing.json; `python benchmarks/report.py` copies the figures into docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ with the `--set` overrides and `train_embedder.seed` changed, `stages/`, `data/`
 dev, base kept if worse), and scores the shipped model the way the evaluate stage does: document-level NDCG@10 /
 MRR@10 on dev and test, against the base model. The repository's own outputs are not touched.
 
-Writes metrics/benchmarks/seed_variance.json (per seed, plus mean / sample std / min of the test gain). The README's
-Benchmarks section quotes it.
+Writes metrics/benchmarks/seed_variance.json (per seed, plus mean / sample std / min of the test gain).
+docs/benchmarks.md quotes it.
 """
 
 from __future__ import annotations
