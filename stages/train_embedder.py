@@ -11,11 +11,13 @@ import torch
 
 from ragtune import batching, training
 from ragtune.console import console, stage, warn
+from ragtune.deps import stage_modules
 from ragtune.jsonl import read_jsonl, write_json
 from ragtune.models import load_embedder, model_fingerprint, resolve_model, sha256_file
 from ragtune.pairs import query_key
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt
+from ragtune.rows import training_rows
 from ragtune.training import (
     EmbedderTrainConfig,
     build_ir_evaluator,
@@ -108,7 +110,7 @@ def main() -> None:
                 dev_after={},
                 leaked_queries=leaked,
             )
-            every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
+            every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
             metrics["train"]["positives_not_trained"] = len(every_positive)  # none was trained
             ship_untrained(model_p, cfg, plan, base_path, metrics, untrained)
             summary["read"] = f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries"
@@ -127,8 +129,8 @@ def main() -> None:
             sha256_file("data/negatives/train_groups.jsonl"),
             sha256_file("data/pairs/dev.jsonl"),
             sha256_file(__file__),
-            sha256_file(training.__file__),  # a code change must not resume a checkpoint made by other code
-            sha256_file(batching.__file__),
+            # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
+            *(sha256_file(path) for path in stage_modules(__file__)),
             f"world={world}",
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint, owner=rank0)
@@ -188,7 +190,7 @@ def main() -> None:
         metrics["warnings"] += attention_warnings + unchecked
         metrics["plan"] = asdict(plan)
         # labeled positives left out of training (positives: first) are counted, never dropped silently
-        every_positive, _ = training.training_rows(groups, cfg.n_hard_negatives, "all")
+        every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
         metrics["train"]["positives_not_trained"] = len(every_positive) - len(train_ds)
         metrics["train"]["first_epoch_batches"] = first_epoch
         if fn_rows > 0.1 * len(train_ds):

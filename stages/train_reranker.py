@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ragtune import reranking, training
 from ragtune.console import console, stage, warn
+from ragtune.deps import stage_modules
 from ragtune.jsonl import read_jsonl, write_json, write_jsonl
 from ragtune.models import model_fingerprint, resolve_model, sha256_file
 from ragtune.params import load_params, section
@@ -78,8 +79,8 @@ def main() -> None:
             sha256_file("data/reranker/train_groups.jsonl"),
             sha256_file("data/pairs/dev.jsonl"),
             sha256_file(__file__),
-            sha256_file(reranking.__file__),
-            sha256_file(training.__file__),
+            # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
+            *(sha256_file(path) for path in stage_modules(__file__)),
         )
         resume = prepare_checkpoint_dir(CKPT_DIR, fingerprint) if untrained is None else None
         if resume:

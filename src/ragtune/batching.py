@@ -31,6 +31,8 @@ from typing import Any
 
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
+from ragtune.rows import training_rows
+
 SCAN_WINDOW = 256  # open batches tried per row before the repair step: bounds the cost on big corpora
 REPAIR_WINDOW = 32  # full batches (and open targets) the repair step tries for a row that fits nowhere
 
@@ -70,14 +72,12 @@ def group_row_keys(
     chunk_docs: Mapping[str, str],
     positives: str = "first",
 ) -> list[RowKeys]:
-    """Keys for the rows ``training.groups_to_dataset`` makes from the same groups (``training.training_rows``).
+    """Keys for the rows ``training.groups_to_dataset`` makes from the same groups (``rows.training_rows``).
 
     A row's relevant documents are those of all its group's positive chunks (``pos_ids``), not only the one the
     row trains on; its shown documents are those of its own positive and the ``n_hard_negatives`` negatives it
     trains on. Ids missing from ``chunk_docs`` (groups from another tool) fall back to text keys alone.
     """
-    from ragtune.training import training_rows
-
     keys = []
     rows, _ = training_rows(groups, n_hard_negatives, positives)
     for g, p in rows:

@@ -140,34 +140,6 @@ def ndcg_per_query(
     return {qid: m["ndcg@10"] for qid, m in per_query.items()}
 
 
-def rerank_scores(
-    model: Any,
-    systems_by_split: dict[str, dict[str, Ranking]],
-    splits: dict[str, Sequence[dict[str, Any]]],
-    retrievers: Sequence[str],
-    chunks: Sequence[dict[str, Any]],
-    k: int,
-    bf16: bool,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Reranker score per split, query and chunk over the union of the retrievers' top ``k``: one forward pass per
-    (query, chunk), however many retrievers proposed it."""
-    from ragtune.reranking import rerank_ranking
-
-    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for split, queries in splits.items():
-        qtext = {q["query_id"]: q["query"] for q in queries}
-        union: dict[str, dict[str, float]] = {}
-        for retr in retrievers:
-            for qid, items in systems_by_split[split][retr].items():
-                for cid, _ in items[:k]:
-                    union.setdefault(qid, {})[cid] = 0.0
-        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
-        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bf16)
-        out[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
-    return out
-
-
 def render_report(
     results: dict[str, dict[str, Any]],
     records: list[dict[str, Any]],

@@ -500,6 +500,32 @@ def rerank_ranking(
     return {qid: scores[a:b] for qid, (a, b) in spans.items()}
 
 
+def rerank_scores(
+    model: Any,
+    systems_by_split: dict[str, dict[str, Ranking]],
+    splits: dict[str, Sequence[dict[str, Any]]],
+    retrievers: Sequence[str],
+    chunks: Sequence[dict[str, Any]],
+    k: int,
+    bf16: bool,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Reranker score per split, query and chunk over the union of the retrievers' top ``k``: one forward pass per
+    (query, chunk), however many retrievers proposed it."""
+    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for split, queries in splits.items():
+        qtext = {q["query_id"]: q["query"] for q in queries}
+        union: dict[str, dict[str, float]] = {}
+        for retr in retrievers:
+            for qid, items in systems_by_split[split][retr].items():
+                for cid, _ in items[:k]:
+                    union.setdefault(qid, {})[cid] = 0.0
+        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
+        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bf16)
+        out[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
+    return out
+
+
 def apply_rerank(ranking: Ranking, scores: dict[str, list[float]], weight: float) -> Ranking:
     """The fused top-k (see :func:`fuse`) followed by the rest of the retriever's list, unchanged."""
     out: Ranking = {}

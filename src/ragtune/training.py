@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragtune.params import StageConfig
+from ragtune.rows import POSITIVES, training_rows
 
 if TYPE_CHECKING:
     from ragtune.batching import RowKeys
@@ -33,8 +34,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 # MNRL hardness weighting: add strength·stop_grad(cos) to these negatives' logits, so harder negatives weigh more.
 HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
-# Which labeled positives of a group become training rows: ``first`` = pos[0] only; ``all`` = one row per positive.
-POSITIVES = ("first", "all")
 # ``epochs``, ``eval_steps`` and ``save_steps`` may be this word: sized to the data by :func:`plan_schedule`.
 AUTO = "auto"
 
@@ -359,40 +358,6 @@ def require_resolved(cfg: Any) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- data
-def usable_group(group: dict[str, Any], n_hard_negatives: int) -> bool:
-    """A group can make a training row: it has a positive and at least ``n_hard_negatives`` negatives."""
-    return bool(group["pos"]) and len(group["neg"]) >= n_hard_negatives
-
-
-def training_rows(
-    groups: Sequence[dict[str, Any]], n_hard_negatives: int, positives: str = "first"
-) -> tuple[list[tuple[dict[str, Any], int]], int]:
-    """The training rows a list of groups makes, as ``(group, positive index)``, and how many groups were dropped.
-
-    A group whose question names several relevant documents carries one positive chunk per document. ``first``
-    trains on ``pos[0]`` alone, so the other labeled documents are never seen as positives; ``all`` makes one
-    row per positive, each with the group's hard negatives (they are guarded against every positive's document).
-    Rows of one group share their relevant documents, so the document-disjoint sampler never puts two of them in
-    one batch, where each would be the other's false negative. ``groups_to_dataset`` and
-    ``batching.group_row_keys`` both read the rows from here, so the dataset and the sampler's keys stay aligned.
-    """
-    if positives not in POSITIVES:
-        raise ValueError(f"positives={positives!r}: choose one of {POSITIVES}")
-    rows: list[tuple[dict[str, Any], int]] = []
-    dropped = 0
-    for g in groups:
-        if not usable_group(g, n_hard_negatives):
-            dropped += 1
-            continue
-        texts = g["pos"] if positives == "all" else g["pos"][:1]
-        seen: set[str] = set()
-        for i, text in enumerate(texts):
-            if text not in seen:  # the same chunk listed twice is one positive, not two rows
-                seen.add(text)
-                rows.append((g, i))
-    return rows, dropped
-
-
 def groups_to_dataset(
     groups: Sequence[dict[str, Any]], n_hard_negatives: int, positives: str = "first"
 ) -> tuple[Any, int]:
