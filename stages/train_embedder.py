@@ -57,6 +57,13 @@ def main() -> None:
         model.max_seq_length = cfg.max_seq_length
         qp = model_prompt(model, "query", model_p.get("query_prompt"))
         pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
+        # before any work: a chunk longer than the training truncation would lose its end silently
+        training.check_chunks_fit(
+            max((int(c["n_tokens"]) for c in chunks), default=0),
+            len(model.tokenizer(pp, add_special_tokens=False)["input_ids"]),
+            model.tokenizer.num_special_tokens_to_add(pair=False),
+            cfg.max_seq_length,
+        )
         counts = freeze(model, cfg)
         attention, attention_warnings = training.apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
         counts |= attention

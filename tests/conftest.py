@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -30,6 +31,14 @@ VI_SENTENCES = [
     "Mật khẩu phải có ít nhất mười hai ký tự, bao gồm chữ hoa, chữ thường và chữ số.",
     "Sao lưu cơ sở dữ liệu PostgreSQL được thực hiện hằng đêm lúc hai giờ sáng.",
 ]
+
+
+def shipped_params(name: str, **overrides: Any) -> dict[str, Any]:
+    """The shipped params.yaml's ``name`` section with ``overrides`` applied: a complete section, as
+    ``StageConfig.from_params`` requires (a missing key is an error), so a test names only the keys it is about and
+    every other value is the one the pipeline runs with. Unknown override keys pass through, for tests of refusal."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    return {**params[name], **overrides}
 
 
 def _build_tiny_embedder(root: Path) -> Path:
@@ -197,10 +206,15 @@ def make_stage_dir(tmp_path: Path, tiny_embedder_path: Path, *, dev: bool = True
     as hard negative, and two dev questions (``dev=False``: an empty dev split). ``sections`` update params.yaml's
     sections (``train_embedder={"enabled": False}``). ``models/embedder`` is the tiny embedder, for the reranker.
     """
+    from transformers import AutoTokenizer
+
     work = tmp_path / "stage"
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
     chunks = [
         {"chunk_id": f"D{i}#0", "doc_id": f"D{i}", "text": f"{title}\n{body}"} for i, (title, body) in enumerate(TOPICS)
     ]
+    for c in chunks:  # as the chunk stage counts them: train_embedder checks the longest fits its max_seq_length
+        c["n_tokens"] = len(tokenizer(c["text"], add_special_tokens=False)["input_ids"])
     questions = [
         {"query_id": f"Q{i}{j}", "query": q, "positive_doc_ids": [f"D{i}"], "positive_chunk_ids": [f"D{i}#0"]}
         for i, (title, body) in enumerate(TOPICS)
@@ -229,7 +243,8 @@ def make_stage_dir(tmp_path: Path, tiny_embedder_path: Path, *, dev: bool = True
 
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
     params["model"].update({"embedder": str(tiny_embedder_path), "max_seq_length": 64})
-    params["train_embedder"].update({"batch_size": 4, "max_seq_length": 64, "lr": 1e-3, "auto_min_steps": 6})
+    # max_seq_length 80: the longest chunk is 57 tiny-tokenizer tokens, 67 with the 8-token prompt and 2 specials
+    params["train_embedder"].update({"batch_size": 4, "max_seq_length": 80, "lr": 1e-3, "auto_min_steps": 6})
     params["train_reranker"].update({"batch_size": 4, "max_length": 64, "rank_max": 6, "auto_min_steps": 6})
     for name, values in sections.items():
         params[name].update(values)
@@ -237,11 +252,17 @@ def make_stage_dir(tmp_path: Path, tiny_embedder_path: Path, *, dev: bool = True
     return work
 
 
-def run_stage(work: Path, name: str) -> str:
-    """``python stages/<name>.py`` of this repo, run in ``work``; returns its output (stdout + stderr)."""
+def run_stage(work: Path, name: str, *, fails: bool = False) -> str:
+    """``python stages/<name>.py`` of this repo, run in ``work``; returns its output (stdout + stderr).
+
+    ``fails=True``: the stage must exit with an error (a refused config), and the output is its message.
+    """
     env = dict(os.environ, HF_HUB_OFFLINE="1", RAGTUNE_QUIET="1", COLUMNS="200")
     proc = subprocess.run(
         [sys.executable, str(REPO / "stages" / f"{name}.py")], cwd=work, env=env, capture_output=True, text=True
     )
-    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    if fails:
+        assert proc.returncode != 0, f"{name} succeeded, but it should have failed:\n{proc.stdout}\n{proc.stderr}"
+    else:
+        assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     return proc.stdout + proc.stderr

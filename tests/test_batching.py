@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from conftest import shipped_params
 
 from ragtune.batching import (
     DocumentDisjointBatchSampler,
@@ -125,8 +126,8 @@ def test_the_trainer_draws_disjoint_batches_reproducibly(tiny_embedder_path, tmp
     from sentence_transformers import SentenceTransformer
 
     groups, chunk_docs = _groups(n_docs=24, per_doc=2)
-    cfg = EmbedderTrainConfig.from_params({"batch_size": 8, "n_hard_negatives": 1, "seed": 3})
-    assert cfg.batch_sampler == "document_disjoint"  # the default
+    cfg = EmbedderTrainConfig.from_params(shipped_params("train_embedder", batch_size=8, n_hard_negatives=1, seed=3))
+    assert cfg.batch_sampler == "document_disjoint"  # the shipped setting
     ds, _ = groups_to_dataset(groups, 1)
     keys = group_row_keys(groups, 1, chunk_docs)
     model = SentenceTransformer(str(tiny_embedder_path), device="cpu")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import shipped_params
 
 from ragtune.reranking import (
     RerankerConfigError,
@@ -70,6 +71,12 @@ PARAMS = {
     "dataloader_num_workers": 1,
 }
 
+
+def rr(**overrides) -> RerankerTrainConfig:
+    """The shipped params.yaml's train_reranker config, with ``overrides``: a test names only what it is about."""
+    return RerankerTrainConfig.from_params(shipped_params("train_reranker", **overrides))
+
+
 CHUNKS = {f"{d}#{i}": d for d in "ABCDEF" for i in range(2)}
 TEXT = {c: f"văn bản {c}" for c in CHUNKS}
 
@@ -77,17 +84,21 @@ TEXT = {c: f"văn bản {c}" for c in CHUNKS}
 def test_params_cover_every_config_field():
     names = {f.name for f in dataclasses.fields(RerankerTrainConfig)} - {"extra"}
     assert names == set(PARAMS), "a new train_reranker param needs a row in PARAMS and an assertion"
-    defaults = RerankerTrainConfig()
-    assert all(getattr(defaults, k) != v for k, v in PARAMS.items() if k not in ("precision", "loss"))
+    shipped = rr()
+    assert all(getattr(shipped, k) != v for k, v in PARAMS.items() if k not in ("precision", "loss"))
 
 
 def test_unknown_or_invalid_params_are_refused():
-    with pytest.raises(RerankerConfigError, match="learning_rate"):
-        RerankerTrainConfig.from_params({"learning_rate": 1e-4})
+    with pytest.raises(RerankerConfigError, match=r"unknown key.*learning_rate"):
+        rr(learning_rate=1e-4)
     with pytest.raises(RerankerConfigError, match="loss"):
-        RerankerTrainConfig.from_params({"loss": "cosine"})
+        rr(loss="cosine")
     with pytest.raises(RerankerConfigError, match="rank_min"):
-        RerankerTrainConfig.from_params({"rank_min": 10, "rank_max": 5})
+        rr(rank_min=10, rank_max=5)
+    section = shipped_params("train_reranker")
+    del section["head"]  # the key params.yaml lacked until defaults moved out of the code
+    with pytest.raises(RerankerConfigError, match=r"params.yaml train_reranker: missing key\(s\) head: add them"):
+        RerankerTrainConfig.from_params(section)
 
 
 def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
@@ -152,7 +163,7 @@ def test_auto_schedule_reaches_the_reranker_trainer(tiny_embedder_path, tmp_path
     from ragtune.reranking import build_args
     from ragtune.training import resolve_schedule
 
-    cfg = RerankerTrainConfig.from_params({"batch_size": 4, "auto_min_steps": 10, "max_length": 32})
+    cfg = rr(batch_size=4, auto_min_steps=10, max_length=32)
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]
     ds = groups_to_dataset(groups, "bce")
     with pytest.raises(RerankerConfigError, match="resolve_schedule"):
@@ -173,7 +184,7 @@ def test_mean_head_gets_the_head_learning_rate_and_round_trips(tiny_embedder_pat
     """head=mean: encoder + mean pooling + a linear scorer; the scorer (only) gets head_lr, and it reloads alone."""
     from sentence_transformers import CrossEncoder
 
-    cfg = RerankerTrainConfig(head="mean", lr=1e-5, head_lr=1e-2, max_length=32, cpu_bf16=False)
+    cfg = rr(head="mean", lr=1e-5, head_lr=1e-2, max_length=32, cpu_bf16=False)
     model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}"]} for i in range(4)]
     trainer = build_trainer(model, cfg, groups_to_dataset(groups, "bce"), None, tmp_path, new_head=True, pos_weight=1.0)
@@ -190,7 +201,7 @@ def test_mean_head_gets_the_head_learning_rate_and_round_trips(tiny_embedder_pat
     after = CrossEncoder(str(tmp_path / "rr")).predict([("hỏi 1", "đúng 1"), ("hỏi 1", "sai 2")])
     assert after == pytest.approx(before, abs=1e-6)
     with pytest.raises(RerankerConfigError, match="head"):
-        RerankerTrainConfig.from_params({"head": "max"})
+        rr(head="max")
 
 
 def test_dataset_shapes_per_loss():
@@ -204,7 +215,7 @@ def test_dataset_shapes_per_loss():
 
 
 def test_negatives_come_from_the_embedder_ranking_with_guards():
-    cfg = RerankerTrainConfig(n_hard=2, n_random=1, rank_min=0, rank_max=6, margin=0.1, seed=1)
+    cfg = rr(n_hard=2, n_random=1, rank_min=0, rank_max=6, margin=0.1, seed=1)
     pair = {"query_id": "q", "query": "hỏi", "positive_doc_ids": ["A"], "positive_chunk_ids": ["A#0"]}
     ranking = {
         "q": [
@@ -274,19 +285,17 @@ def test_tiny_reranker_learns_and_saves(tiny_embedder_path, tmp_path):
     """
     from sentence_transformers import CrossEncoder
 
-    cfg = RerankerTrainConfig.from_params(
-        {
-            "max_steps": 60,
-            "batch_size": 8,
-            "lr": 1e-3,
-            "head_lr": 1e-2,
-            "logging_steps": 1,
-            "save_steps": 1000,
-            "warmup_ratio": 0.0,
-            "scheduler": "constant",
-            "cpu_bf16": False,
-            "max_length": 32,
-        }
+    cfg = rr(
+        max_steps=60,
+        batch_size=8,
+        lr=1e-3,
+        head_lr=1e-2,
+        logging_steps=1,
+        save_steps=1000,
+        warmup_ratio=0.0,
+        scheduler="constant",
+        cpu_bf16=False,
+        max_length=32,
     )
     model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
     topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import REPO, shipped_params
 
 from ragtune.training import (
     EmbedderTrainConfig,
@@ -76,29 +77,82 @@ PARAMS = {
 }
 
 
+def emb(**overrides) -> EmbedderTrainConfig:
+    """The shipped params.yaml's train_embedder config, with ``overrides``: a test names only what it is about."""
+    return EmbedderTrainConfig.from_params(shipped_params("train_embedder", **overrides))
+
+
+def auto_bounds(cfg) -> dict:
+    """The auto plan's bounds of ``cfg``, as plan_schedule's keyword arguments (it has no defaults of its own)."""
+    return {k: getattr(cfg, k) for k in ("auto_min_steps", "auto_max_epochs", "auto_max_steps", "eval_fraction")}
+
+
 def test_params_cover_every_config_field():
     names = {f.name for f in dataclasses.fields(EmbedderTrainConfig)} - {"extra"}
     assert names == set(PARAMS), "a new train_embedder param needs a row in PARAMS and an assertion below"
 
 
 def test_unknown_or_invalid_params_are_refused():
-    with pytest.raises(TrainConfigError, match="learning_rate"):
-        EmbedderTrainConfig.from_params({"learning_rate": 1e-4})  # the classic: a key nobody reads
+    with pytest.raises(TrainConfigError, match=r"unknown key.*learning_rate"):
+        emb(learning_rate=1e-4)  # the classic: a key nobody reads
     with pytest.raises(TrainConfigError, match="loss"):
-        EmbedderTrainConfig.from_params({"loss": "cosine_similarity"})
+        emb(loss="cosine_similarity")
     with pytest.raises(TrainConfigError, match="batch_size"):
-        EmbedderTrainConfig.from_params({"batch_size": 1})
+        emb(batch_size=1)
     with pytest.raises(TrainConfigError, match="directions"):
-        EmbedderTrainConfig.from_params({"directions": ["doc_to_query"]})  # the retrieval direction is required
+        emb(directions=["doc_to_query"])  # the retrieval direction is required
     with pytest.raises(TrainConfigError, match="directions"):
-        EmbedderTrainConfig.from_params({"directions": ["query_to_doc", "doc_to_queries"]})
+        emb(directions=["query_to_doc", "doc_to_queries"])
     with pytest.raises(TrainConfigError, match="GISTEmbedLoss"):
-        EmbedderTrainConfig.from_params({"loss": "gist", "directions": ["query_to_doc", "doc_to_query"]})
+        emb(loss="gist", directions=["query_to_doc", "doc_to_query"])
     with pytest.raises(TrainConfigError, match="hardness_strength"):
-        EmbedderTrainConfig.from_params({"hardness_mode": "in_batch_negatives"})  # a mode with strength 0 does nothing
-    assert EmbedderTrainConfig.from_params({"directions": "query_to_doc"}).directions == ("query_to_doc",)
+        emb(hardness_mode="in_batch_negatives", hardness_strength=0)  # a mode with strength 0 does nothing
+    assert emb(directions="query_to_doc").directions == ("query_to_doc",)
     with pytest.raises(TrainConfigError, match="positives"):
-        EmbedderTrainConfig.from_params({"positives": "every"})
+        emb(positives="every")
+
+
+def test_a_missing_key_is_an_error_that_names_it():
+    """params.yaml is the one place defaults live: a section without a key is refused, never filled in, so an old
+    params.yaml fails loudly instead of training with values nobody chose."""
+    section = shipped_params("train_embedder")
+    del section["lr"], section["scale"]
+    with pytest.raises(TrainConfigError) as err:
+        EmbedderTrainConfig.from_params(section)
+    message = str(err.value)
+    assert "params.yaml train_embedder: missing key(s) lr, scale: add them" in message
+    assert "shipped params.yaml" in message and "unknown" not in message
+    # a renamed key is both: one message names the stray key and the missing one
+    with pytest.raises(TrainConfigError, match=r"unknown key\(s\) \['learning_rate'\].*missing key\(s\) lr:"):
+        EmbedderTrainConfig.from_params({**section, "scale": 100, "learning_rate": 5e-5})
+    with pytest.raises(TrainConfigError, match="missing key"):
+        EmbedderTrainConfig.from_params({})
+
+
+def test_config_fields_have_no_defaults():
+    """No second copy of params.yaml's values in the code: it drifted (scale 20 vs 100, lr 2e-5 vs 5e-5, …)."""
+    from ragtune.reranking import RerankerTrainConfig
+
+    for cls in (EmbedderTrainConfig, RerankerTrainConfig):
+        with_default = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name != "extra"
+            and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING)
+        ]
+        assert with_default == [], (cls.__name__, with_default)
+
+
+def test_shipped_params_load_into_every_config():
+    """The shipped params.yaml and the example params files are complete for every config class."""
+    from ragtune.params import load_params, section
+    from ragtune.reranking import RerankerTrainConfig
+
+    for path in (REPO / "params.yaml", *sorted((REPO / "examples").glob("*.params.yaml"))):
+        params = load_params(path)
+        for cls in (EmbedderTrainConfig, RerankerTrainConfig):
+            cfg = cls.from_params(section(params, cls.SECTION))
+            assert dataclasses.asdict(cfg)["seed"] == section(params, cls.SECTION)["seed"], path
 
 
 def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
@@ -179,8 +233,8 @@ def test_auto_plan_is_sized_to_the_data():
     auto_max_epochs, cut at auto_max_steps; dev check and checkpoint at eval_fraction of the run."""
     import math
 
-    d = EmbedderTrainConfig()  # the defaults, equal to params.yaml's
-    plans = [plan_schedule(n, 16) for n in ROW_COUNTS]
+    d = emb()  # the shipped params
+    plans = [plan_schedule(n, 16, **auto_bounds(d)) for n in ROW_COUNTS]
     for n, p in zip(ROW_COUNTS, plans, strict=True):
         assert p.rows == n and p.steps_per_epoch == math.ceil(n / 16)
         assert p.total_steps <= d.auto_max_steps
@@ -213,10 +267,11 @@ def test_auto_plan_is_sized_to_the_data():
     assert (r.epochs, r.max_steps, r.total_steps, r.steps_per_epoch) == (1, -1, 92, 92)
     assert r.eval_steps == r.save_steps == 46
     # the Trainer's count: per-process batches ceil(rows / (batch·world)), then ceil(batches / accumulation)
-    assert plan_schedule(184, 8, world=2).steps_per_epoch == 12
-    assert plan_schedule(184, 16, grad_accum=2).steps_per_epoch == 6
-    assert plan_schedule(185, 16, world=2, grad_accum=3).steps_per_epoch == 2  # 6 batches per process / 3
-    assert plan_schedule(0, 16).steps_per_epoch == 1  # nothing to train (a run that ships its base): still 1
+    auto = auto_bounds(d)
+    assert plan_schedule(184, 8, world=2, **auto).steps_per_epoch == 12
+    assert plan_schedule(184, 16, grad_accum=2, **auto).steps_per_epoch == 6
+    assert plan_schedule(185, 16, world=2, grad_accum=3, **auto).steps_per_epoch == 2  # 6 batches per process / 3
+    assert plan_schedule(0, 16, **auto).steps_per_epoch == 1  # nothing to train (a run that ships its base): still 1
 
 
 def test_sample_plan_reproduces_the_hand_tuned_schedule():
@@ -232,31 +287,25 @@ def test_sample_plan_reproduces_the_hand_tuned_schedule():
     assert (cfg.epochs, cfg.max_steps, cfg.eval_steps, cfg.save_steps) == (5.0, -1, 18, 18) and plan.total_steps == 60
     rr, plan = resolve_schedule(RerankerTrainConfig.from_params(section(params, "train_reranker")), 736)
     assert (rr.epochs, rr.max_steps, rr.eval_steps, rr.save_steps) == (1.0, -1, 46, 46) and plan.total_steps == 92
-    # the dataclass defaults of every auto key equal params.yaml's
-    for c in (emb, rr):
-        default = type(c)()
-        for key in ("epochs", "eval_steps", "save_steps", "auto_min_steps", "auto_max_epochs", "auto_max_steps"):
-            assert getattr(default, key) == section(params, c.SECTION)[key], key
-        assert default.eval_fraction == section(params, c.SECTION)["eval_fraction"]
-        assert default.ship_unchecked is section(params, c.SECTION)["ship_unchecked"] is False
-    assert EmbedderTrainConfig().enabled is section(params, "train_embedder")["enabled"] is True
+    assert (emb.ship_unchecked, rr.ship_unchecked, emb.enabled) == (False, False, True)
 
 
 def test_explicit_schedule_values_win():
-    p = plan_schedule(184, 16, epochs=3)  # a number of epochs wins over auto (and over auto_max_steps)
+    auto = auto_bounds(emb())
+    p = plan_schedule(184, 16, epochs=3, **auto)  # a number of epochs wins over auto (and over auto_max_steps)
     assert (p.epochs, p.max_steps, p.total_steps, p.eval_steps) == (3, -1, 36, 11)
-    assert plan_schedule(500_000, 16, epochs=1).total_steps == 31_250
-    assert plan_schedule(184, 16, epochs=0.5).total_steps == 6  # the Trainer's ceil(epochs × steps per epoch)
-    p = plan_schedule(184, 16, max_steps=11)  # max_steps > 0 wins over everything
+    assert plan_schedule(500_000, 16, epochs=1, **auto).total_steps == 31_250
+    assert plan_schedule(184, 16, epochs=0.5, **auto).total_steps == 6  # the Trainer's ceil(epochs × steps per epoch)
+    p = plan_schedule(184, 16, max_steps=11, **auto)  # max_steps > 0 wins over everything
     assert (p.max_steps, p.total_steps, p.eval_steps) == (11, 11, 4) and "max_steps 11" in p.reason
-    assert plan_schedule(184, 16, epochs=3, max_steps=11).epochs == 3  # kept for the Trainer, which ignores it
-    p = plan_schedule(184, 16, eval_steps=7)  # an auto save_steps follows a set eval_steps (a multiple of it)
+    assert plan_schedule(184, 16, epochs=3, max_steps=11, **auto).epochs == 3  # kept for the Trainer, which ignores it
+    p = plan_schedule(184, 16, eval_steps=7, **auto)  # an auto save_steps follows a set eval_steps (a multiple of it)
     assert (p.eval_steps, p.save_steps) == (7, 7)
-    p = plan_schedule(184, 16, save_steps=20)
+    p = plan_schedule(184, 16, save_steps=20, **auto)
     assert (p.eval_steps, p.save_steps) == (20, 20)
-    p = plan_schedule(184, 16, eval_steps=5, save_steps=10)
+    p = plan_schedule(184, 16, eval_steps=5, save_steps=10, **auto)
     assert (p.eval_steps, p.save_steps) == (5, 10)
-    cfg, _ = resolve_schedule(EmbedderTrainConfig(), 500_000)
+    cfg, _ = resolve_schedule(emb(), 500_000)
     assert resolve_schedule(cfg, 500_000)[0] == cfg  # resolving a resolved config changes nothing
     assert (cfg.max_steps, cfg.eval_steps) == (3000, 900)
 
@@ -283,9 +332,9 @@ def test_bad_schedule_values_are_refused_with_their_key(key, value):
     from ragtune.reranking import RerankerConfigError, RerankerTrainConfig
 
     with pytest.raises(TrainConfigError, match=rf"train_embedder\.{key}"):
-        EmbedderTrainConfig.from_params({key: value})
+        emb(**{key: value})
     with pytest.raises(RerankerConfigError, match=rf"train_reranker\.{key}"):
-        RerankerTrainConfig.from_params({key: value})
+        RerankerTrainConfig.from_params(shipped_params("train_reranker", **{key: value}))
 
 
 def test_auto_schedule_reaches_the_trainer(tiny_embedder_path, tmp_path):
@@ -293,15 +342,13 @@ def test_auto_schedule_reaches_the_trainer(tiny_embedder_path, tmp_path):
     document-disjoint sampler, gradient accumulation), arrives at the same steps per epoch and total."""
     from sentence_transformers import SentenceTransformer
 
-    cfg = EmbedderTrainConfig.from_params(
-        {
-            "batch_size": 4,
-            "n_hard_negatives": 0,
-            "gradient_accumulation_steps": 2,
-            "auto_min_steps": 10,
-            "auto_max_epochs": 3,
-            "eval_fraction": 0.5,
-        }
+    cfg = emb(
+        batch_size=4,
+        n_hard_negatives=0,
+        gradient_accumulation_steps=2,
+        auto_min_steps=10,
+        auto_max_epochs=3,
+        eval_fraction=0.5,
     )
     groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(13)]
     ds, _ = groups_to_dataset(groups, 0)
@@ -328,10 +375,10 @@ def test_attention_dropout_is_validated_and_loud_when_it_reaches_nothing(tiny_em
     import torch
     from sentence_transformers import SentenceTransformer
 
-    assert EmbedderTrainConfig.from_params({"attention_dropout": None}).attention_dropout is None
+    assert emb(attention_dropout=None).attention_dropout is None
     for bad in (1.0, -0.1, "off", True):
         with pytest.raises(TrainConfigError, match="attention_dropout"):
-            EmbedderTrainConfig.from_params({"attention_dropout": bad})
+            emb(attention_dropout=bad)
 
     model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     hf = model[0].auto_model
@@ -395,10 +442,12 @@ def test_document_level_dev_evaluator_matches_the_evaluate_stage():
 
 
 def test_precision_defaults():
-    cfg = EmbedderTrainConfig()
+    cfg = emb(precision="auto", cpu_bf16=False)
     assert precision_flags(cfg, cuda=True, bf16_supported=True) == {"fp16": False, "bf16": True}
     assert precision_flags(cfg, cuda=True, bf16_supported=False) == {"fp16": True, "bf16": False}
     assert precision_flags(cfg, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": False}
+    cpu_bf16 = dataclasses.replace(cfg, cpu_bf16=True)  # the shipped setting: bf16 autocast on CPU
+    assert precision_flags(cpu_bf16, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": True}
     with pytest.raises(TrainConfigError):
         precision_flags(dataclasses.replace(cfg, precision="fp16"), cuda=False, bf16_supported=False)
 
@@ -430,11 +479,9 @@ def test_checkpoints_are_wiped_when_the_fingerprint_changes(tmp_path):
     (ck / "checkpoint-10").mkdir()  # incomplete (killed while saving): ignored
     assert prepare_checkpoint_dir(ck, "aaa").endswith("checkpoint-5")
     assert prepare_checkpoint_dir(ck, "bbb") is None and not (ck / "checkpoint-5").exists()
-    a = EmbedderTrainConfig(lr=1e-5).fingerprint("data")
-    assert a != EmbedderTrainConfig(lr=2e-5).fingerprint("data") and a != EmbedderTrainConfig(lr=1e-5).fingerprint(
-        "other"
-    )
-    assert a == EmbedderTrainConfig(lr=1e-5, logging_steps=1).fingerprint("data")  # logging does not change training
+    a = emb(lr=1e-5).fingerprint("data")
+    assert a != emb(lr=2e-5).fingerprint("data") and a != emb(lr=1e-5).fingerprint("other")
+    assert a == emb(lr=1e-5, logging_steps=1).fingerprint("data")  # logging does not change training
 
 
 def test_guards_fire():
@@ -454,8 +501,8 @@ def test_base_model_is_shipped_unless_dev_evidence_says_the_trained_one_is_bette
     def metrics(gain, low, n=46):
         return {"dev": {"evidence": {"gain": gain, "ci_low": low, "ci_high": gain + (gain - low), "n_queries": n}}}
 
-    keep = EmbedderTrainConfig.from_params({})
-    assert keep.keep_base_if_worse is True  # the default: never ship what dev cannot tell from a regression
+    keep = emb()
+    assert keep.keep_base_if_worse is True  # the shipped setting: never ship what dev cannot tell from a regression
     assert ship_base(keep, metrics(-0.08, -0.15))  # worse
     assert ship_base(keep, metrics(0.04, -0.02))  # better on average, but the interval allows a loss
     assert not ship_base(keep, metrics(0.084, 0.018))  # the sample: +8.4 [+1.8, +15.0] over 46 dev questions
@@ -496,7 +543,7 @@ def test_merge_with_base_interpolates_weights(tiny_embedder_path):
 
     assert EmbedderTrainConfig.from_params(PARAMS).merge_alpha == 0.7
     with pytest.raises(TrainConfigError, match="merge_alpha"):
-        EmbedderTrainConfig.from_params({"merge_alpha": 0})
+        emb(merge_alpha=0)
     base = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     tuned = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     with torch.no_grad():
@@ -518,7 +565,7 @@ def test_merge_is_undone_only_when_dev_clearly_prefers_the_unmerged_model(tiny_e
     from sentence_transformers import SentenceTransformer
 
     assert EmbedderTrainConfig.from_params(PARAMS).merge_tolerance == 0.01
-    cfg = EmbedderTrainConfig.from_params({"merge_alpha": 0.5, "merge_tolerance": 0.005})
+    cfg = emb(merge_alpha=0.5, merge_tolerance=0.005)
     base = SentenceTransformer(str(tiny_embedder_path), device="cpu")
 
     def tuned_model():
@@ -547,22 +594,22 @@ def test_merge_is_undone_only_when_dev_clearly_prefers_the_unmerged_model(tiny_e
     assert torch.allclose(model.state_dict()[name], origin + 1.0, atol=1e-5)
     # merge_alpha 1: no merge, one evaluation
     model = tuned_model()
-    assert merge_checked_on_dev(model, None, EmbedderTrainConfig.from_params({}), scripted(0.5))[2] == "fine-tuned"
+    assert merge_checked_on_dev(model, None, emb(merge_alpha=1.0), scripted(0.5))[2] == "fine-tuned"
 
 
 def test_tiny_model_trains_and_loss_drops(tiny_embedder_path, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    cfg = EmbedderTrainConfig.from_params(
-        {
-            "max_steps": 30,
-            "batch_size": 8,
-            "lr": 1e-3,
-            "n_hard_negatives": 0,
-            "logging_steps": 1,
-            "save_steps": 100,
-            "warmup_ratio": 0.0,
-        }
+    cfg = emb(
+        max_steps=30,
+        batch_size=8,
+        lr=1e-3,
+        n_hard_negatives=0,
+        logging_steps=1,
+        save_steps=100,
+        warmup_ratio=0.0,
+        scale=20.0,  # the loss's own default: the tiny random model's cosines are not e5's narrow range
+        cpu_bf16=False,
     )
     model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
     topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]
@@ -586,9 +633,7 @@ def test_model_after_bf16_training_computes_what_the_saved_model_computes(tiny_e
     import torch
     from sentence_transformers import SentenceTransformer
 
-    cfg = EmbedderTrainConfig.from_params(
-        {"max_steps": 3, "batch_size": 4, "lr": 1e-3, "n_hard_negatives": 0, "save_steps": 100, "cpu_bf16": True}
-    )
+    cfg = emb(max_steps=3, batch_size=4, lr=1e-3, n_hard_negatives=0, save_steps=100, cpu_bf16=True, scale=20.0)
     groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
     ds, _ = groups_to_dataset(groups, 0)
     texts = ["query: nghỉ phép mấy ngày", "passage: tài liệu quy định về nghỉ phép năm"]
@@ -621,9 +666,7 @@ def test_training_curves_are_plotted_against_the_optimizer_step(tiny_embedder_pa
 
     from ragtune.training import dvclive_callbacks
 
-    cfg = EmbedderTrainConfig.from_params(
-        {"max_steps": 6, "batch_size": 4, "n_hard_negatives": 0, "logging_steps": 2, "eval_steps": 3, "save_steps": 3}
-    )
+    cfg = emb(max_steps=6, batch_size=4, n_hard_negatives=0, logging_steps=2, eval_steps=3, save_steps=3)
     groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
     chunks = [{"chunk_id": f"c{i}", "doc_id": f"d{i}", "text": f"tài liệu {i} quy định"} for i in range(12)]
     dev = [{"query_id": "q1", "query": "hỏi 1 về nghỉ phép", "positive_doc_ids": ["d1"], "positive_chunk_ids": ["c1"]}]
@@ -656,6 +699,35 @@ def _same_weights(a_path, b_path) -> bool:
     a = SentenceTransformer(str(a_path), device="cpu").state_dict()
     b = SentenceTransformer(str(b_path), device="cpu").state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_chunks_must_fit_the_training_truncation():
+    """chunk.max_tokens was checked against model.max_seq_length (512) only, while training truncates at
+    train_embedder.max_seq_length (256): the longest chunk + prompt + special tokens must fit, and the message says
+    which key to change, and to what."""
+    from ragtune.training import check_chunks_fit
+
+    check_chunks_fit(247, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
+    check_chunks_fit(252, 2, 2, 256)  # exactly full
+    check_chunks_fit(0, 2, 2, 256)  # no chunks
+    with pytest.raises(TrainConfigError) as err:
+        check_chunks_fit(253, 2, 2, 256)  # one token over
+    with pytest.raises(TrainConfigError) as err:
+        check_chunks_fit(398, 2, 2, 256)  # chunk.max_tokens: 400, as the issue describes
+    message = str(err.value)
+    assert "lower chunk.max_tokens to ≤ 252 or raise train_embedder.max_seq_length to ≥ 402" in message.lower()
+    assert "longest has 398 tokens" in message
+
+
+def test_stage_refuses_chunks_the_training_truncation_would_cut(tmp_path, tiny_embedder_path):
+    """The stage runs the check before any work: nothing is trained, no checkpoint folder, no metrics."""
+    from conftest import make_stage_dir, run_stage
+
+    # the longest hand-written chunk is 57 tiny-tokenizer tokens; + the 8-token "passage: " + 2 specials = 67
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"max_seq_length": 64})
+    out = run_stage(work, "train_embedder", fails=True)
+    assert "Lower chunk.max_tokens to ≤ 54 or raise train_embedder.max_seq_length to ≥ 67" in out
+    assert not (work / "models/embedder_checkpoints").exists() and not (work / "metrics/train_embedder.json").exists()
 
 
 def _untrained_outputs_exist(work) -> None:

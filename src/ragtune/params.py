@@ -32,12 +32,26 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     return params[name]
 
 
+def missing_keys_message(section_name: str, missing: list[str]) -> str:
+    """What to say about keys absent from a params section: which, where, and how to fix it."""
+    return (
+        f"params.yaml {section_name}: missing key(s) {', '.join(missing)}: add them (see the shipped params.yaml "
+        "for the defaults and their meaning). A missing key is an error, never filled in from a default in the "
+        "code: params.yaml is the one place defaults live."
+    )
+
+
 class StageConfig:
-    """Base for a stage's typed config dataclass: built from its params section, refusing keys nobody reads.
+    """Base for a stage's typed config dataclass: built from its params section, which must hold every key.
 
     Subclasses are dataclasses whose field names are the params.yaml keys; they set ``SECTION`` (the params section)
     and ``ERROR`` (the exception type to raise), and may override :meth:`validate`. An ``extra`` field, if present,
     is never read from params.
+
+    params.yaml is the one place a default lives: the fields have none, and :meth:`from_params` refuses a section
+    with a key missing just as it refuses one with a key nobody reads. A second set of defaults in the code drifts
+    from the file (they disagreed on 10 keys, e.g. ``scale`` 20 vs 100), and filling a gap from it would train an
+    old params.yaml with values nobody chose, silently.
     """
 
     SECTION = "stage"
@@ -49,14 +63,20 @@ class StageConfig:
     def from_params(cls, params: dict[str, Any]) -> Any:
         known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
         unknown = sorted(set(params) - known)
+        missing = sorted(known - set(params))
+        problems = []
         if unknown:
-            raise cls.ERROR(
+            problems.append(
                 f"params.yaml {cls.SECTION}: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
                 "A param the trainer does not read would be silently ignored, so it is refused instead."
             )
+        if missing:
+            problems.append(missing_keys_message(cls.SECTION, missing))
+        if problems:  # both at once: a renamed key shows up as one unknown and one missing
+            raise cls.ERROR(" ".join(problems))
         values: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
-            if f.name not in params or f.name == "extra":
+            if f.name == "extra":
                 continue
             v = params[f.name]
             if str(f.type).startswith("tuple"):

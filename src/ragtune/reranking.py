@@ -29,7 +29,6 @@ from typing import Any
 from ragtune.params import StageConfig
 from ragtune.retrieval import Ranking
 from ragtune.training import (
-    AUTO,
     check_attention_dropout,
     check_schedule,
     model_card_sections,
@@ -50,53 +49,56 @@ class RerankerConfigError(ValueError):
 
 @dataclass
 class RerankerTrainConfig(StageConfig):
-    """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``."""
+    """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``.
+
+    No field has a default: params.yaml's ``train_reranker:`` section holds every value (see :class:`StageConfig`).
+    """
 
     SECTION = "train_reranker"
     ERROR = RerankerConfigError
 
-    seed: int = 42
+    seed: int
     # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
     # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
-    base: str = "embedder"
-    head: str = "mean"  # new head on: mean (mean-pooled tokens + linear) | cls (ST's [CLS]-pooler conversion)
-    loss: str = "bce"
-    pos_weight: float = 0.0  # bce: weight of positives; 0 = negatives per positive (balances the classes)
-    mnrl_scale: float = 10.0
-    n_hard: int = 2  # hard negatives per positive, from the fine-tuned embedder's ranks [rank_min, rank_max)
-    n_random: int = 1
-    rank_min: int = 0
-    rank_max: int = 30
-    margin: float = 0.02  # drop candidates scoring ≥ (1 - margin) × the positive's similarity (false negatives)
-    max_pos_per_doc: int = 8  # cap on training questions per positive document; 0 = no cap
-    use_synthetic: bool = True  # add the pairs stage's self-supervised pairs (when it wrote any)
-    max_length: int = 320
-    epochs: float | str = AUTO  # auto: training.plan_schedule sizes it to the training rows; a number wins
-    max_steps: int = -1  # > 0 overrides epochs and the auto plan
-    auto_min_steps: int = 60  # epochs: auto trains whole epochs until at least this many optimizer steps …
-    auto_max_epochs: int = 10  # … but never more epochs than this …
-    auto_max_steps: int = 2000  # … and stops here even mid-epoch (a deterministic compute budget, in steps)
-    eval_fraction: float = 0.5  # eval_steps / save_steps: auto = ceil(eval_fraction × total steps)
-    batch_size: int = 16
-    lr: float = 3e-5
-    head_lr: float = 1e-3  # learning rate of a newly initialised head; 0 = same as lr
-    warmup_ratio: float = 0.1
-    scheduler: str = "linear"
-    weight_decay: float = 0.01
-    rerank_k: int = 20  # dev evaluator: rerank this many embedder candidates per query
-    eval_steps: int | str = AUTO  # auto: see eval_fraction; a number wins
-    save_steps: int | str = AUTO  # auto: equal to eval_steps
-    save_total_limit: int = 2
-    early_stopping_patience: int = 0
-    load_best_model_at_end: bool = True
-    ship_unchecked: bool = False  # no dev question: ship the untrained start model (false) or train unchecked (true)
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    precision: str = "auto"
-    cpu_bf16: bool = True
-    attention_dropout: float | None = None  # None: the model's own; 0: fused attention kernel, ~2× faster steps
-    logging_steps: int = 5
-    dataloader_num_workers: int = 0
+    base: str
+    head: str  # new head on: mean (mean-pooled tokens + linear) | cls (ST's [CLS]-pooler conversion)
+    loss: str
+    pos_weight: float  # bce: weight of positives; 0 = negatives per positive (balances the classes)
+    mnrl_scale: float
+    n_hard: int  # hard negatives per positive, from the fine-tuned embedder's ranks [rank_min, rank_max)
+    n_random: int
+    rank_min: int
+    rank_max: int
+    margin: float  # drop candidates scoring ≥ (1 - margin) × the positive's similarity (false negatives)
+    max_pos_per_doc: int  # cap on training questions per positive document; 0 = no cap
+    use_synthetic: bool  # add the pairs stage's self-supervised pairs (when it wrote any)
+    max_length: int
+    epochs: float | str  # auto: training.plan_schedule sizes it to the training rows; a number wins
+    max_steps: int  # > 0 overrides epochs and the auto plan
+    auto_min_steps: int  # epochs: auto trains whole epochs until at least this many optimizer steps …
+    auto_max_epochs: int  # … but never more epochs than this …
+    auto_max_steps: int  # … and stops here even mid-epoch (a deterministic compute budget, in steps)
+    eval_fraction: float  # eval_steps / save_steps: auto = ceil(eval_fraction × total steps)
+    batch_size: int
+    lr: float
+    head_lr: float  # learning rate of a newly initialised head; 0 = same as lr
+    warmup_ratio: float
+    scheduler: str
+    weight_decay: float
+    rerank_k: int  # dev evaluator: rerank this many embedder candidates per query
+    eval_steps: int | str  # auto: see eval_fraction; a number wins
+    save_steps: int | str  # auto: equal to eval_steps
+    save_total_limit: int
+    early_stopping_patience: int
+    load_best_model_at_end: bool
+    ship_unchecked: bool  # no dev question: ship the untrained start model (false) or train unchecked (true)
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    precision: str
+    cpu_bf16: bool
+    attention_dropout: float | None  # None: the model's own; 0: fused attention kernel, ~2× faster steps
+    logging_steps: int
+    dataloader_num_workers: int
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> None:

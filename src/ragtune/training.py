@@ -44,57 +44,58 @@ class TrainConfigError(ValueError):
 
 @dataclass(frozen=True)
 class EmbedderTrainConfig(StageConfig):
-    """Every knob of the train_embedder stage. Field names are the params.yaml keys under ``train_embedder:``."""
+    """Every knob of the train_embedder stage. Field names are the params.yaml keys under ``train_embedder:``.
+
+    No field has a default: params.yaml's ``train_embedder:`` section holds every value (see :class:`StageConfig`).
+    """
 
     SECTION = "train_embedder"
     ERROR = TrainConfigError
 
-    seed: int = 42
-    loss: str = "mnrl"
-    scale: float = 20.0  # MNRL logit scale = 1 / temperature; e5 was trained with temperature 0.01 (scale 100)
-    directions: tuple[str, ...] = ("query_to_doc",)  # mnrl / cached_mnrl interaction terms, see DIRECTIONS
-    hardness_mode: str = "none"  # mnrl / cached_mnrl, see HARDNESS_MODES
-    hardness_strength: float = 0.0  # Lan et al. 2025 use 9 for in_batch_negatives, EmbeddingGemma 5 for hard_negatives
-    mini_batch_size: int = 16  # cached_mnrl: forward chunk size; memory, not the effective batch
-    gist_temperature: float = 0.01
-    matryoshka_dims: tuple[int, ...] = ()
-    n_hard_negatives: int = 1
-    positives: str = "first"  # first | all: one training row per labeled positive (see training_rows)
-    batch_sampler: str = "document_disjoint"  # or no_duplicates (identical texts only): see ragtune.batching
-    max_seq_length: int = 256
-    epochs: float | str = AUTO  # auto: plan_schedule sizes it to the training rows; a number wins
-    max_steps: int = -1  # > 0 overrides epochs and the auto plan
-    auto_min_steps: int = 60  # epochs: auto trains whole epochs until at least this many optimizer steps …
-    auto_max_epochs: int = 10  # … but never more epochs than this …
-    auto_max_steps: int = 3000  # … and stops here even mid-epoch (a deterministic compute budget, in steps)
-    eval_fraction: float = 0.3  # eval_steps / save_steps: auto = ceil(eval_fraction × total steps)
-    batch_size: int = 16
-    lr: float = 2e-5
-    warmup_ratio: float = 0.1
-    scheduler: str = "linear"
-    weight_decay: float = 0.01
-    dev_level: str = "doc"  # dev evaluator relevance: doc (labeled documents, MaxP) | chunk (aligned chunks)
-    eval_steps: int | str = AUTO  # auto: see eval_fraction; a number wins
-    save_steps: int | str = AUTO  # auto: equal to eval_steps (load_best_model_at_end needs a multiple of it)
-    save_total_limit: int = 2
-    early_stopping_patience: int = 0  # 0 = off
-    load_best_model_at_end: bool = True
-    merge_alpha: float = 1.0  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
-    merge_tolerance: float = 0.005  # keep the merge unless the unmerged model beats it on dev by more than this
-    keep_base_if_worse: bool = (
-        True  # ship the base model (loudly) unless dev shows the trained one better (interval > 0)
-    )
-    enabled: bool = True  # false: ship model.embedder untrained (a base-model bake-off)
-    ship_unchecked: bool = False  # no labeled dev question: ship the base (false) or an unchecked fine-tune (true)
-    gradient_accumulation_steps: int = 1
-    gradient_checkpointing: bool = False
-    precision: str = "auto"  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
-    cpu_bf16: bool = False  # bf16 autocast on CPU (see benchmarks/train_throughput.py)
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0
-    attention_dropout: float | None = None  # None: the model's own; 0 lets SDPA use its fused kernel (see below)
-    logging_steps: int = 5
-    dataloader_num_workers: int = 0
+    seed: int
+    loss: str
+    scale: float  # MNRL logit scale = 1 / temperature; e5 was trained with temperature 0.01 (scale 100)
+    directions: tuple[str, ...]  # mnrl / cached_mnrl interaction terms, see DIRECTIONS
+    hardness_mode: str  # mnrl / cached_mnrl, see HARDNESS_MODES
+    hardness_strength: float  # Lan et al. 2025 use 9 for in_batch_negatives, EmbeddingGemma 5 for hard_negatives
+    mini_batch_size: int  # cached_mnrl: forward chunk size; memory, not the effective batch
+    gist_temperature: float
+    matryoshka_dims: tuple[int, ...]
+    n_hard_negatives: int
+    positives: str  # first | all: one training row per labeled positive (see training_rows)
+    batch_sampler: str  # or no_duplicates (identical texts only): see ragtune.batching
+    max_seq_length: int
+    epochs: float | str  # auto: plan_schedule sizes it to the training rows; a number wins
+    max_steps: int  # > 0 overrides epochs and the auto plan
+    auto_min_steps: int  # epochs: auto trains whole epochs until at least this many optimizer steps …
+    auto_max_epochs: int  # … but never more epochs than this …
+    auto_max_steps: int  # … and stops here even mid-epoch (a deterministic compute budget, in steps)
+    eval_fraction: float  # eval_steps / save_steps: auto = ceil(eval_fraction × total steps)
+    batch_size: int
+    lr: float
+    warmup_ratio: float
+    scheduler: str
+    weight_decay: float
+    dev_level: str  # dev evaluator relevance: doc (labeled documents, MaxP) | chunk (aligned chunks)
+    eval_steps: int | str  # auto: see eval_fraction; a number wins
+    save_steps: int | str  # auto: equal to eval_steps (load_best_model_at_end needs a multiple of it)
+    save_total_limit: int
+    early_stopping_patience: int  # 0 = off
+    load_best_model_at_end: bool
+    merge_alpha: float  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
+    merge_tolerance: float  # keep the merge unless the unmerged model beats it on dev by more than this
+    keep_base_if_worse: bool  # ship the base model (loudly) unless dev shows the trained one better (interval > 0)
+    enabled: bool  # false: ship model.embedder untrained (a base-model bake-off)
+    ship_unchecked: bool  # no labeled dev question: ship the base (false) or an unchecked fine-tune (true)
+    gradient_accumulation_steps: int
+    gradient_checkpointing: bool
+    precision: str  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
+    cpu_bf16: bool  # bf16 autocast on CPU (see benchmarks/train_throughput.py)
+    freeze_embeddings: bool
+    freeze_layers: int
+    attention_dropout: float | None  # None: the model's own; 0 lets SDPA use its fused kernel (see below)
+    logging_steps: int
+    dataloader_num_workers: int
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> None:
@@ -158,6 +159,32 @@ def check_attention_dropout(p: Any, error: type[ValueError], section: str) -> No
         raise error(
             f"{section}.attention_dropout={p!r}: use a probability in [0, 1) (0 = off, the fast path), "
             "or leave it empty to keep the model's own setting"
+        )
+
+
+def check_chunks_fit(longest_chunk: int, prompt_tokens: int, special_tokens: int, max_seq_length: int) -> None:
+    """Refuse to train when the longest chunk would be cut by ``train_embedder.max_seq_length``.
+
+    Why: the chunk stage checks ``chunk.max_tokens`` against ``model.max_seq_length`` (512), but training truncates
+    at ``train_embedder.max_seq_length`` (256), and the shipped model keeps that length for indexing and evaluation.
+    A ``max_tokens: 400`` passed the chunk check and then lost the end of every long chunk, silently.
+
+    The check is on the chunks the stage reads (their ``n_tokens``, counted by the chunk stage with this model's
+    tokenizer), not on ``chunk.max_tokens`` itself: chunks end at sentence boundaries, so the sample's longest is
+    247 tokens under ``max_tokens: 256`` and fits 256 with the 2-token prompt and 2 special tokens, while
+    ``max_tokens`` + 4 would not. ``chunk.max_tokens`` + prompt + specials ≤ ``train_embedder.max_seq_length`` is
+    what guarantees it for any corpus, so that is the limit the message suggests.
+    """
+    need = longest_chunk + prompt_tokens + special_tokens
+    if need > max_seq_length:
+        limit = max_seq_length - prompt_tokens - special_tokens
+        raise TrainConfigError(
+            f"train_embedder.max_seq_length={max_seq_length} would cut chunks: the longest has {longest_chunk} "
+            f"tokens, {need} with the passage prompt ({prompt_tokens}) and {special_tokens} special tokens, and "
+            "training (and the shipped model, which keeps this length) truncates the rest silently. Lower "
+            f"chunk.max_tokens to ≤ {limit} or raise train_embedder.max_seq_length to ≥ {need} (to "
+            f"chunk.max_tokens + {prompt_tokens + special_tokens} for any corpus; at most the model's own limit, "
+            "model.max_seq_length)."
         )
 
 
@@ -237,10 +264,10 @@ def plan_schedule(
     max_steps: int = -1,
     eval_steps: int | str = AUTO,
     save_steps: int | str = AUTO,
-    auto_min_steps: int = 60,
-    auto_max_epochs: int = 10,
-    auto_max_steps: int = 3000,
-    eval_fraction: float = 0.3,
+    auto_min_steps: int,
+    auto_max_epochs: int,
+    auto_max_steps: int,
+    eval_fraction: float,
 ) -> SchedulePlan:
     """The training schedule for ``rows`` training rows: a pure function of the counts (no torch, no model).
 
@@ -257,6 +284,8 @@ def plan_schedule(
     ``load_best_model_at_end`` the save interval must be a multiple of the eval interval: equal is simplest); an
     ``auto`` one next to a number takes that number. ``rows`` may be 0 (nothing will be trained): the Trainer
     still counts one step per epoch.
+
+    The auto plan's bounds have no defaults here: they come from the config (params.yaml), which differs per trainer.
     """
     if rows < 0 or batch_size < 1 or grad_accum < 1 or world < 1:
         raise ValueError(
