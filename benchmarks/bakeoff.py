@@ -20,7 +20,7 @@ import statistics
 import torch
 
 from ragtune.bakeoff import measure_encoder
-from ragtune.jsonl import read_jsonl, write_json
+from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.retrieval import model_prompt
 

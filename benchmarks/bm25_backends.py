@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ragtune.jsonl import read_jsonl, write_json
+from ragtune.io import read_jsonl, write_json
 from ragtune.retrieval import BM25Index, bm25_tokenize_many
 
 

@@ -46,7 +46,7 @@ from precision_quality import doc_scores
 from seed_variance import run_embedder_stages, scratch_copy, with_overrides
 
 from ragtune.evaluation import paired_bootstrap
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt

@@ -25,7 +25,7 @@ import torch
 
 from ragtune.batching import group_row_keys
 from ragtune.evaluation import score_systems
-from ragtune.jsonl import read_jsonl, write_json
+from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt

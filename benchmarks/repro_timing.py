@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ragtune.jsonl import write_json
+from ragtune.io import write_json
 
 DATA_OUTPUTS = [
     "data/interim/documents.jsonl",

@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from ragtune.jsonl import read_jsonl, write_json
+from ragtune.io import read_jsonl, write_json
 from ragtune.search import PIPELINE_FILE, Pipeline, Searcher
 
 

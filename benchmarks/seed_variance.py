@@ -33,7 +33,7 @@ import torch
 import yaml
 from precision_quality import score
 
-from ragtune.jsonl import read_jsonl, write_json
+from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ragtune.jsonl import read_jsonl
+from ragtune.io import read_jsonl
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:

@@ -15,7 +15,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from ragtune.jsonl import read_jsonl, write_jsonl
+from ragtune.io import read_jsonl, write_jsonl
 
 SOURCE = Path("../shared/datasets/alqac2023")
 

@@ -4,7 +4,7 @@ import statistics
 
 from ragtune.chunking import build_chunker, chunk_corpus
 from ragtune.console import stage
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
 
 

@@ -15,9 +15,9 @@ from ragtune.evaluation import (
     write_curve_csv,
 )
 from ragtune.forgetting import forgetting_report, load_set
-from ragtune.jsonl import read_json, read_jsonl, write_json, write_jsonl
+from ragtune.io import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.params import load_params, section
-from ragtune.reranking import apply_rerank, rerank_scores, top1_concentration
+from ragtune.rerank import apply_rerank, rerank_scores, top1_concentration
 from ragtune.retrieval import DenseIndex, build_bm25, convex_fusion, load_dense, rrf, top_k
 from ragtune.search import PIPELINE_FILE
 from ragtune.selection import choose_pipeline, tune_weight

@@ -1,7 +1,7 @@
 """index: embed every chunk with the fine-tuned embedder → models/index/ (what `ragtune search` loads)."""
 
 from ragtune.console import stage
-from ragtune.jsonl import read_jsonl
+from ragtune.io import read_jsonl
 from ragtune.params import load_params, section
 from ragtune.retrieval import load_dense
 from ragtune.search import INDEX_DIR, write_index

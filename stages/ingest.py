@@ -4,7 +4,7 @@ import sys
 
 from ragtune.console import console, stage, track, warn
 from ragtune.ingest import IngestError, ingest, load_config
-from ragtune.jsonl import write_json, write_jsonl
+from ragtune.io import write_json, write_jsonl
 from ragtune.params import ParamsError, load_params, section
 
 

@@ -1,7 +1,7 @@
 """negatives: training pairs → FlagEmbedding-style groups {"query", "pos": [...], "neg": [...]}."""
 
 from ragtune.console import stage
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.mining import build_groups, mine_dense
 from ragtune.params import load_params, section
 from ragtune.retrieval import build_bm25, cache_root, load_dense

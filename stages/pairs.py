@@ -6,7 +6,7 @@ from collections import defaultdict
 import numpy as np
 
 from ragtune.console import stage, warn
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.pairs import (
     SPLITS,
     align_positive_chunks,

@@ -12,8 +12,8 @@ import torch
 from ragtune import batching, training
 from ragtune.console import console, stage, warn
 from ragtune.deps import stage_modules
-from ragtune.jsonl import read_jsonl, write_json
-from ragtune.models import load_embedder, model_fingerprint, resolve_model, sha256_file
+from ragtune.io import read_jsonl, sha256_file, write_json
+from ragtune.models import load_embedder, model_fingerprint, resolve_model
 from ragtune.pairs import query_key
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt

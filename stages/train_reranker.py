@@ -5,11 +5,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ragtune import reranking, training
+from ragtune import rerank, reranking, training
 from ragtune.console import console, stage, warn
 from ragtune.deps import stage_modules
-from ragtune.jsonl import read_jsonl, write_json, write_jsonl
-from ragtune.models import model_fingerprint, resolve_model, sha256_file
+from ragtune.io import read_jsonl, sha256_file, write_json, write_jsonl
+from ragtune.models import model_fingerprint, resolve_model
 from ragtune.params import load_params, section
 from ragtune.reranking import RerankerTrainConfig
 from ragtune.retrieval import DenseIndex, load_dense
@@ -97,9 +97,9 @@ def main() -> None:
         dev_after = evaluator(model) if evaluator else {}
         pairs_after = reranking.pair_summary(model, dev_groups, cfg.batch_size)
         dev_top = {q["query_id"]: ranking[q["query_id"]][: cfg.rerank_k] for q in dev}
-        dev_scores = reranking.rerank_ranking(model, dev_top, qtext, chunk_text, cfg.rerank_k, cfg.batch_size)
-        dev_reranked = reranking.apply_rerank(dev_top, dev_scores, weight=1.0)
-        popular_doc, share = reranking.top1_concentration(dev_reranked, chunk_to_doc)
+        dev_scores = rerank.rerank_ranking(model, dev_top, qtext, chunk_text, cfg.rerank_k, cfg.batch_size)
+        dev_reranked = rerank.apply_rerank(dev_top, dev_scores, weight=1.0)
+        popular_doc, share = rerank.top1_concentration(dev_reranked, chunk_to_doc)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         steps = trainer.state.global_step
         warnings = (

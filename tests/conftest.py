@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ragtune.jsonl import write_jsonl
+from ragtune.io import write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 

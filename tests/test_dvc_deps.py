@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ragtune.deps import DEPS_FIX, find_cycle, import_graph, missing_deps, stage_modules, stage_scripts
+from ragtune.deps import DEPS_FIX, extra_deps, find_cycle, import_graph, missing_deps, stage_modules, stage_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "ragtune"
 
 # Modules a stage may run without listing them in its deps: path → why. Empty on purpose: every module, even
-# console.py (progress bars) and jsonl.py (it decides the bytes of every output file), is a dep, because a module
+# console.py (progress bars) and io.py (it decides the bytes of every output file), is a dep, because a module
 # that "only prints" today can decide something tomorrow, and nobody re-checks this list when it does.
 ALLOWED_MISSING: dict[str, str] = {}
 
@@ -29,6 +29,18 @@ def _stages() -> dict:
 def test_every_stage_lists_the_ragtune_modules_it_runs():
     problems = missing_deps(_stages(), REPO, ALLOWED_MISSING)
     assert not problems, "\n".join(problems)
+
+
+def test_no_stage_lists_a_ragtune_module_it_does_not_run():
+    problems = extra_deps(_stages(), REPO)
+    assert not problems, "\n".join(problems)
+
+
+def test_extra_deps_names_the_module_and_the_stage(tmp_path):
+    stages = {"train_embedder": {**_stages()["train_embedder"]}}
+    stages["train_embedder"]["deps"] = [*stages["train_embedder"]["deps"], "src/ragtune/cli.py"]
+    problems = extra_deps(stages, REPO)
+    assert len(problems) == 1 and problems[0].startswith("stage train_embedder: src/ragtune/cli.py is in its deps")
 
 
 def test_every_stage_runs_a_script_the_checker_can_read():

@@ -10,7 +10,7 @@ from conftest import TOPICS
 
 from ragtune.evaluation import render_report
 from ragtune.forgetting import forgetting_report, load_set
-from ragtune.jsonl import write_jsonl
+from ragtune.io import write_jsonl
 from ragtune.retrieval import load_dense
 
 

@@ -319,7 +319,7 @@ def pairs_workdir(tmp_path, monkeypatch):
     """A repo holding ingest/chunk outputs whose documents have one chunk each (no model needed to align)."""
     import yaml
 
-    from ragtune.jsonl import write_jsonl
+    from ragtune.io import write_jsonl
 
     docs = [{"doc_id": f"d{i}", "title": "", "text": f"văn bản {i}", "source": "x", "metadata": {}} for i in range(3)]
     chunks = [{"chunk_id": f"d{i}#0000", "doc_id": f"d{i}", "title": "", "section": "", "text": f"văn bản {i}",
@@ -346,7 +346,7 @@ def pairs_workdir(tmp_path, monkeypatch):
 def test_stage_writes_fixed_splits_quarantine_and_split_sources(tmp_path, monkeypatch):
     import json
 
-    from ragtune.jsonl import read_jsonl
+    from ragtune.io import read_jsonl
 
     pairs_workdir(tmp_path, monkeypatch)
     load_pairs_stage().main()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import write_params
 
-from ragtune.jsonl import read_json, read_jsonl
+from ragtune.io import read_json, read_jsonl
 
 
 def tree_hash(root: Path, rels: list[str]) -> dict[str, str]:

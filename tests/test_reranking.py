@@ -8,22 +8,20 @@ import dataclasses
 import pytest
 from conftest import shipped_params
 
+from ragtune.rerank import apply_rerank, fuse, top1_concentration
 from ragtune.reranking import (
     RerankerConfigError,
     RerankerTrainConfig,
-    apply_rerank,
     build_evaluator,
     build_trainer,
     cap_per_document,
     dev_samples,
-    fuse,
     groups_to_dataset,
     head_is_new,
     load_reranker,
     mine_rerank_groups,
     pair_summary,
     reranker_warnings,
-    top1_concentration,
 )
 from ragtune.training import apply_attention_dropout
 
@@ -354,7 +352,7 @@ def test_reranker_stage_without_dev(tmp_path, tiny_embedder_path, ship_unchecked
     from conftest import make_stage_dir, run_stage
     from sentence_transformers import CrossEncoder
 
-    from ragtune.jsonl import read_json
+    from ragtune.io import read_json
 
     work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False, train_reranker={"ship_unchecked": ship_unchecked})
     out = run_stage(work, "train_reranker")

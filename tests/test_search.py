@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.jsonl import write_json
+from ragtune.io import write_json
 from ragtune.search import Pipeline, Searcher, SearchSetupError, write_index
 
 DOCS = {

