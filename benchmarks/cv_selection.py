@@ -50,7 +50,8 @@ from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import model_prompt
-from ragtune.training import EmbedderTrainConfig, merge_lost_on_dev, merge_with_base
+from ragtune.train.embedder.config import EmbedderTrainConfig
+from ragtune.train.embedder.merge import merge_lost_on_dev, merge_with_base
 
 POLICIES = ("unmerged", "merged", "checked")
 

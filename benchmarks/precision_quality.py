@@ -23,21 +23,16 @@ import time
 
 import torch
 
-from ragtune.batching import group_row_keys
 from ragtune.evaluation import score_systems
 from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
 from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt
-from ragtune.training import (
-    EmbedderTrainConfig,
-    apply_attention_dropout,
-    build_ir_evaluator,
-    build_trainer,
-    column_prompts,
-    freeze,
-    groups_to_dataset,
-)
+from ragtune.train.batching import group_row_keys
+from ragtune.train.common import apply_attention_dropout
+from ragtune.train.embedder.config import EmbedderTrainConfig
+from ragtune.train.embedder.dev import build_ir_evaluator
+from ragtune.train.embedder.trainer import build_trainer, column_prompts, freeze, groups_to_dataset
 
 
 def doc_scores(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict]:

@@ -71,7 +71,7 @@ def run(
     from sentence_transformers.sentence_transformer import losses
 
     from ragtune.models import load_embedder, resolve_model
-    from ragtune.training import set_attention_dropout
+    from ragtune.train.common import set_attention_dropout
 
     model = load_embedder(resolve_model(model_name), device=device)
     model.max_seq_length = 256

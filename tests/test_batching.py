@@ -7,7 +7,7 @@ import random
 import pytest
 from conftest import shipped_params
 
-from ragtune.batching import (
+from ragtune.train.batching import (
     DocumentDisjointBatchSampler,
     batch_report,
     count_conflicts,
@@ -15,7 +15,8 @@ from ragtune.batching import (
     plan_batches,
     row_keys,
 )
-from ragtune.training import EmbedderTrainConfig, build_trainer, column_prompts, groups_to_dataset
+from ragtune.train.embedder.config import EmbedderTrainConfig
+from ragtune.train.embedder.trainer import build_trainer, column_prompts, groups_to_dataset
 
 
 def _groups(n_docs: int, per_doc: int) -> tuple[list[dict], dict[str, str]]:

@@ -9,21 +9,11 @@ import pytest
 from conftest import shipped_params
 
 from ragtune.rerank import apply_rerank, fuse, top1_concentration
-from ragtune.reranking import (
-    RerankerConfigError,
-    RerankerTrainConfig,
-    build_evaluator,
-    build_trainer,
-    cap_per_document,
-    dev_samples,
-    groups_to_dataset,
-    head_is_new,
-    load_reranker,
-    mine_rerank_groups,
-    pair_summary,
-    reranker_warnings,
-)
-from ragtune.training import apply_attention_dropout
+from ragtune.train.common import apply_attention_dropout
+from ragtune.train.reranker.config import RerankerConfigError, RerankerTrainConfig
+from ragtune.train.reranker.data import cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
+from ragtune.train.reranker.run import reranker_warnings
+from ragtune.train.reranker.trainer import build_evaluator, build_trainer, head_is_new, load_reranker, pair_summary
 
 # Non-default value for every knob, so a knob that does not reach the trainer fails the test.
 PARAMS = {
@@ -158,8 +148,8 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
 def test_auto_schedule_reaches_the_reranker_trainer(tiny_embedder_path, tmp_path):
     """The reranker's rows are its dataset's (pointwise for bce: a positive and its negatives per group), and the
     resolved plan is what the CrossEncoderTrainer gets and counts."""
-    from ragtune.reranking import build_args
-    from ragtune.training import resolve_schedule
+    from ragtune.train.reranker.trainer import build_args
+    from ragtune.train.schedule import resolve_schedule
 
     cfg = rr(batch_size=4, auto_min_steps=10, max_length=32)
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}a", f"sai {i}b"]} for i in range(8)]

@@ -27,7 +27,7 @@ def repo(tmp_path: Path, tiny_embedder_path: Path) -> Path:
     """A repo-shaped folder with models/embedder, models/reranker, models/index and models/pipeline.json."""
     from sentence_transformers import SentenceTransformer
 
-    from ragtune.reranking import load_reranker
+    from ragtune.train.reranker.trainer import load_reranker
 
     models = tmp_path / "models"
     shutil.copytree(tiny_embedder_path, models / "embedder")

@@ -7,26 +7,21 @@ import dataclasses
 import pytest
 from conftest import REPO, shipped_params
 
-from ragtune.training import (
-    EmbedderTrainConfig,
-    TrainConfigError,
-    apply_attention_dropout,
+from ragtune.train.checkpoints import prepare_checkpoint_dir
+from ragtune.train.common import apply_attention_dropout, precision_flags
+from ragtune.train.embedder.config import EmbedderTrainConfig, TrainConfigError
+from ragtune.train.embedder.dev import build_ir_evaluator
+from ragtune.train.embedder.merge import merge_checked_on_dev, merge_with_base, ship_base
+from ragtune.train.embedder.run import training_warnings
+from ragtune.train.embedder.trainer import (
     build_args,
-    build_ir_evaluator,
     build_loss,
     build_trainer,
     column_prompts,
     freeze,
     groups_to_dataset,
-    merge_checked_on_dev,
-    merge_with_base,
-    plan_schedule,
-    precision_flags,
-    prepare_checkpoint_dir,
-    resolve_schedule,
-    ship_base,
-    training_warnings,
 )
+from ragtune.train.schedule import plan_schedule, resolve_schedule
 
 # Non-default value for every knob, so a knob that does not reach the trainer fails the test.
 PARAMS = {
@@ -131,7 +126,7 @@ def test_a_missing_key_is_an_error_that_names_it():
 
 def test_config_fields_have_no_defaults():
     """No second copy of params.yaml's values in the code: it drifted (scale 20 vs 100, lr 2e-5 vs 5e-5, …)."""
-    from ragtune.reranking import RerankerTrainConfig
+    from ragtune.train.reranker.config import RerankerTrainConfig
 
     for cls in (EmbedderTrainConfig, RerankerTrainConfig):
         with_default = [
@@ -146,7 +141,7 @@ def test_config_fields_have_no_defaults():
 def test_shipped_params_load_into_every_config():
     """The shipped params.yaml and the example params files are complete for every config class."""
     from ragtune.params import load_params, section
-    from ragtune.reranking import RerankerTrainConfig
+    from ragtune.train.reranker.config import RerankerTrainConfig
 
     for path in (REPO / "params.yaml", *sorted((REPO / "examples").glob("*.params.yaml"))):
         params = load_params(path)
@@ -278,7 +273,7 @@ def test_sample_plan_reproduces_the_hand_tuned_schedule():
     """params.yaml's defaults on the sample's row counts resolve to the values they replaced, so the sample's
     TrainingArguments, and with them the trained weights, are unchanged."""
     from ragtune.params import load_params, section
-    from ragtune.reranking import RerankerTrainConfig
+    from ragtune.train.reranker.config import RerankerTrainConfig
 
     params = load_params()
     emb = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
@@ -329,7 +324,7 @@ def test_explicit_schedule_values_win():
     ],
 )
 def test_bad_schedule_values_are_refused_with_their_key(key, value):
-    from ragtune.reranking import RerankerConfigError, RerankerTrainConfig
+    from ragtune.train.reranker.config import RerankerConfigError, RerankerTrainConfig
 
     with pytest.raises(TrainConfigError, match=rf"train_embedder\.{key}"):
         emb(**{key: value})
@@ -514,7 +509,7 @@ def test_dev_evidence_is_a_paired_interval_over_dev_questions(tiny_embedder_path
     from conftest import VI_SENTENCES
 
     from ragtune.models import load_embedder, model_fingerprint
-    from ragtune.training import dev_evidence
+    from ragtune.train.embedder.dev import dev_evidence
 
     chunks = [{"chunk_id": f"d{i}#0000", "doc_id": f"d{i}", "text": t} for i, t in enumerate(VI_SENTENCES)]
     dev = [
@@ -664,7 +659,7 @@ def test_training_curves_are_plotted_against_the_optimizer_step(tiny_embedder_pa
 
     from sentence_transformers import SentenceTransformer
 
-    from ragtune.training import dvclive_callbacks
+    from ragtune.train.common import dvclive_callbacks
 
     cfg = emb(max_steps=6, batch_size=4, n_hard_negatives=0, logging_steps=2, eval_steps=3, save_steps=3)
     groups = [{"query": f"hỏi {i} về nghỉ phép", "pos": [f"tài liệu {i} quy định"], "neg": []} for i in range(12)]
@@ -699,35 +694,6 @@ def _same_weights(a_path, b_path) -> bool:
     a = SentenceTransformer(str(a_path), device="cpu").state_dict()
     b = SentenceTransformer(str(b_path), device="cpu").state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def test_chunks_must_fit_the_training_truncation():
-    """chunk.max_tokens was checked against model.max_seq_length (512) only, while training truncates at
-    train_embedder.max_seq_length (256): the longest chunk + prompt + special tokens must fit, and the message says
-    which key to change, and to what."""
-    from ragtune.training import check_chunks_fit
-
-    check_chunks_fit(247, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
-    check_chunks_fit(252, 2, 2, 256)  # exactly full
-    check_chunks_fit(0, 2, 2, 256)  # no chunks
-    with pytest.raises(TrainConfigError) as err:
-        check_chunks_fit(253, 2, 2, 256)  # one token over
-    with pytest.raises(TrainConfigError) as err:
-        check_chunks_fit(398, 2, 2, 256)  # chunk.max_tokens: 400, as the issue describes
-    message = str(err.value)
-    assert "lower chunk.max_tokens to ≤ 252 or raise train_embedder.max_seq_length to ≥ 402" in message.lower()
-    assert "longest has 398 tokens" in message
-
-
-def test_stage_refuses_chunks_the_training_truncation_would_cut(tmp_path, tiny_embedder_path):
-    """The stage runs the check before any work: nothing is trained, no checkpoint folder, no metrics."""
-    from conftest import make_stage_dir, run_stage
-
-    # the longest hand-written chunk is 57 tiny-tokenizer tokens; + the 8-token "passage: " + 2 specials = 67
-    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"max_seq_length": 64})
-    out = run_stage(work, "train_embedder", fails=True)
-    assert "Lower chunk.max_tokens to ≤ 54 or raise train_embedder.max_seq_length to ≥ 67" in out
-    assert not (work / "models/embedder_checkpoints").exists() and not (work / "metrics/train_embedder.json").exists()
 
 
 def _untrained_outputs_exist(work) -> None:

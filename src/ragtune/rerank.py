@@ -1,7 +1,7 @@
 """Reranker inference: score (query, passage) pairs and fuse the scores with the retriever's.
 
 This is what search, serve and evaluate import. It holds no training code, so that loading a reranker to answer a
-query never imports the trainer (see :mod:`ragtune.reranking` for how the reranker is trained).
+query never imports the trainer (see :mod:`ragtune.train.reranker` for how the reranker is trained).
 
 The reranker's score is fused with the retriever's (:func:`fuse`), with the weight chosen on dev by the evaluate
 stage. Weight 0 is the retriever alone, so a reranker that learned nothing useful cannot make the chosen pipeline

@@ -31,7 +31,7 @@ from typing import Any
 
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
-from ragtune.rows import training_rows
+from ragtune.train.rows import training_rows
 
 SCAN_WINDOW = 256  # open batches tried per row before the repair step: bounds the cost on big corpora
 REPAIR_WINDOW = 32  # full batches (and open targets) the repair step tries for a row that fits nowhere

@@ -1,0 +1,160 @@
+"""The model cards (README.md) both trainers write next to their weights: one frame, two contents.
+
+A card says what the weights are (fine-tuned, or the start model unchanged, and why), the schedule the run used, how
+to load the model, dev before → after, the warnings and every training param. The frame (front matter, sections)
+is written once here so the embedder's and the reranker's cards cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from ragtune.params import StageConfig
+
+
+def card_sections(cfg: StageConfig, metrics: dict[str, Any]) -> tuple[str, str, str]:
+    """Markdown shared by both model cards: dev before/after rows, the params table rows, the warnings list."""
+    before, after = metrics["dev"]["before"], metrics["dev"]["after"]
+    rows = "\n".join(
+        f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
+    )
+    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")  # type: ignore[call-overload]
+    warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
+    return rows, params, warn
+
+
+def schedule_line(metrics: dict[str, Any]) -> str:
+    """The plan the run used (or would have used: ``planned, not run`` when no optimizer step was taken)."""
+    planned = "" if metrics["effective"]["optimizer_steps"] else " (planned, not run)"
+    return f"Schedule{planned}: {metrics['plan']['reason']}" if "plan" in metrics else ""
+
+
+def write_card(
+    out_dir: str | Path,
+    *,
+    base_model: str,
+    tags: str,
+    title: str,
+    intro: str,
+    schedule: str,
+    usage: str,
+    dev_section: str,
+    warn: str,
+    params: str,
+) -> None:
+    """README.md in ``out_dir``: front matter for the Hub, then title, intro, schedule, usage, dev, warnings, params."""
+    text = f"""---
+library_name: sentence-transformers
+base_model: {base_model}
+language: [vi]
+tags: [{tags}]
+---
+
+# {title}
+
+{intro}
+
+{schedule}
+
+```python
+{usage}
+```
+
+{dev_section}
+
+## Warnings
+
+{warn}
+
+## Training params
+
+| param | value |
+|---|---|
+{params}
+"""
+    Path(out_dir, "README.md").write_text(text, encoding="utf-8")
+
+
+def write_embedder_card(out_dir: str | Path, base_model: str, cfg: StageConfig, metrics: dict[str, Any]) -> None:
+    """The embedder's card: fine-tuned (loss, steps, effective batch) or the base model unchanged, and why."""
+    rows, params, warn = card_sections(cfg, metrics)
+    eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    if shipped.startswith("base"):  # the weights are the base model's: the card must not call them fine-tuned
+        title = "ragtune embedder: the base model, not fine-tuned"
+        why = shipped.removeprefix("base").strip(" ()") or (
+            f"the {eff['optimizer_steps']}-step fine-tune scored below it on dev"
+        )
+        intro = f"`{base_model}` unchanged, written by the ragtune `train_embedder` stage ({why})."
+    else:
+        title = "ragtune fine-tuned embedder"
+        intro = f"""Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
+{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}; shipped: {shipped})."""
+    write_card(
+        out_dir,
+        base_model=base_model,
+        tags="sentence-transformers, feature-extraction, retrieval, ragtune",
+        title=title,
+        intro=intro,
+        schedule=schedule_line(metrics),
+        usage=f"""from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{out_dir}")
+q = model.encode_query(["Nhân viên được nghỉ phép bao nhiêu ngày?"])
+d = model.encode_document(["Nhân viên chính thức có 12 ngày phép năm."])
+print(model.similarity(q, d))""",
+        dev_section=f"""## Dev split (chunk level), before → after
+
+| metric | base | fine-tuned |
+|---|---:|---:|
+{rows or "| not measured | | |"}
+
+The held-out **test** comparison with BM25 and the base model is in the repository's `reports/evaluation.md`.""",
+        warn=warn,
+        params=params,
+    )
+
+
+def write_reranker_card(out_dir: str | Path, base_model: str, cfg: Any, metrics: dict[str, Any]) -> None:
+    """The reranker's card: its base and head (new or its own), trained or the untrained start model, and dev
+    reranking before → after."""
+    rows, params, warn = card_sections(cfg, metrics)
+    eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    head = "new one-logit head" if eff["new_head"] else "its own head"
+    if shipped.startswith("untrained"):  # the card must not call a model trained that never was
+        title = "ragtune reranker: the untrained start model"
+        state = "seeded, never trained" if eff["new_head"] else "unchanged"
+        intro = f"`{base_model}` ({head}, {state}), written by the ragtune `train_reranker` stage: {shipped}."
+    else:
+        title = "ragtune fine-tuned reranker"
+        intro = f"""Trained from `{base_model}` ({head}) by the ragtune
+`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
+fine-tuned embedder's top {cfg.rank_max} plus random ones (shipped: {shipped})."""
+    write_card(
+        out_dir,
+        base_model=base_model,
+        tags="sentence-transformers, cross-encoder, reranker, ragtune",
+        title=title,
+        intro=intro,
+        schedule=schedule_line(metrics),
+        usage=f"""from sentence_transformers import CrossEncoder
+model = CrossEncoder("{out_dir}")
+hits = model.rank("Nhân viên được nghỉ phép bao nhiêu ngày?",
+                  ["Nhân viên chính thức có 12 ngày phép năm.", "Quy trình mua sắm thiết bị."])
+print(hits)  # [{{'corpus_id': 0, 'score': ...}}, ...]""",
+        dev_section=f"""## Dev split: reranking the embedder's top {cfg.rerank_k}, before → after training
+
+`base_*` rows are the embedder's own order (the input); the others are after reranking. `accuracy`, `avg_*_score`
+and `margin` are pair classification on dev groups (score > 0.5 = relevant).
+
+| metric | before | after |
+|---|---:|---:|
+{rows or "| not measured | | |"}
+
+How the reranker changes the held-out **test** ranking, and the fusion weight chosen on dev, are in the
+repository's `reports/evaluation.md`.""",
+        warn=warn,
+        params=params,
+    )

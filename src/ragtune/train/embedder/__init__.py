@@ -1,0 +1,1 @@
+"""The bi-encoder trainer: config, trainer (dataset, loss, arguments), dev checks, merge, and the stage run."""

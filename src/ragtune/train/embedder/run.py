@@ -1,0 +1,353 @@
+"""The train_embedder stage as one function: training groups → a fine-tuned (or, on dev evidence, the base) embedder.
+
+:func:`run_train_embedder` is the canonical sentence-transformers recipe, top to bottom: model, data, loss,
+arguments, evaluator, trainer, train, evaluate, save. Around it sit ragtune's guards: the schedule sized to the
+data, resuming only a checkpoint of the same params, data and code, a dev check before and after, WiSE-FT merging
+checked on dev, and the base model shipped when dev cannot tell the fine-tune from a worse model.
+
+Runs as a single process or under DDP (``torchrun``): ranks other than 0 train and return, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from ragtune.console import console, warn
+from ragtune.io import read_jsonl, sha256_file, write_json
+from ragtune.models import load_embedder, model_fingerprint, resolve_model
+from ragtune.pairs import query_key
+from ragtune.paths import Paths
+from ragtune.retrieval import model_prompt
+from ragtune.train import batching
+from ragtune.train.card import write_embedder_card
+from ragtune.train.checkpoints import clear_checkpoints, code_hashes, prepare_checkpoint_dir, untrained_outputs
+from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
+from ragtune.train.embedder.config import EmbedderTrainConfig
+from ragtune.train.embedder.dev import build_ir_evaluator, dev_evidence, dev_metrics, dev_questions
+from ragtune.train.embedder.merge import merge_checked_on_dev, ship_base
+from ragtune.train.embedder.trainer import build_trainer, column_prompts, freeze, groups_to_dataset
+from ragtune.train.guards import unchecked_warning, untrained_reason
+from ragtune.train.rows import training_rows
+from ragtune.train.schedule import SchedulePlan, resolve_schedule
+
+
+def training_warnings(
+    *,
+    optimizer_steps: int,
+    final_loss: float | None,
+    batch_size: int,
+    dev_before: float | None,
+    dev_after: float | None,
+    leaked_queries: int,
+    min_steps: int = 50,
+) -> list[str]:
+    """Signs that "fine-tuned" did not mean trained. Each is printed, stored in metrics and shown in the report."""
+    out = []
+    if optimizer_steps < min_steps:
+        out.append(f"only {optimizer_steps} optimizer steps (< {min_steps}): this model is barely trained")
+    chance = math.log(batch_size)
+    if final_loss is not None and final_loss >= chance:
+        out.append(
+            f"final train loss {final_loss:.3f} ≥ ln(batch size) = {chance:.3f}: no better than chance in-batch ranking"
+        )
+    if dev_before is not None and dev_after is not None and dev_after < dev_before:
+        out.append(f"dev NDCG@10 fell from {dev_before:.4f} to {dev_after:.4f} after training")
+    if leaked_queries:
+        out.append(f"{leaked_queries} training queries are also dev/test queries")
+    return out
+
+
+def run_metrics(
+    trainer: Any,
+    cfg: EmbedderTrainConfig,
+    *,
+    world: int,
+    counts: dict[str, Any],
+    groups: int,
+    rows: int,
+    dropped: int,
+    seconds: float,
+    samples_per_second: float,
+    resumed_from: str | None,
+    dev_before: dict[str, float],
+    dev_after: dict[str, float],
+    leaked_queries: int,
+) -> dict[str, Any]:
+    """metrics/train_embedder.json: the values the trainer *actually* used, read back from the trainer."""
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    final_loss = losses[-1] if losses else None
+    steps = trainer.state.global_step
+    key = "dev_cosine_ndcg@10"
+    warnings = training_warnings(
+        optimizer_steps=steps,
+        final_loss=final_loss,
+        batch_size=cfg.batch_size * world,
+        dev_before=dev_before.get(key),
+        dev_after=dev_after.get(key),
+        leaked_queries=leaked_queries,
+    )
+
+    return {
+        "effective": {
+            "learning_rate": float(trainer.lr_scheduler.base_lrs[0]) if trainer.lr_scheduler else cfg.lr,
+            "optimizer_steps": steps,
+            "epochs": round(float(trainer.state.epoch or 0), 3),
+            "per_device_batch_size": trainer.args.per_device_train_batch_size,
+            "effective_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * world,
+            "in_batch_negatives_per_query": cfg.batch_size * world - 1,
+            "hard_negatives_per_query": cfg.n_hard_negatives,
+            "warmup_steps": trainer.args.get_warmup_steps(steps) if steps else 0,
+            "scheduler": str(getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type)),
+            "loss": type(trainer.loss).__name__,
+            "bf16": bool(trainer.args.bf16),
+            "fp16": bool(trainer.args.fp16),
+            "world_size": world,
+            **counts,
+        },
+        "train": {
+            "groups": groups,
+            "rows": rows,  # one per trained positive: more than groups with positives: all
+            "positives": cfg.positives,
+            "groups_dropped_short_of_negatives": dropped,
+            "final_loss": round(final_loss, 4) if final_loss is not None else None,
+            "chance_loss": round(math.log(cfg.batch_size * world), 4),
+            "seconds": round(seconds, 1),
+            "samples_per_second": round(samples_per_second, 2),
+            "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0,
+        },
+        "dev": {"before": dev_metrics(dev_before), "after": dev_metrics(dev_after)},
+        "warnings": warnings,
+    }
+
+
+def ship_untrained(
+    model_p: dict, cfg: EmbedderTrainConfig, plan: SchedulePlan, base_path: str, metrics: dict, why: str, paths: Paths
+) -> None:
+    """Write the base model to ``paths.embedder`` unchanged, with every file a training run writes (metrics, card,
+    folders).
+
+    Why: index, train_reranker, evaluate and ``dvc metrics`` read these outputs whether or not training ran.
+    ``enabled: false`` is a choice (a base-model bake-off) and says so once; no dev question is a warning.
+    """
+    out = str(paths.embedder)
+    metrics["plan"] = asdict(plan)
+    metrics["shipped"] = f"base ({why})"
+    # "only 0 optimizer steps" and the like say nothing here: what matters is why there are none
+    unchecked = unchecked_warning(cfg.SECTION, out, trained=False, start="the BASE model")
+    metrics["warnings"] = [unchecked] if cfg.enabled else []
+    for w in metrics["warnings"]:
+        warn(w)
+    if not cfg.enabled:
+        console.print(f"{out}: the base model {model_p['embedder']}, not trained (train_embedder.enabled: false)")
+    model = load_embedder(base_path)  # fresh: the training copy's attention modules were changed in place
+    model.max_seq_length = cfg.max_seq_length
+    model.save(out, safe_serialization=True)
+    untrained_outputs(paths.live("train_embedder"), paths.embedder_checkpoints)
+    write_embedder_card(out, model_p["embedder"], cfg, metrics)
+    write_json(paths.metrics("train_embedder"), metrics)
+
+
+def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: Paths) -> dict[str, str]:
+    """Train the embedder the ``model:`` and ``train_embedder:`` params describe; write the model, its card, the
+    metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``).
+
+    Under DDP every rank trains; only rank 0 evaluates, decides what ships and writes (the others return an empty
+    summary).
+    """
+    cfg = EmbedderTrainConfig.from_params(section)
+    out, ckpt, live = str(paths.embedder), str(paths.embedder_checkpoints), str(paths.live("train_embedder"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    groups = read_jsonl(paths.train_groups)
+    dev = read_jsonl(paths.dev)
+    heldout = {query_key(q["query"]) for q in dev + read_jsonl(paths.test)}
+    leaked = sum(1 for g in groups if query_key(g["query"]) in heldout)
+    chunks = read_jsonl(paths.chunks)
+    checkable = dev_questions(dev, cfg.dev_level)
+    # None: train. Otherwise the base model ships untrained, and this says why (enabled: false, or no dev)
+    untrained = untrained_reason(cfg, has_dev=bool(checkable))
+
+    base_path = resolve_model(model_p["embedder"])
+    model = load_embedder(base_path)
+    model.max_seq_length = cfg.max_seq_length
+    qp = model_prompt(model, "query", model_p.get("query_prompt"))
+    pp = model_prompt(model, "passage", model_p.get("passage_prompt"))
+    counts = freeze(model, cfg)
+    attention, attention_warnings = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
+    counts |= attention
+    train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
+    if untrained is None and len(train_ds) < cfg.batch_size:
+        raise SystemExit(
+            f"train_embedder: only {len(train_ds)} training rows from {len(groups) - dropped} usable groups "
+            f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives); need at least "
+            f"batch_size={cfg.batch_size}."
+        )
+    # epochs / eval_steps / save_steps: auto → numbers for these rows; the resolved config builds the trainer,
+    # the resume fingerprint and the model card
+    cfg, plan = resolve_schedule(cfg, len(train_ds), world)
+    if rank0 and untrained is None:
+        console.print(f"schedule: {plan.reason}", soft_wrap=True)
+    # the rows' relevant documents, so that no batch shows a query a chunk of its own document as a negative
+    batch_keys = batching.group_row_keys(
+        groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
+    )
+    evaluator = (
+        build_ir_evaluator(checkable, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level)
+        if checkable
+        else None
+    )
+    if untrained is not None:
+        if not rank0:
+            return {"read": "", "wrote": ""}
+        # built, never run: the metrics then hold the values this run would have used, with 0 optimizer steps
+        trainer = build_trainer(
+            model,
+            cfg,
+            train_ds,
+            evaluator,
+            ckpt,
+            column_prompts(cfg.n_hard_negatives, qp, pp),
+            guide=load_embedder(base_path) if cfg.loss == "gist" else None,
+            batch_keys=batch_keys,
+        )
+        metrics = run_metrics(
+            trainer,
+            cfg,
+            world=world,
+            counts=counts,
+            groups=len(groups) - dropped,
+            rows=len(train_ds),
+            dropped=dropped,
+            seconds=0.0,
+            samples_per_second=0.0,
+            resumed_from=None,
+            dev_before={},
+            dev_after={},
+            leaked_queries=leaked,
+        )
+        every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
+        metrics["train"]["positives_not_trained"] = len(every_positive)  # none was trained
+        ship_untrained(model_p, cfg, plan, base_path, metrics, untrained, paths)
+        return {
+            "read": f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries",
+            "wrote": f"{out} ({metrics['shipped']}: not trained), {paths.metrics('train_embedder')}",
+        }
+    # ship_unchecked: true with no dev question: trained, and every report says nothing checked it
+    unchecked = [] if checkable else [unchecked_warning(cfg.SECTION, out, trained=True, start="the base model")]
+    dev_before = evaluator(model) if evaluator and rank0 else {}
+
+    fingerprint = cfg.fingerprint(
+        model_fingerprint(base_path),
+        sha256_file(paths.train_groups),
+        sha256_file(paths.dev),
+        # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
+        *code_hashes(__file__),
+        f"world={world}",
+    )
+    resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)
+    if resume:
+        console.print(f"[bold]Resuming[/] from {resume}")
+    callbacks = dvclive_callbacks(live, resume=bool(resume), before=dev_before) if rank0 else []
+    trainer = build_trainer(
+        model,
+        cfg,
+        train_ds,
+        evaluator,
+        ckpt,
+        column_prompts(cfg.n_hard_negatives, qp, pp),
+        guide=load_embedder(base_path) if cfg.loss == "gist" else None,
+        distributed=world > 1,
+        callbacks=callbacks,
+        batch_keys=batch_keys,
+    )
+    # the first epoch's batches as the trainer will draw them (own generator: the global RNG stays untouched)
+    sampler = trainer.get_batch_sampler(
+        train_ds,
+        cfg.batch_size,
+        drop_last=trainer.args.dataloader_drop_last,
+        generator=torch.Generator(),
+        seed=cfg.seed,
+    )
+    # under DDP one step gathers `world` consecutive batches into MNRL's negatives: report them as one
+    report = batching.batch_report(list(sampler), batch_keys, group_size=world)
+    first_epoch = {"batch_sampler": cfg.batch_sampler, **report}
+    fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
+    console.print(
+        f"epoch 1: {first_epoch['batches']} batches ({cfg.batch_sampler}); {fn_rows} of {len(train_ds)} rows "
+        "see a chunk of their own relevant document as an in-batch negative"
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    if not rank0:
+        return {"read": "", "wrote": ""}
+    base = load_embedder(base_path) if cfg.merge_alpha < 1 else None
+    dev_unmerged, dev_after, shipped = merge_checked_on_dev(model, base, cfg, evaluator)
+    metrics = run_metrics(
+        trainer,
+        cfg,
+        world=world,
+        counts=counts,
+        groups=len(groups) - dropped,
+        rows=len(train_ds),
+        dropped=dropped,
+        seconds=seconds,
+        samples_per_second=result.metrics.get("train_samples_per_second", 0.0),
+        resumed_from=resume,
+        dev_before=dev_before,
+        dev_after=dev_after,
+        leaked_queries=leaked,
+    )
+    metrics["warnings"] += attention_warnings + unchecked
+    metrics["plan"] = asdict(plan)
+    # labeled positives left out of training (positives: first) are counted, never dropped silently
+    every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
+    metrics["train"]["positives_not_trained"] = len(every_positive) - len(train_ds)
+    metrics["train"]["first_epoch_batches"] = first_epoch
+    if fn_rows > 0.1 * len(train_ds):
+        metrics["warnings"].append(
+            f"{fn_rows} of {len(train_ds)} training rows see a chunk of their own relevant document as an "
+            f"in-batch negative in epoch 1 (batch_sampler: {cfg.batch_sampler}; document_disjoint avoids it "
+            "unless one document has more questions than there are batches)"
+        )
+    if cfg.merge_alpha < 1:
+        metrics["dev"]["unmerged"] = dev_metrics(dev_unmerged)
+    metrics["shipped"] = shipped if checkable else f"{shipped} (no dev questions: unchecked)"
+    if dev:
+        base = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
+        base.max_seq_length = cfg.max_seq_length
+        metrics["dev"]["evidence"] = dev_evidence(
+            model, base, dev, chunks, qp, pp, base_fingerprint=model_fingerprint(base_path), seed=cfg.seed
+        )
+    if ship_base(cfg, metrics):
+        # Never ship what dev cannot tell from a regression: the base model goes out, and every report says so.
+        model = base
+        metrics["shipped"] = "base"
+        ev = metrics["dev"]["evidence"]
+        metrics["warnings"].append(
+            f"{out} is the BASE model, unchanged: on {ev['n_queries']} dev questions the trained model's "
+            f"NDCG@10 gain is {100 * ev['gain']:+.1f} pts with a 95% interval of [{100 * ev['ci_low']:+.1f}, "
+            f"{100 * ev['ci_high']:+.1f}], which does not rule out a loss. Label more dev questions "
+            "(pairs.dev_ratio, or a dev file) for a fine-tune to earn its place; "
+            "train_embedder.keep_base_if_worse: false ships it anyway"
+        )
+    for w in metrics["warnings"]:
+        warn(w)
+    model.save(out, safe_serialization=True)
+    clear_checkpoints(ckpt)
+    write_embedder_card(out, model_p["embedder"], cfg, metrics)
+    write_json(paths.metrics("train_embedder"), metrics)
+    before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
+    return {
+        "read": f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries",
+        "wrote": (
+            f"{out} ({metrics['shipped']}; {metrics['effective']['optimizer_steps']} steps, "
+            f"dev ndcg@10 {before} → {after}, {len(metrics['warnings'])} warnings)"
+        ),
+    }

@@ -1,0 +1,60 @@
+"""The reranker trainer's params: every key of ``train_reranker:`` in params.yaml, validated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragtune.train.config import TrainerConfig
+
+LOSSES = ("bce", "lambda", "mnrl")
+
+
+class RerankerConfigError(ValueError):
+    """A ``train_reranker`` param is unknown or out of range."""
+
+
+HEAD_PATTERNS = {"cls": r"classifier", "mean": r"(^|\.)2\.linear\."}  # new-head parameters, for learning_rate_mapping
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankerTrainConfig(TrainerConfig):
+    """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``.
+
+    No field has a default: params.yaml's ``train_reranker:`` section holds every value (see :class:`StageConfig`).
+    """
+
+    SECTION = "train_reranker"
+    ERROR = RerankerConfigError
+
+    # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
+    # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
+    base: str
+    head: str  # new head on: mean (mean-pooled tokens + linear) | cls (ST's [CLS]-pooler conversion)
+    loss: str
+    pos_weight: float  # bce: weight of positives; 0 = negatives per positive (balances the classes)
+    mnrl_scale: float
+    n_hard: int  # hard negatives per positive, from the fine-tuned embedder's ranks [rank_min, rank_max)
+    n_random: int
+    rank_min: int
+    rank_max: int
+    margin: float  # drop candidates scoring ≥ (1 - margin) × the positive's similarity (false negatives)
+    max_pos_per_doc: int  # cap on training questions per positive document; 0 = no cap
+    use_synthetic: bool  # add the pairs stage's self-supervised pairs (when it wrote any)
+    max_length: int
+    head_lr: float  # learning rate of a newly initialised head; 0 = same as lr
+    rerank_k: int  # dev evaluator: rerank this many embedder candidates per query
+
+    def validate(self) -> None:
+        if self.loss not in LOSSES:
+            raise RerankerConfigError(f"train_reranker.loss={self.loss!r}: choose one of {LOSSES}")
+        if self.n_hard + self.n_random < 1:
+            raise RerankerConfigError("train_reranker: n_hard + n_random must be ≥ 1 (a reranker needs negatives)")
+        if not 0 <= self.rank_min < self.rank_max:
+            raise RerankerConfigError("train_reranker: need 0 ≤ rank_min < rank_max")
+        if self.head not in HEAD_PATTERNS:
+            raise RerankerConfigError(f"train_reranker.head={self.head!r}: use one of {sorted(HEAD_PATTERNS)}")
+        if self.head_lr < 0:
+            raise RerankerConfigError("train_reranker.head_lr must be ≥ 0 (0 = same as lr)")
+        if self.batch_size < 2:
+            raise RerankerConfigError("train_reranker.batch_size must be ≥ 2")
+        super().validate()
