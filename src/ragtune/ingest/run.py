@@ -1,0 +1,221 @@
+"""The ingest run: every document source in order, then the queries, into one :class:`IngestResult`; and
+:func:`run_ingest`, the ingest stage's whole job (params section in, files and summary out).
+
+Output order is source order, then file order (sorted paths) or row order, so the same inputs give
+byte-identical files and DVC skips downstream stages.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ragtune.console import warn
+from ragtune.ingest.config import (
+    DOC_DEFAULT_COLUMNS,
+    FOLDER_FORMATS,
+    IngestConfig,
+    IngestError,
+    SourceConfig,
+    UnreadableFile,
+    load_config,
+)
+from ragtune.ingest.fields import as_id, first_line_title
+from ragtune.ingest.queries import ingest_queries, keep_query_ids
+from ragtune.ingest.readers import READERS
+from ragtune.ingest.state import IngestRun, run_metrics
+from ragtune.ingest.tables import check_columns, read_table
+from ragtune.io import write_json, write_jsonl
+from ragtune.paths import Paths
+
+# Wraps the file iteration: the stage passes a progress bar (ragtune.console.track), tests pass nothing.
+Track = Callable[[Iterable[tuple[SourceConfig, Path]], str], Iterator[tuple[SourceConfig, Path]]]
+
+
+@dataclass
+class IngestResult:
+    documents: list[dict[str, Any]]
+    queries: list[dict[str, Any]]
+    quarantine: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    files_read: int
+    records_read: int
+    warnings: list[str]
+
+
+def list_files(source: SourceConfig) -> list[Path]:
+    """Files of a folder source, recursive, sorted by POSIX relative path; hidden folders/files skipped."""
+    if not source.is_folder:
+        return [source.path]
+    files = [
+        p
+        for p in source.path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower().lstrip(".") in FOLDER_FORMATS
+        and not any(part.startswith(".") for part in p.relative_to(source.path).parts)
+    ]
+    return sorted(files, key=lambda p: p.relative_to(source.path).as_posix())
+
+
+def _read_sidecar(run: IngestRun, source: SourceConfig) -> dict[str, dict[str, Any]]:
+    """Metadata sidecar rows keyed by ``file`` (relative POSIX path); ``columns`` renames its columns."""
+    assert source.metadata is not None
+    table = read_table(source.metadata, max_bad_fraction=run.config.max_bad_fraction)
+    run.files_read += 1
+    if "file" not in table.columns and table.rows:
+        raise IngestError(
+            f"{source.metadata}: the metadata sidecar needs a `file` column (path relative to {source.path}); "
+            f"columns found: {sorted(table.columns)}. Fix the file or `{source.key}.metadata`."
+        )
+    check_columns(table, source.metadata, source.columns, set(source.columns), set(), source.key)
+    rename = {column: name for name, column in source.columns.items()}
+    run.reject_bad_rows(table, "document", run.rel(source.metadata))
+    rows: dict[str, dict[str, Any]] = {}
+    for row in table.rows:
+        name = as_id(row.record.get("file"))
+        if name is None:
+            continue
+        name = PurePosixPath(name.replace("\\", "/")).as_posix().removeprefix("./")
+        rows[name] = {rename.get(k, k): v for k, v in row.record.items() if k != "file"} | {"_line": row.line}
+    return rows
+
+
+def _ingest_file(run: IngestRun, source: SourceConfig, path: Path, sidecar: dict[str, dict[str, Any]]) -> None:
+    fmt = path.suffix.lower().lstrip(".")
+    rel = unicodedata.normalize("NFC", path.relative_to(source.path).as_posix())
+    src = run.rel(path)
+    run.files_read += 1
+    try:
+        extracted = READERS[fmt](path)
+    except UnreadableFile as exc:
+        run.doc_read += 1
+        run.reject("document", src, exc.reason, {"file": src, "error": str(exc)})
+        sidecar.pop(rel, None)
+        return
+    if extracted.warning:
+        run.warnings.append(f"{src}: {extracted.warning}")
+    side = dict(sidecar.pop(rel, {}))
+    side.pop("_line", None)
+    meta = {**extracted.meta, **side}  # the sidecar wins over front matter
+    doc_id = as_id(meta.pop("id", None)) or unicodedata.normalize("NFC", str(PurePosixPath(rel).with_suffix("")))
+    title = meta.pop("title", None) or extracted.title
+    if title is None and fmt == "txt":
+        title = first_line_title(extracted.text)
+    # no file-stem fallback for the title: the stem is usually the id (add_document)
+    title = str(title) if title else None
+    run.add_document(
+        source, path, doc_id=doc_id, title=title, text=extracted.text, source=src, metadata=meta, stem=path.stem
+    )
+
+
+def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
+    path = source.path
+    table, src = run.open_table(source, "document")
+    if table is None:
+        run.doc_read += 1
+        return
+    columns = {**DOC_DEFAULT_COLUMNS, **source.columns}
+    check_columns(table, path, columns, set(source.columns), {"text"}, source.key)
+    mapped = {column: name for name, column in columns.items()}
+    has_id = columns["id"] in table.columns
+    run.doc_read += run.reject_bad_rows(table, "document", src)
+    for row in table.rows:
+        where = f"{src}:{row.line}"
+        rec = row.record
+        if rec.get(columns["text"]) is None and columns["text"] not in rec:
+            run.doc_read += 1
+            run.reject("document", where, "missing_column", {**rec, "missing": columns["text"]})
+            continue
+        doc_id = as_id(rec.get(columns["id"])) if has_id else f"{path.stem}:{row.line}"
+        if doc_id is None:
+            run.doc_read += 1
+            run.reject("document", where, "missing_column", {**rec, "missing": columns["id"]})
+            continue
+        text = rec.get(columns["text"])
+        title = rec.get(columns["title"])
+        metadata = {mapped.get(k, k): v for k, v in rec.items() if mapped.get(k) not in ("id", "title", "text")}
+        title = str(title) if title is not None else None
+        text = str(text) if text is not None else None
+        run.add_document(source, path, doc_id=doc_id, title=title, text=text, source=where, metadata=metadata, raw=rec)
+
+
+def plan(config: IngestConfig) -> list[tuple[SourceConfig, Path]]:
+    """Every document file to read, in output order (one entry per table source)."""
+    return [(source, path) for source in config.documents for path in list_files(source)]
+
+
+def ingest(
+    config: IngestConfig,
+    track: Track | None = None,
+) -> IngestResult:
+    """Read every source and return documents, queries, quarantine and metrics (nothing is written here).
+
+    ``track`` wraps the file iteration (the stage passes a rich progress bar; tests pass nothing).
+    """
+    run = IngestRun(config)
+    files = plan(config)
+    # Sidecars first: a config error in any of them should stop the run before minutes of PDF parsing.
+    sidecars = {s.key: _read_sidecar(run, s) for s in config.documents if s.is_folder and s.metadata}
+    iterator = track(files, "ingest files") if track is not None else iter(files)
+    for source, path in iterator:
+        if source.is_folder:
+            _ingest_file(run, source, path, sidecars.get(source.key, {}))
+        else:
+            _ingest_table(run, source)
+    for source in config.documents:
+        for name, row in sidecars.get(source.key, {}).items():  # rows whose file is not there: report, not drop
+            assert source.metadata is not None
+            run.reject("document", f"{run.rel(source.metadata)}:{row['_line']}", "missing_file",
+                       {"file": name, **{k: v for k, v in row.items() if k != "_line"}})  # fmt: skip
+    queries: list[dict[str, Any]] = []
+    query_read = 0
+    for source in config.queries:
+        batch, n = ingest_queries(run, source)
+        query_read += n
+        queries.extend(keep_query_ids(run, source, batch))
+    if run.renamed_query_ids:
+        n, (old, new, where, first) = len(run.renamed_query_ids), run.renamed_query_ids[0]
+        run.warnings.append(
+            f"{n} query id(s) were already used by another query file and were kept under '<file stem>/<id>', "
+            f"e.g. {where}: id {old!r} (first used at {first}) → {new!r}. Nothing was dropped; give the files "
+            "distinct ids to keep your own."
+        )
+    metrics = run_metrics(run, queries, query_read)
+    return IngestResult(
+        documents=run.documents,
+        queries=queries,
+        quarantine=run.quarantine,
+        metrics=metrics,
+        files_read=run.files_read,
+        records_read=run.doc_read + query_read,
+        warnings=run.warnings,
+    )
+
+
+def run_ingest(section: dict[str, Any], paths: Paths, track: Track | None = None) -> dict[str, str]:
+    """The ingest stage: read the ``ingest:`` params section, ingest every source relative to ``paths.root``, write
+    documents, queries, quarantine and ``metrics/ingest.json``, warn about what was set aside, and return the
+    stage summary ``{"read", "wrote"}``.
+
+    A config problem raises :class:`IngestError` before anything is written.
+    """
+    config = load_config(section, paths.root)
+    result = ingest(config, track=track)
+    write_jsonl(paths.documents, result.documents)
+    write_jsonl(paths.queries, result.queries)
+    write_jsonl(paths.ingest_quarantine, result.quarantine)
+    write_json(paths.metrics("ingest"), result.metrics)
+    for message in result.warnings:
+        warn(message)
+    if result.quarantine:
+        reasons = ", ".join(f"{r} {n}" for r, n in result.metrics["quarantine_reasons"].items())
+        warn(f"{len(result.quarantine)} quarantined ({reasons}); see {paths.ingest_quarantine}")
+    return {
+        "read": f"{result.files_read} files / {result.records_read} records",
+        "wrote": (
+            f"{len(result.documents)} documents, {len(result.queries)} queries, {len(result.quarantine)} quarantined"
+        ),
+    }

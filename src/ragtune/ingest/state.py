@@ -1,0 +1,177 @@
+"""The mutable state of one ingest run: the documents kept so far, the quarantine, the counters, and the
+metrics they add up to.
+
+Every source kind hands its document candidates to :meth:`IngestRun.add_document`, so normalization, the title
+rules and duplicate detection are the same for a Markdown file and a CSV row.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections import Counter
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ragtune.ingest.config import IngestConfig, IngestError, SourceConfig, UnreadableFile
+from ragtune.ingest.fields import first_line_title, is_id_title, json_safe, parse_tags
+from ragtune.ingest.tables import Table, read_table
+from ragtune.text import normalize_text, normalize_text_with_flags
+
+
+class IngestRun:
+    """Mutable state of one ingest run: kept records, quarantine, counters."""
+
+    def __init__(self, config: IngestConfig):
+        self.config = config
+        self.repo = config.repo.resolve()
+        self.documents: list[dict[str, Any]] = []
+        self.doc_ids: dict[str, str] = {}  # doc_id → source
+        self.texts: dict[str, str] = {}  # normalized text → doc_id of the first document with it
+        self.aliases: dict[str, str] = {}  # quarantined duplicate_text doc_id → kept doc_id
+        self.quarantine: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.doc_read = 0
+        self.repaired = 0
+        self.query_repaired = 0
+        self.unknown_positive_ids = 0
+        self.query_ids: dict[str, str] = {}  # kept query_id → source
+        self.query_ids_by_file: dict[Path, dict[str, str]] = {}  # query file → its own ids → source
+        self.renamed_query_ids: list[tuple[str, str, str, str]] = []  # (id, kept as, source, first use of id)
+        self.by_format: Counter[str] = Counter()
+        self.by_source: Counter[str] = Counter()
+        self.files_read = 0
+
+    def rel(self, path: Path) -> str:
+        """A path as written in output `source` fields: relative to the repository root, POSIX separators."""
+        return Path(os.path.relpath(path.resolve(), self.repo)).as_posix()
+
+    def reject(self, kind: str, source: str, reason: str, record: Any) -> None:
+        self.quarantine.append({"stage": "ingest", "kind": kind, "source": source, "reason": reason, "record": record})
+
+    def norm(self, text: str) -> str:
+        out, repaired = normalize_text_with_flags(text, self.config.tone_style)
+        self.repaired += repaired
+        return out
+
+    def add_document(
+        self, source_config: SourceConfig, path: Path, *, doc_id: str | None, title: str | None, text: str | None,
+        source: str, metadata: dict[str, Any], raw: Any = None, stem: str | None = None,
+    ) -> None:  # fmt: skip
+        """Normalize, validate and keep (or quarantine) one document candidate read from ``path``.
+
+        ``source`` is the candidate's place in the output (``file`` or ``file:line``). Its format, its origin in
+        ``by_source`` and its ``title_format`` come from the file and its ``source_config``, the same way for a
+        folder file and a table row.
+
+        The title is a real one (given, or the text's short first line) or ``""``, never the id or the file
+        ``stem``: chunks carry their title into the embedding, and the report/search show ``title or doc_id``.
+        """
+        title_format = source_config.title_format
+        self.doc_read += 1
+        norm_text = self.norm(text or "")
+        names = (doc_id, PurePosixPath(doc_id).name if doc_id else None, stem)
+        norm_title = normalize_text(title, self.config.tone_style) if title else ""
+        if not norm_title or is_id_title(norm_title, *names):
+            norm_title = first_line_title(norm_text) or ""
+            norm_title = "" if is_id_title(norm_title, *names) else norm_title
+        meta = self.clean_metadata(metadata)
+        if title_format:
+            fields = {**{k: v for k, v in meta.items() if not isinstance(v, (list, dict))}, "title": norm_title}
+            fields["id"] = doc_id
+            try:
+                norm_title = normalize_text(title_format.format_map(fields), self.config.tone_style)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise IngestError(
+                    f"{source}: title_format {title_format!r} needs field {exc}; available: {sorted(fields)}. "
+                    "Fix `title_format` in params.yaml."
+                ) from exc
+            if not fields["title"]:  # "{law_id}, Điều {article_id}: {title}" without a title: no dangling ":"
+                norm_title = norm_title.rstrip(" :;,-–—|/")
+            norm_title = "" if is_id_title(norm_title, *names) else norm_title  # e.g. title_format: "{id}"
+        record = {"doc_id": doc_id, "title": norm_title, "text": norm_text, "source": source, "metadata": meta}
+        if not norm_text:
+            self.reject("document", source, "empty_text", raw if raw is not None else record)
+            return
+        if len(norm_text) < self.config.min_chars:
+            self.reject("document", source, "too_short", record)
+            return
+        assert doc_id is not None
+        if doc_id in self.doc_ids:
+            self.reject("document", source, "duplicate_id", {**record, "duplicate_of": self.doc_ids[doc_id]})
+            return
+        if norm_text in self.texts:
+            first = self.texts[norm_text]
+            self.aliases[doc_id] = first
+            self.reject("document", source, "duplicate_text", {**record, "duplicate_of": first})
+            return
+        self.doc_ids[doc_id] = source
+        self.texts[norm_text] = doc_id
+        self.documents.append(record)
+        self.by_format[path.suffix.lower().lstrip(".")] += 1
+        self.by_source[self.rel(source_config.path)] += 1
+
+    def clean_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in metadata.items():
+            if value is None or value == "" or value == []:
+                continue
+            if key == "tags":
+                out[key] = parse_tags(value)
+            elif isinstance(value, str):
+                out[key] = normalize_text(value, self.config.tone_style)
+            else:
+                out[key] = json_safe(value)
+        return out
+
+    def open_table(self, source: SourceConfig, kind: str) -> tuple[Table | None, str]:
+        """``(table, where)`` of a table source, counted as a file read; an unreadable file is quarantined under
+        ``kind`` (``document`` or ``query``) and gives no table. ``where`` is its path as output ``source`` fields
+        write it."""
+        where = self.rel(source.path)
+        self.files_read += 1
+        try:
+            return read_table(source.path, source.sheet, self.config.max_bad_fraction), where
+        except UnreadableFile as exc:
+            self.reject(kind, where, exc.reason, {"file": where, "error": str(exc)})
+            return None, where
+
+    def reject_bad_rows(self, table: Table, kind: str, where: str) -> int:
+        """Quarantine the rows of ``table`` that did not parse (``where`` is the file); returns how many."""
+        for line, raw, error in table.bad:
+            self.reject(kind, f"{where}:{line}", table.bad_reason, {"line": raw, "error": error})
+        return len(table.bad)
+
+
+def run_metrics(run: IngestRun, queries: list[dict[str, Any]], query_read: int) -> dict[str, Any]:
+    """metrics/ingest.json: what was read, kept and set aside, so a shrinking corpus shows up in `dvc metrics diff`."""
+    reasons = Counter(q["reason"] for q in run.quarantine)
+    doc_q = [q for q in run.quarantine if q["kind"] == "document"]
+    by_type = Counter(str(d["metadata"].get("document_type", "unknown")) for d in run.documents)
+    return {
+        "documents": {
+            "read": run.doc_read,
+            "kept": len(run.documents),
+            "repaired_mojibake": run.repaired,
+            "quarantined": sum(1 for q in doc_q if q["reason"] != "missing_file"),
+            "duplicates": reasons["duplicate_id"] + reasons["duplicate_text"],
+            "by_type": dict(sorted(by_type.items())),
+            "by_source": dict(run.by_source),
+            "by_format": dict(sorted(run.by_format.items())),
+        },
+        "queries": {
+            "read": query_read,
+            "kept": len(queries),
+            "repaired_mojibake": run.query_repaired,
+            # a query kept with some of its positives also has a quarantine entry; count rejected queries only
+            "quarantined": query_read - len(queries),
+            "unknown_positive_ids": run.unknown_positive_ids,
+            "renamed_duplicate_ids": len(run.renamed_query_ids),
+            "by_split": {s: sum(1 for q in queries if q["split"] == s) for s in ("train", "dev", "test")}
+            | {"unassigned": sum(1 for q in queries if q["split"] is None)},
+            "positives_per_query_mean": (
+                round(statistics.fmean(len(q["positive_doc_ids"]) for q in queries), 3) if queries else 0.0
+            ),
+        },
+        "quarantine_reasons": dict(sorted(reasons.items())),
+    }
