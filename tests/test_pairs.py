@@ -1,14 +1,20 @@
 import numpy as np
 import pytest
+from conftest import TOPICS, shipped_params
 
+from ragtune.io import read_json, read_jsonl, write_jsonl
 from ragtune.pairs import (
+    SplitPlan,
     align_positive_chunks,
     cap_synthetic,
     query_key,
     split_queries,
     synthetic_pairs,
+    use_synthetic,
     validate,
 )
+from ragtune.pairs.run import run_pairs
+from ragtune.paths import Paths
 
 
 def make_queries(n):
@@ -267,8 +273,6 @@ def test_validate_reports_and_refuses_leakage():
 
 
 def test_synthetic_pairs_auto_only_when_labels_are_scarce():
-    from ragtune.pairs import use_synthetic
-
     assert use_synthetic("auto", 40, 100) and not use_synthetic("auto", 184, 100)
     assert use_synthetic(True, 1000, 100) and not use_synthetic(False, 0, 100)
     with pytest.raises(ValueError, match="auto"):
@@ -304,23 +308,15 @@ def test_synthetic_pairs_are_capped_per_labeled_question():
     assert cap_synthetic(syn, 10, 0, seed=0) == (syn, 0)  # 0 = no cap
 
 
-def load_pairs_stage():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "stages" / "pairs.py"
-    spec = importlib.util.spec_from_file_location("pairs_stage", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SYNTHETIC_OFF = {"enabled": False, "min_labeled_train": 100, "per_doc": {"title": 1}, "max_pairs": 10,
+                 "ict_keep_sentence": 0.1, "max_per_labeled": 2.0}  # fmt: skip
+OUTPUTS = ("data/pairs/train.jsonl", "data/pairs/dev.jsonl", "data/pairs/test.jsonl", "data/pairs/synthetic.jsonl",
+           "data/pairs/quarantine.jsonl", "metrics/pairs.json")  # fmt: skip
 
 
-def pairs_workdir(tmp_path, monkeypatch):
-    """A repo holding ingest/chunk outputs whose documents have one chunk each (no model needed to align)."""
-    import yaml
-
-    from ragtune.io import write_jsonl
-
+def one_chunk_inputs(root):
+    """Ingest/chunk outputs whose documents have one chunk each (no model needed to align): ten fixed-train
+    questions, four fixed-test ones and a train copy of a test question."""
     docs = [{"doc_id": f"d{i}", "title": "", "text": f"văn bản {i}", "source": "x", "metadata": {}} for i in range(3)]
     chunks = [{"chunk_id": f"d{i}#0000", "doc_id": f"d{i}", "title": "", "section": "", "text": f"văn bản {i}",
                "n_tokens": 3, "char_start": 0, "char_end": 9} for i in range(3)]  # fmt: skip
@@ -331,25 +327,24 @@ def pairs_workdir(tmp_path, monkeypatch):
     ]
     for q in queries:
         q["positive_doc_ids"], q["metadata"] = ["d1"], {}
-    write_jsonl(tmp_path / "data/interim/documents.jsonl", docs)
-    write_jsonl(tmp_path / "data/interim/queries.jsonl", queries)
-    write_jsonl(tmp_path / "data/chunks/chunks.jsonl", chunks)
-    synthetic = {"enabled": False, "min_labeled_train": 100, "per_doc": {"title": 1}, "max_pairs": 10,
-                 "ict_keep_sentence": 0.1, "max_per_labeled": 2.0}  # fmt: skip
-    params = {"model": {"embedder": "unused"}, "bm25": {},
-              "pairs": {"seed": 0, "dev_ratio": 0.2, "test_ratio": 0.5, "synthetic": synthetic}}  # fmt: skip
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
-    (tmp_path / "metrics").mkdir()
-    monkeypatch.chdir(tmp_path)
+    write_jsonl(root / "data/interim/documents.jsonl", docs)
+    write_jsonl(root / "data/interim/queries.jsonl", queries)
+    write_jsonl(root / "data/chunks/chunks.jsonl", chunks)
 
 
-def test_stage_writes_fixed_splits_quarantine_and_split_sources(tmp_path, monkeypatch):
-    import json
+def run_one_chunk_pairs(root):
+    pairs = shipped_params("pairs", seed=0, dev_ratio=0.2, test_ratio=0.5, synthetic=SYNTHETIC_OFF)
+    # "unused": every relevant document has one chunk, so no model may be loaded
+    return run_pairs(pairs, shipped_params("model", embedder="unused"), shipped_params("bm25"), Paths(root))
 
-    from ragtune.io import read_jsonl
 
-    pairs_workdir(tmp_path, monkeypatch)
-    load_pairs_stage().main()
+def test_run_pairs_writes_fixed_splits_quarantine_and_split_sources(tmp_path):
+    one_chunk_inputs(tmp_path)
+    summary = run_one_chunk_pairs(tmp_path)
+    assert summary == {
+        "read": "15 labeled queries, 3 chunks",
+        "wrote": "train 8 / dev 2 / test 4 labeled + 0 synthetic pairs",
+    }
     splits = {s: read_jsonl(tmp_path / f"data/pairs/{s}.jsonl") for s in ("train", "dev", "test")}
     assert {q["query_id"] for q in splits["test"]} == {f"te{i:03d}" for i in range(4)}
     assert len(splits["dev"]) == 2 and len(splits["train"]) == 8  # 20% of the 10 train questions carved to dev
@@ -357,24 +352,110 @@ def test_stage_writes_fixed_splits_quarantine_and_split_sources(tmp_path, monkey
     assert (quarantined["stage"], quarantined["reason"], quarantined["source"]) == (
         "pairs", "same_text_as_test", "train.csv:99"
     )  # fmt: skip
-    metrics = json.loads((tmp_path / "metrics/pairs.json").read_text(encoding="utf-8"))
+    metrics = read_json(tmp_path / "metrics/pairs.json")
     assert metrics["split_sources"] == {"train": {"fixed": 8, "drawn": 0},
                                         "dev": {"fixed": 0, "drawn": 0, "carved_from_train": 2},
                                         "test": {"fixed": 4, "drawn": 0}}  # fmt: skip
     assert metrics["quarantined"] == {"same_text_as_dev": 0, "same_text_as_test": 1}
+    assert read_jsonl(tmp_path / "data/pairs/synthetic.jsonl") == []
 
 
-def test_stage_refuses_to_write_a_leaked_split(tmp_path, monkeypatch):
-    from ragtune.pairs import SplitPlan
+def train_copy_of_test(queries, *args):
+    test = [q for q in queries if q["split"] == "test"]
+    return SplitPlan({"train": [*test[:1], *queries[:3]], "dev": [], "test": test}, {}, [])
 
-    pairs_workdir(tmp_path, monkeypatch)
-    stage = load_pairs_stage()
 
-    def leaky(queries, *args):
-        test = [q for q in queries if q["split"] == "test"]
-        return SplitPlan({"train": [*test[:1], *queries[:3]], "dev": [], "test": test}, {}, [])
+def dev_copy_of_test(queries, *args):
+    test = [q for q in queries if q["split"] == "test"]
+    return SplitPlan({"train": queries[:3], "dev": test[:1], "test": test}, {}, [])
 
-    monkeypatch.setattr(stage, "split_queries", leaky)
-    with pytest.raises(AssertionError, match="held-out"):
-        stage.main()
-    assert not (tmp_path / "data/pairs").exists() or not list((tmp_path / "data/pairs").iterdir())
+
+@pytest.mark.parametrize(
+    ("leaky_split", "message"),
+    [(train_copy_of_test, "held-out"), (dev_copy_of_test, "test query texts also appear in dev")],
+)
+def test_run_pairs_writes_nothing_when_validate_refuses_a_leak(tmp_path, monkeypatch, leaky_split, message):
+    """split_queries never leaks (it groups copies of a text), so the leak is forced into it; validate must then stop
+    run_pairs before any output is written, and the outputs of an earlier good run must not survive to pass for this
+    run's (a training stage run by hand would train on them)."""
+    import ragtune.pairs.run
+
+    one_chunk_inputs(tmp_path)
+    run_one_chunk_pairs(tmp_path)  # an earlier, good run
+    assert all((tmp_path / rel).is_file() for rel in OUTPUTS)
+    monkeypatch.setattr(ragtune.pairs.run, "split_queries", leaky_split)
+    with pytest.raises(AssertionError, match=message):
+        run_one_chunk_pairs(tmp_path)
+    assert [rel for rel in OUTPUTS if (tmp_path / rel).exists()] == []
+    assert list((tmp_path / "data/pairs").iterdir()) == []  # no half-written .tmp file either
+
+
+def tiny_corpus(root):
+    """The TOPICS corpus with two chunks per document (so each question's positive chunk is chosen by BM25 and the
+    tiny embedder) and three unassigned questions per document."""
+    docs = [{"doc_id": f"D{i}", "title": title, "text": body, "source": "x", "metadata": {"document_type": "Policy"}}
+            for i, (title, body) in enumerate(TOPICS)]  # fmt: skip
+    chunks = []
+    for i, (title, body) in enumerate(TOPICS):
+        first, second = (s.strip() + "." for s in body.rstrip(".").split(". ", 1))
+        section = f"Chi tiết về {title.lower()}"
+        rule = f"Quy định về {title.lower()} áp dụng cho mọi nhân viên chính thức của công ty."
+        help_ = f"Phòng nhân sự giải đáp mọi câu hỏi về {title.lower()} trong giờ hành chính."
+        texts = [("", f"{title}\n{first} {rule}"), (section, f"{title}\n{section}\n{second} {help_}")]
+        for j, (sec, text) in enumerate(texts):
+            chunks.append({"chunk_id": f"D{i}#{j:04d}", "doc_id": f"D{i}", "title": title, "section": sec,
+                           "text": text, "n_tokens": len(text.split())})  # fmt: skip
+    queries = [
+        {"query_id": f"Q{i}{j}", "query": q, "positive_doc_ids": [f"D{i}"], "split": None, "metadata": {}}
+        for i, (title, body) in enumerate(TOPICS)
+        for j, q in enumerate([f"{title} quy định thế nào?", body.split(".")[0].lower() + "?", f"hỏi về {title}"])
+    ]
+    write_jsonl(root / "data/interim/documents.jsonl", docs)
+    write_jsonl(root / "data/interim/queries.jsonl", queries)
+    write_jsonl(root / "data/chunks/chunks.jsonl", chunks)
+    return docs, chunks, queries
+
+
+def test_run_pairs_on_a_tiny_corpus(tmp_path, tiny_embedder_path):
+    docs, chunks, queries = tiny_corpus(tmp_path)
+    model = shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=64)
+    # shipped synthetic params: "auto" adds synthetic pairs (12 labeled training questions < min_labeled_train)
+    pairs = shipped_params("pairs", dev_ratio=0.2, test_ratio=0.3)
+    summary = run_pairs(pairs, model, shipped_params("bm25"), Paths(tmp_path))
+
+    splits = {s: read_jsonl(tmp_path / f"data/pairs/{s}.jsonl") for s in ("train", "dev", "test")}
+    synthetic = read_jsonl(tmp_path / "data/pairs/synthetic.jsonl")
+    # 24 unassigned questions, each its own text: test round(24 × 0.3) = 7, dev round(24 × 0.2) = 5, train the rest
+    assert {s: len(v) for s, v in splits.items()} == {"train": 12, "dev": 5, "test": 7}
+    assert sorted(q["query_id"] for v in splits.values() for q in v) == sorted(q["query_id"] for q in queries)
+    doc_chunks = {d["doc_id"]: {c["chunk_id"] for c in chunks if c["doc_id"] == d["doc_id"]} for d in docs}
+    for name, items in splits.items():
+        assert [q["query_id"] for q in items] == sorted(q["query_id"] for q in items)
+        for q in items:
+            assert q["split"] == name and len(q["positive_chunk_ids"]) == 1
+            assert q["positive_chunk_ids"][0] in doc_chunks[q["positive_doc_ids"][0]]  # a chunk of its document
+    assert read_jsonl(tmp_path / "data/pairs/quarantine.jsonl") == []
+
+    metrics = read_json(tmp_path / "metrics/pairs.json")
+    assert {s: metrics[s]["pairs"] for s in ("train", "dev", "test", "synthetic")} == {
+        "train": 12, "dev": 5, "test": 7, "synthetic": len(synthetic)
+    }  # fmt: skip
+    assert metrics["train"]["by_document_type"] == {"Policy": 12} and metrics["leaked_heldout_queries"] == 0
+    assert metrics["split_sources"] == {"train": {"fixed": 0, "drawn": 12},
+                                        "dev": {"fixed": 0, "drawn": 5, "carved_from_train": 0},
+                                        "test": {"fixed": 0, "drawn": 7}}  # fmt: skip
+    assert metrics["quarantined"] == {"same_text_as_dev": 0, "same_text_as_test": 0}
+
+    counts = metrics["synthetic"]["by_kind_and_drops"]
+    kinds = {kind: sum(1 for p in synthetic if p["kind"] == kind) for kind in ("title", "heading", "ict")}
+    assert {kind: counts[kind] for kind in kinds} == kinds  # kept pairs by kind, as written
+    # Seeded, and independent of the tiny model: 7 titles ("Mật khẩu" is too short to say which document it heads),
+    # 8 headings, ICT sentences drawn from the chunks, 2 of them equal to a dev/test question (each document's second
+    # question is its first sentence) and dropped; then 29 pairs capped to 2 per labeled training question (24).
+    assert counts == {"dropped_duplicate": 6, "dropped_equal_to_heldout_query": 2, "dropped_over_max_per_labeled": 5,
+                      "dropped_short_anchor": 1, "heading": 8, "ict": 10, "ict_skipped_short_chunk": 2, "title": 6}  # fmt: skip
+    assert len(synthetic) == 24
+    heldout = {query_key(q["query"]) for s in ("dev", "test") for q in splits[s]}
+    assert not {query_key(p["query"]) for p in synthetic} & heldout
+    assert summary == {"read": "24 labeled queries, 16 chunks",
+                       "wrote": "train 12 / dev 5 / test 7 labeled + 24 synthetic pairs"}  # fmt: skip

@@ -1,0 +1,86 @@
+"""Which chunk of a relevant document is a query's positive: labels name documents, training needs passages."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ragtune.retrieval import build_bm25, load_dense
+
+ScoreFn = Callable[[int, list[int]], np.ndarray]
+
+
+def align_positive_chunks(
+    queries: Sequence[dict[str, Any]],
+    chunks_by_doc: dict[str, list[int]],
+    chunk_ids: Sequence[str],
+    scorers: Sequence[ScoreFn],
+) -> list[list[str]]:
+    """For each query, the chunk of each relevant document that best matches it.
+
+    Labels name documents; training and chunk-level evaluation need the passage. Within a relevant document the
+    chunk is chosen by reciprocal-rank fusion of the ``scorers`` (BM25 and base dense: either alone would bias
+    chunk-level evaluation towards that system). A scorer maps ``(query_index, chunk_indices)`` to scores.
+    """
+    out: list[list[str]] = []
+    for qi, q in enumerate(queries):
+        picked = []
+        for doc_id in q["positive_doc_ids"]:
+            idx = chunks_by_doc.get(doc_id, [])
+            if not idx:
+                continue
+            if len(idx) == 1:
+                picked.append(chunk_ids[idx[0]])
+                continue
+            fused = np.zeros(len(idx))
+            for scorer in scorers:
+                local = np.asarray(scorer(qi, idx))
+                ranks = np.empty(len(idx))
+                ranks[np.argsort(-local, kind="stable")] = np.arange(1, len(idx) + 1)
+                fused += 1.0 / (60 + ranks)
+            picked.append(chunk_ids[idx[int(np.argmax(fused))]])
+        out.append(picked)
+    return out
+
+
+def positive_chunks(
+    queries: Sequence[dict[str, Any]],
+    chunks: Sequence[dict[str, Any]],
+    model_params: dict[str, Any],
+    bm25_params: dict[str, Any],
+) -> list[list[str]]:
+    """Each query's positive chunk ids, one per relevant document: :func:`align_positive_chunks` with BM25 over all
+    chunks and the base dense model (``model:`` params) as the two scorers.
+
+    Only relevant documents with several chunks need a choice, so only their chunks are embedded, and neither model
+    is loaded when no relevant document has more than one chunk.
+    """
+    chunk_ids = [c["chunk_id"] for c in chunks]
+    chunks_by_doc: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(chunks):
+        chunks_by_doc[c["doc_id"]].append(i)
+    needed = sorted(
+        {i for q in queries for d in q["positive_doc_ids"] if len(chunks_by_doc[d]) > 1 for i in chunks_by_doc[d]}
+    )
+    if not needed:
+        return [[chunk_ids[chunks_by_doc[d][0]] for d in q["positive_doc_ids"]] for q in queries]
+    bm25 = build_bm25(chunks, bm25_params)
+    dense = load_dense(model_params)
+    q_vecs = dense.encode_queries([q["query"] for q in queries])
+    row = {ci: r for r, ci in enumerate(needed)}
+    c_vecs = dense.encode_passages([chunks[i]["text"] for i in needed])
+    bm25_cache: dict[int, np.ndarray] = {}
+
+    def bm25_scorer(qi: int, idx: list[int]) -> np.ndarray:
+        if qi not in bm25_cache:  # one query's scores over the whole corpus, kept while its documents are aligned
+            bm25_cache.clear()
+            bm25_cache[qi] = bm25.scores(queries[qi]["query"])
+        return bm25_cache[qi][idx]
+
+    def dense_scorer(qi: int, idx: list[int]) -> np.ndarray:
+        return c_vecs[[row[i] for i in idx]] @ q_vecs[qi]
+
+    return align_positive_chunks(queries, chunks_by_doc, chunk_ids, [bm25_scorer, dense_scorer])
