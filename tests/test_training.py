@@ -701,35 +701,6 @@ def _same_weights(a_path, b_path) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_chunks_must_fit_the_training_truncation():
-    """chunk.max_tokens was checked against model.max_seq_length (512) only, while training truncates at
-    train_embedder.max_seq_length (256): the longest chunk + prompt + special tokens must fit, and the message says
-    which key to change, and to what."""
-    from ragtune.training import check_chunks_fit
-
-    check_chunks_fit(247, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
-    check_chunks_fit(252, 2, 2, 256)  # exactly full
-    check_chunks_fit(0, 2, 2, 256)  # no chunks
-    with pytest.raises(TrainConfigError) as err:
-        check_chunks_fit(253, 2, 2, 256)  # one token over
-    with pytest.raises(TrainConfigError) as err:
-        check_chunks_fit(398, 2, 2, 256)  # chunk.max_tokens: 400, as the issue describes
-    message = str(err.value)
-    assert "lower chunk.max_tokens to ≤ 252 or raise train_embedder.max_seq_length to ≥ 402" in message.lower()
-    assert "longest has 398 tokens" in message
-
-
-def test_stage_refuses_chunks_the_training_truncation_would_cut(tmp_path, tiny_embedder_path):
-    """The stage runs the check before any work: nothing is trained, no checkpoint folder, no metrics."""
-    from conftest import make_stage_dir, run_stage
-
-    # the longest hand-written chunk is 57 tiny-tokenizer tokens; + the 8-token "passage: " + 2 specials = 67
-    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"max_seq_length": 64})
-    out = run_stage(work, "train_embedder", fails=True)
-    assert "Lower chunk.max_tokens to ≤ 54 or raise train_embedder.max_seq_length to ≥ 67" in out
-    assert not (work / "models/embedder_checkpoints").exists() and not (work / "metrics/train_embedder.json").exists()
-
-
 def _untrained_outputs_exist(work) -> None:
     """DVC requires every declared output after a run, trained or not; the curve folder holds no stale curve."""
     assert (work / "models/embedder_checkpoints").is_dir() and not any((work / "models/embedder_checkpoints").iterdir())
