@@ -133,7 +133,7 @@ def test_chunks_must_fit_the_training_truncation():
     """chunk.max_tokens was checked against model.max_seq_length (512) only, while training truncates at
     train_embedder.max_seq_length (256): the longest chunk + prompt + special tokens must fit, and the message says
     which key to change, and to what."""
-    check_fits_training(251, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
+    check_fits_training(247, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
     check_fits_training(252, 2, 2, 256)  # exactly full
     check_fits_training(0, 2, 2, 256)  # no chunks
     with pytest.raises(ValueError):

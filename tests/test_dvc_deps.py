@@ -119,9 +119,9 @@ def test_an_import_of_a_missing_module_is_an_error(tmp_path):
 def test_the_resume_fingerprints_hash_what_the_trainers_run():
     """The gap issue 15 found: retrieval.model_prompt decides the training prompts, yet was not hashed."""
     embedder = {p.name for p in stage_modules(REPO / "stages/train_embedder.py", PACKAGE)}
-    assert {"training.py", "batching.py", "rows.py", "retrieval.py", "models.py", "params.py"} <= embedder
+    assert {"training.py", "batching.py", "rows.py", "retrieval.py", "resolve.py", "params.py"} <= embedder
     reranker = {p.name for p in stage_modules(REPO / "stages/train_reranker.py", PACKAGE)}
-    assert {"reranking.py", "training.py", "retrieval.py", "models.py", "params.py"} <= reranker
+    assert {"reranking.py", "training.py", "retrieval.py", "resolve.py", "params.py"} <= reranker
     for stage in ("train_embedder", "train_reranker"):
         assert "stage_modules(__file__)" in (REPO / "stages" / f"{stage}.py").read_text(encoding="utf-8")
 

@@ -306,7 +306,7 @@ def check_fits(
     ``model.max_seq_length`` against ``chunk.max_tokens`` before chunking (what the embedder reads when it indexes
     and evaluates), and ``train_embedder.max_seq_length`` against the longest chunk written (training truncates
     there, and the shipped model keeps that length). The second check is on the chunks' real lengths, not on
-    ``chunk.max_tokens``: chunks end at sentence boundaries, so the sample's longest is 251 tokens under
+    ``chunk.max_tokens``: chunks end at sentence boundaries, so the sample's longest is 247 tokens under
     ``max_tokens: 256`` and fits 256 with the 2-token prompt and 2 special tokens, while ``max_tokens`` + 4 would not.
     ``measured`` says what ``tokens`` is, ``truncated_by`` who cuts, ``hint`` qualifies the raise.
     """
