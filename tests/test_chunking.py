@@ -1,6 +1,15 @@
 import pytest
 
-from ragtune.chunking import Chunker, check_fits_model, hf_token_functions, split_units
+from ragtune.chunking import (
+    Chunker,
+    check_fits_model,
+    check_fits_training,
+    hf_token_functions,
+    run_chunk,
+    split_units,
+)
+from ragtune.io import read_json, read_jsonl, write_jsonl
+from ragtune.paths import Paths
 
 
 def word_count(texts):
@@ -88,9 +97,11 @@ def test_deterministic_ids(tiny_embedder_path):
 
 
 def test_size_must_fit_model():
-    check_fits_model(256, 512, 3)
-    with pytest.raises(ValueError, match=r"chunk\.max_tokens"):
-        check_fits_model(510, 512, 3)
+    check_fits_model(256, 512, 3, 2)
+    check_fits_model(507, 512, 3, 2)  # exactly full
+    with pytest.raises(ValueError) as err:
+        check_fits_model(510, 512, 3, 2)
+    assert "Lower chunk.max_tokens to ≤ 507 or raise model.max_seq_length to ≥ 515" in str(err.value)
     with pytest.raises(ValueError, match="overlap"):
         Chunker(word_count, word_split, max_tokens=64, overlap_tokens=40)
 
@@ -116,3 +127,69 @@ def test_token_counting_does_not_warn_about_long_documents(tiny_embedder_path, c
     assert "Token indices sequence length" not in caplog.text
     tok([long])  # a real model input still warns: only the chunker's calls are silenced
     assert "Token indices sequence length" in caplog.text
+
+
+def test_chunks_must_fit_the_training_truncation():
+    """chunk.max_tokens was checked against model.max_seq_length (512) only, while training truncates at
+    train_embedder.max_seq_length (256): the longest chunk + prompt + special tokens must fit, and the message says
+    which key to change, and to what."""
+    check_fits_training(247, 2, 2, 256)  # the sample: its longest chunk under max_tokens 256, e5's "passage: "
+    check_fits_training(252, 2, 2, 256)  # exactly full
+    check_fits_training(0, 2, 2, 256)  # no chunks
+    with pytest.raises(ValueError):
+        check_fits_training(253, 2, 2, 256)  # one token over
+    with pytest.raises(ValueError) as err:
+        check_fits_training(398, 2, 2, 256)  # chunk.max_tokens: 400, as the issue describes
+    message = str(err.value)
+    assert "lower chunk.max_tokens to ≤ 252 or raise train_embedder.max_seq_length to ≥ 402" in message.lower()
+    assert "longest chunk has 398 tokens" in message and "passage prompt (2) and 2 special tokens" in message
+
+
+def _chunk_inputs(root, tiny_embedder_path):
+    """A tmp repo with the TOPICS documents (two sections each), and the model/chunk params the tiny repo uses."""
+    from conftest import TOPICS, shipped_params
+
+    docs = [
+        {"doc_id": f"D{i}", "title": title, "text": f"{body}\n\n## Chi tiết\n{body} Mục {i} áp dụng cho mọi phòng ban."}
+        for i, (title, body) in enumerate(TOPICS)
+    ]
+    paths = Paths(root)
+    write_jsonl(paths.documents, docs)
+    model_p = shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=128)
+    return paths, docs, model_p, shipped_params("chunk", max_tokens=48, overlap_tokens=8)
+
+
+def test_run_chunk_writes_chunks_and_metrics(tmp_path, tiny_embedder_path):
+    paths, docs, model_p, chunk_p = _chunk_inputs(tmp_path, tiny_embedder_path)
+    summary = run_chunk(model_p, chunk_p, 128, paths)
+    chunks = read_jsonl(paths.chunks)
+    assert {c["doc_id"] for c in chunks} == {d["doc_id"] for d in docs}
+    assert set(chunks[0]) == {"chunk_id", "doc_id", "title", "section", "text", "n_tokens", "char_start", "char_end"}
+    tokens = sorted(c["n_tokens"] for c in chunks)
+    assert 0 < tokens[-1] <= 48
+    metrics = read_json(paths.metrics("chunk"))
+    assert metrics["documents"] == len(docs) and metrics["chunks"] == len(chunks)
+    assert metrics["tokens_max"] == tokens[-1] and metrics["over_max_tokens"] == 0
+    assert summary == {
+        "read": f"{len(docs)} documents",
+        "wrote": f"{len(chunks)} chunks (median {metrics['tokens_median']} tokens)",
+    }
+
+
+def test_run_chunk_refuses_chunks_training_would_cut(tmp_path, tiny_embedder_path):
+    """The check is on the longest chunk written (+ the tiny model's 8-token "passage: " + 2 specials), before any
+    output exists; at exactly that length it passes."""
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "ok", tiny_embedder_path)
+    run_chunk(model_p, chunk_p, 128, paths)
+    need = max(c["n_tokens"] for c in read_jsonl(paths.chunks)) + 8 + 2
+
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "full", tiny_embedder_path)
+    run_chunk(model_p, chunk_p, need, paths)  # exactly full: accepted
+
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "refused", tiny_embedder_path)
+    with pytest.raises(ValueError) as err:
+        run_chunk(model_p, chunk_p, need - 1, paths)
+    assert f"Lower chunk.max_tokens to ≤ {need - 1 - 10} or raise train_embedder.max_seq_length to ≥ {need}" in str(
+        err.value
+    )
+    assert not paths.chunks.exists() and not paths.metrics("chunk").exists()

@@ -123,7 +123,7 @@ def test_the_resume_fingerprints_hash_what_the_trainers_run():
     for stage, run in (("train_embedder", "train/embedder/run.py"), ("train_reranker", "train/reranker/run.py")):
         hashed = {PACKAGE / run, *stage_modules(PACKAGE / run, PACKAGE)}
         assert set(stage_modules(REPO / "stages" / f"{stage}.py", PACKAGE)) <= hashed
-        assert {"retrieval.py", "models.py", "params.py", "schedule.py"} <= {p.name for p in hashed}
+        assert {"retrieval.py", "resolve.py", "params.py", "schedule.py"} <= {p.name for p in hashed}
         assert "code_hashes(__file__)" in (PACKAGE / run).read_text(encoding="utf-8")
 
 

@@ -89,3 +89,34 @@ def test_a_chunk_both_sources_find_is_one_negative_not_two():
     (g,) = groups
     assert g["neg_ids"][0] == top_bm25["chunk_id"] and g["neg_sources"][0] == "dense"
     assert len(set(g["neg_ids"])) == len(g["neg_ids"])  # before the fix: [top, top, random]
+
+
+def test_run_negatives_writes_groups_and_metrics(tmp_path, tiny_embedder_path):
+    """The stage's wiring on a tmp repo: train + synthetic pairs with a positive become groups, a pair without one
+    is skipped, and the metrics count what the groups hold."""
+    from conftest import shipped_params
+
+    from ragtune.io import read_json, read_jsonl, write_jsonl
+    from ragtune.mining import run_negatives
+    from ragtune.paths import Paths
+
+    paths = Paths(tmp_path)
+    synthetic = {**PAIR, "query_id": "s1", "query": "kết nối VPN thế nào", "positive_doc_ids": ["vpn"]}
+    synthetic["positive_chunk_ids"] = ["vpn#0"]
+    unlabelled = {**PAIR, "query_id": "q2", "query": "bật xác thực hai lớp", "positive_chunk_ids": []}
+    write_jsonl(paths.chunks, CHUNKS)
+    write_jsonl(paths.train, [PAIR, unlabelled])
+    write_jsonl(paths.synthetic, [synthetic])
+    negatives_p = shipped_params("negatives", n_bm25=1, n_dense=1, n_random=1, dense_range_max=5)
+    model_p = shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=128)
+    summary = run_negatives(negatives_p, model_p, shipped_params("bm25"), paths)
+
+    groups = read_jsonl(paths.train_groups)
+    assert [g["query_id"] for g in groups] == ["q1", "s1"]
+    for g, positive_doc in zip(groups, ("leave", "vpn"), strict=True):
+        assert g["neg_ids"] and not any(n.startswith(f"{positive_doc}#") for n in g["neg_ids"])
+    n_neg = sum(len(g["neg"]) for g in groups)
+    metrics = read_json(paths.metrics("negatives"))
+    assert metrics["groups"] == 2 and metrics["negatives"] == n_neg
+    assert sum(metrics["by_source"].values()) == n_neg and set(metrics["by_source"]) == {"bm25", "dense", "random"}
+    assert summary == {"read": f"2 training pairs, {len(CHUNKS)} chunks", "wrote": f"2 groups with {n_neg} negatives"}

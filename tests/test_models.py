@@ -8,7 +8,7 @@ import shutil
 import socket
 import struct
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from ragtune.models import (
     built_model_dir,
     dequantize_q4_0,
     model_fingerprint,
+    resolve,
     resolve_model,
 )
 
@@ -40,7 +41,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("RAGTUNE_CACHE", str(tmp_path / "ragtune-cache"))
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: pytest.fail("hub probed while offline"))
+    monkeypatch.setattr(resolve, "_hub_reachable", lambda *a, **k: pytest.fail("hub probed while offline"))
     return {"hf_cache": hf_cache, "ragtune_cache": tmp_path / "ragtune-cache", "tmp": tmp_path}
 
 
@@ -83,24 +84,24 @@ def test_existing_local_folder_wins_even_over_a_registered_builder(isolated, mon
 
 
 def test_missing_path_like_name_fails_without_touching_the_hub(isolated, monkeypatch):
-    monkeypatch.setattr(models, "snapshot_download", lambda *a, **k: pytest.fail("hub/cache consulted"))
+    monkeypatch.setattr(resolve, "snapshot_download", lambda *a, **k: pytest.fail("hub/cache consulted"))
     with pytest.raises(ModelResolutionError, match="looks like a local path"):
         resolve_model("./no/such/model")
 
 
 def test_unknown_name_offline_raises_and_lists_what_was_tried(isolated, monkeypatch):
     seen: list[dict[str, Any]] = []
-    real = models.snapshot_download
+    real = resolve.snapshot_download
 
     def spy(*args, **kwargs):
         seen.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "snapshot_download", spy)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(resolve, "snapshot_download", spy)
+    # no time limit asserted: `isolated` fails the test if the hub is even probed, and `seen` below shows the
+    # local cache was the only source consulted, which is what keeps this fast on any machine
     with pytest.raises(ModelResolutionError) as info:
         resolve_model("ragtune-test/no-such-model")
-    assert time.perf_counter() - t0 < 5
     msg = str(info.value)
     for expected in (
         "ragtune-test/no-such-model",
@@ -119,7 +120,7 @@ def test_hf_cache_hit_is_used_before_hub_and_builder(isolated, monkeypatch):
     builder = CountingBuilder()
     monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
     snap = _fake_model_folder(isolated["tmp"] / "snapshot")
-    monkeypatch.setattr(models, "snapshot_download", lambda name, **kw: str(snap))
+    monkeypatch.setattr(resolve, "snapshot_download", lambda name, **kw: str(snap))
     assert resolve_model(E5) == str(snap)
     assert builder.calls == 0
 
@@ -129,7 +130,7 @@ def test_incomplete_hf_snapshot_is_not_trusted(isolated, monkeypatch):
     snap = isolated["tmp"] / "snapshot"
     snap.mkdir()
     (snap / "config.json").write_text("{}", encoding="utf-8")  # what AutoConfig alone leaves behind
-    monkeypatch.setattr(models, "snapshot_download", lambda name, **kw: str(snap))
+    monkeypatch.setattr(resolve, "snapshot_download", lambda name, **kw: str(snap))
     assert resolve_model(E5) == str(built_model_dir(E5))
 
 
@@ -137,7 +138,7 @@ def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: (True, "reachable"))
+    monkeypatch.setattr(resolve, "_hub_reachable", lambda *a, **k: (True, "reachable"))
     builder = CountingBuilder()
     monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
     downloaded = _fake_model_folder(isolated["tmp"] / "downloaded")
@@ -149,7 +150,7 @@ def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
             raise LocalEntryNotFoundError("not cached")
         return str(downloaded)
 
-    monkeypatch.setattr(models, "snapshot_download", fake_snapshot)
+    monkeypatch.setattr(resolve, "snapshot_download", fake_snapshot)
     assert resolve_model(E5) == str(downloaded)
     assert builder.calls == 0
     assert calls[1]["etag_timeout"] <= 10 and "onnx/*" in calls[1]["ignore_patterns"]
@@ -157,35 +158,61 @@ def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
 
 def test_unreachable_hub_is_skipped_and_falls_back_to_builder(isolated, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: (False, "huggingface.co:443 unreachable"))
+    monkeypatch.setattr(resolve, "_hub_reachable", lambda *a, **k: (False, "huggingface.co:443 unreachable"))
     online: list[dict[str, Any]] = []
-    real = models.snapshot_download
+    real = resolve.snapshot_download
 
     def spy(*args, **kwargs):
         if not kwargs.get("local_files_only"):
             online.append(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models, "snapshot_download", spy)
+    monkeypatch.setattr(resolve, "snapshot_download", spy)
     builder = CountingBuilder()
     monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
     assert resolve_model(E5) == str(built_model_dir(E5))
     assert online == [] and builder.calls == 1
 
 
-def test_hub_probe_answers_quickly_without_internet(monkeypatch):
+def test_hub_probe_connects_to_hf_endpoint_with_the_given_timeout(monkeypatch):
+    """A refused port answers "unreachable", a listening one "reachable"; the connect gets the caller's timeout."""
+    real = socket.create_connection
+    calls: list[tuple[tuple[str, int], float]] = []
+
+    def spy(address, timeout):
+        calls.append((address, timeout))
+        return real(address, timeout=timeout)
+
+    monkeypatch.setattr(resolve.socket, "create_connection", spy)
     with socket.socket() as closed:  # bind then close: a local port that refuses connections
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
-    t0 = time.perf_counter()
-    ok, why = models._hub_reachable(timeout=1.0)
-    assert not ok and "unreachable" in why and time.perf_counter() - t0 < 2
+    ok, why = resolve._hub_reachable(timeout=1.0)
+    assert not ok and "unreachable" in why and "ConnectionRefusedError" in why
+    assert calls == [(("127.0.0.1", port), 1.0)]
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
-        assert models._hub_reachable(timeout=1.0)[0]
+        assert resolve._hub_reachable(timeout=1.0)[0]
+
+
+def test_hub_probe_gives_up_on_a_connect_that_never_returns(monkeypatch):
+    """DNS on a black-holed network ignores the socket timeout: the probe stops waiting for its thread instead."""
+    release = threading.Event()
+
+    def hang(address, timeout):
+        release.wait()
+        raise OSError("released by the test")
+
+    monkeypatch.setattr(resolve.socket, "create_connection", hang)
+    monkeypatch.setenv("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        ok, why = resolve._hub_reachable(timeout=0.01)
+    finally:
+        release.set()  # let the abandoned probe thread finish
+    assert not ok and why == "huggingface.co:443 unreachable (no answer within 0s)"
 
 
 # -------------------------------------------------------------------------------------------- builder cache
@@ -363,6 +390,6 @@ def test_known_prompts_also_apply_to_a_resolved_hf_snapshot_path(isolated, monke
     _tiny_sentence_transformer(snap.parent.parent.parent / "tiny")
     snap.parent.mkdir(parents=True)
     (snap.parent.parent.parent / "tiny").rename(snap)
-    assert models._hub_id_of_snapshot(snap) == E5
+    assert resolve._hub_id_of_snapshot(snap) == E5
     model = models.load_embedder(str(snap), device="cpu")
     assert model.prompts["query"] == "query: " and model.prompts["document"] == "passage: "

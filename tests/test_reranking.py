@@ -94,7 +94,7 @@ def test_every_param_reaches_the_trainer(tiny_embedder_path, tmp_path):
 
     cfg = RerankerTrainConfig.from_params(PARAMS)
     assert head_is_new(tiny_embedder_path)  # an embedder folder has no classification head
-    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head, seed=cfg.seed)
     assert model.max_seq_length == 48
     attention, warns = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
     attn = [m.dropout.p for m in model.modules() if type(m).__name__ == "BertSelfAttention"]
@@ -159,7 +159,7 @@ def test_auto_schedule_reaches_the_reranker_trainer(tiny_embedder_path, tmp_path
     resolved, plan = resolve_schedule(cfg, len(ds))
     # 24 rows / 4 = 6 steps per epoch → 2 epochs reach 10 steps; eval_fraction 0.5 → every 6
     assert (plan.steps_per_epoch, plan.epochs, plan.total_steps, plan.eval_steps, plan.save_steps) == (6, 2, 12, 6, 6)
-    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head, seed=cfg.seed)
     for c in (resolved, cfg):  # build_trainer resolves an auto config itself, to the same values
         trainer = build_trainer(model, c, ds, None, tmp_path, new_head=True, pos_weight=1.0)
         a = trainer.args
@@ -173,7 +173,7 @@ def test_mean_head_gets_the_head_learning_rate_and_round_trips(tiny_embedder_pat
     from sentence_transformers import CrossEncoder
 
     cfg = rr(head="mean", lr=1e-5, head_lr=1e-2, max_length=32, cpu_bf16=False)
-    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head, seed=cfg.seed)
     groups = [{"query": f"hỏi {i}", "pos": [f"đúng {i}"], "neg": [f"sai {i}"]} for i in range(4)]
     trainer = build_trainer(model, cfg, groups_to_dataset(groups, "bce"), None, tmp_path, new_head=True, pos_weight=1.0)
     head = {id(p) for n, p in model.named_parameters() if n.startswith("2.linear.")}
@@ -285,7 +285,7 @@ def test_tiny_reranker_learns_and_saves(tiny_embedder_path, tmp_path):
         cpu_bf16=False,
         max_length=32,
     )
-    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head)
+    model = load_reranker(tiny_embedder_path, cfg.max_length, cfg.head, seed=cfg.seed)
     topics = ["nghỉ phép", "đào tạo", "mật khẩu", "sao lưu", "công tác", "vpn", "bảo hiểm", "tuyển dụng"]
     groups = [
         {

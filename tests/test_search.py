@@ -31,7 +31,7 @@ def repo(tmp_path: Path, tiny_embedder_path: Path) -> Path:
 
     models = tmp_path / "models"
     shutil.copytree(tiny_embedder_path, models / "embedder")
-    load_reranker(tiny_embedder_path, 64).save_pretrained(str(models / "reranker"))
+    load_reranker(tiny_embedder_path, 64, seed=0).save_pretrained(str(models / "reranker"))
     chunks = [
         {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
         for d, (t, body) in DOCS.items()

@@ -13,9 +13,15 @@ training positive. Sections are packed whole while they fit; a long section is s
 from __future__ import annotations
 
 import re
+import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from ragtune.io import read_jsonl, write_json, write_jsonl
+
+if TYPE_CHECKING:
+    from ragtune.paths import Paths
 
 # Section headings: Markdown (ingest renders DOCX/HTML/PDF headings this way) and Vietnamese legal structure.
 _HEADING = re.compile(r"^(#{1,6}\s+\S.*|(?:Chương|CHƯƠNG|Mục|MỤC|Phần|PHẦN|Điều|ĐIỀU)\s+[\dIVXLCM]+[\.:]?(?:\s.*)?)$")
@@ -282,15 +288,88 @@ def chunk_corpus(documents: Iterable[dict[str, Any]], chunker: Chunker) -> list[
     return out
 
 
-def check_fits_model(max_tokens: int, model_max_seq_length: int, prompt_tokens: int) -> None:
-    """Refuse a chunk size the embedder would truncate (2 special tokens + the passage prompt)."""
-    limit = model_max_seq_length - 2 - prompt_tokens
-    if max_tokens > limit:
+def check_fits(
+    tokens: int,
+    prompt_tokens: int,
+    special_tokens: int,
+    limit: int,
+    limit_key: str,
+    *,
+    measured: str,
+    truncated_by: str,
+    hint: str,
+) -> None:
+    """Refuse chunks that ``limit`` (the value of the param ``limit_key``) would cut: a chunk's ``tokens`` plus the
+    passage prompt plus the tokenizer's special tokens must fit, or the end of the chunk is dropped silently.
+
+    Two limits are checked with it, and the message names the key to change and the value that fits:
+    ``model.max_seq_length`` against ``chunk.max_tokens`` before chunking (what the embedder reads when it indexes
+    and evaluates), and ``train_embedder.max_seq_length`` against the longest chunk written (training truncates
+    there, and the shipped model keeps that length). The second check is on the chunks' real lengths, not on
+    ``chunk.max_tokens``: chunks end at sentence boundaries, so the sample's longest is 247 tokens under
+    ``max_tokens: 256`` and fits 256 with the 2-token prompt and 2 special tokens, while ``max_tokens`` + 4 would not.
+    ``measured`` says what ``tokens`` is, ``truncated_by`` who cuts, ``hint`` qualifies the raise.
+    """
+    need = tokens + prompt_tokens + special_tokens
+    if need > limit:
         raise ValueError(
-            f"chunk.max_tokens={max_tokens} does not fit the embedder: max_seq_length={model_max_seq_length} minus "
-            f"2 special tokens and {prompt_tokens} prompt tokens leaves {limit}. Lower chunk.max_tokens to ≤ {limit} "
-            "(or raise model.max_seq_length if the model supports it)."
+            f"{limit_key}={limit} would cut chunks: {measured} {tokens} tokens, {need} with the passage prompt "
+            f"({prompt_tokens}) and {special_tokens} special tokens, and {truncated_by} truncates the rest silently. "
+            f"Lower chunk.max_tokens to ≤ {limit - prompt_tokens - special_tokens} or raise {limit_key} to ≥ "
+            f"{need}{hint}."
         )
+
+
+def check_fits_model(max_tokens: int, model_max_seq_length: int, prompt_tokens: int, special_tokens: int) -> None:
+    """Refuse a ``chunk.max_tokens`` the embedder would truncate at ``model.max_seq_length`` (checked before
+    chunking: every chunk may be that long)."""
+    check_fits(
+        max_tokens,
+        prompt_tokens,
+        special_tokens,
+        model_max_seq_length,
+        "model.max_seq_length",
+        measured="chunk.max_tokens allows",
+        truncated_by="the embedder",
+        hint=" (if the model supports it)",
+    )
+
+
+def check_fits_training(longest_chunk: int, prompt_tokens: int, special_tokens: int, max_seq_length: int) -> None:
+    """Refuse chunks whose longest training would cut at ``train_embedder.max_seq_length`` (checked after chunking,
+    on the real lengths)."""
+    check_fits(
+        longest_chunk,
+        prompt_tokens,
+        special_tokens,
+        max_seq_length,
+        "train_embedder.max_seq_length",
+        measured="the longest chunk has",
+        truncated_by="training (and the shipped model, which keeps this length)",
+        hint=f" (to chunk.max_tokens + {prompt_tokens + special_tokens} for any corpus; at most the model's own "
+        "limit, model.max_seq_length)",
+    )
+
+
+def passage_overhead(tokenizer: Any, model_params: dict[str, Any]) -> tuple[int, int]:
+    """(passage prompt tokens, special tokens): what the embedder adds to every chunk it reads."""
+    passage_prompt = model_params.get("passage_prompt") or "passage: "
+    prompt_tokens = len(tokenizer(passage_prompt, add_special_tokens=False)["input_ids"])
+    return prompt_tokens, tokenizer.num_special_tokens_to_add(pair=False)
+
+
+def chunker_for(tokenizer: Any, model_params: dict[str, Any], chunk_params: dict[str, Any]) -> Chunker:
+    """The chunker the ``chunk:`` params describe over ``tokenizer``, its size checked against the model first."""
+    max_tokens = int(chunk_params["max_tokens"])
+    check_fits_model(max_tokens, int(model_params["max_seq_length"]), *passage_overhead(tokenizer, model_params))
+    count, split = hf_token_functions(tokenizer)
+    return Chunker(
+        count,
+        split,
+        max_tokens=max_tokens,
+        overlap_tokens=int(chunk_params["overlap_tokens"]),
+        prepend_title=bool(chunk_params["prepend_title"]),
+    )
 
 
 def build_chunker(model_params: dict[str, Any], chunk_params: dict[str, Any]) -> Chunker:
@@ -301,15 +380,42 @@ def build_chunker(model_params: dict[str, Any], chunk_params: dict[str, Any]) ->
     """
     from ragtune.models import load_tokenizer
 
+    return chunker_for(load_tokenizer(model_params["embedder"]), model_params, chunk_params)
+
+
+def run_chunk(
+    model_params: dict[str, Any], chunk_params: dict[str, Any], train_max_seq_length: int, paths: Paths
+) -> dict[str, str]:
+    """The chunk stage: ``documents.jsonl`` → ``chunks.jsonl`` and ``metrics/chunk.json``.
+
+    Refuses (before writing) chunks that training would cut at ``train_embedder.max_seq_length``: the limit is a
+    training param, but the chunks are what break it, and this is the first stage that knows their lengths.
+    """
+    from ragtune.models import load_tokenizer
+
+    docs = read_jsonl(paths.documents)
     tokenizer = load_tokenizer(model_params["embedder"])
-    passage_prompt = model_params.get("passage_prompt") or "passage: "
-    prompt_tokens = len(tokenizer(passage_prompt, add_special_tokens=False)["input_ids"])
-    check_fits_model(int(chunk_params["max_tokens"]), int(model_params["max_seq_length"]), prompt_tokens)
-    count, split = hf_token_functions(tokenizer)
-    return Chunker(
-        count,
-        split,
-        max_tokens=int(chunk_params["max_tokens"]),
-        overlap_tokens=int(chunk_params["overlap_tokens"]),
-        prepend_title=bool(chunk_params["prepend_title"]),
+    chunks = chunk_corpus(docs, chunker_for(tokenizer, model_params, chunk_params))
+    tokens = [c["n_tokens"] for c in chunks]
+    check_fits_training(max(tokens, default=0), *passage_overhead(tokenizer, model_params), train_max_seq_length)
+    write_jsonl(paths.chunks, chunks)
+    per_doc: dict[str, int] = {}
+    for c in chunks:
+        per_doc[c["doc_id"]] = per_doc.get(c["doc_id"], 0) + 1
+    write_json(
+        paths.metrics("chunk"),
+        {
+            "documents": len(docs),
+            "chunks": len(chunks),
+            "chunks_per_doc_mean": round(len(chunks) / max(1, len(docs)), 3),
+            "chunks_per_doc_max": max(per_doc.values(), default=0),
+            "tokens_mean": round(statistics.fmean(tokens), 1) if tokens else 0,
+            "tokens_median": statistics.median(tokens) if tokens else 0,
+            "tokens_max": max(tokens, default=0),
+            "over_max_tokens": sum(1 for t in tokens if t > int(chunk_params["max_tokens"])),
+        },
     )
+    return {
+        "read": f"{len(docs)} documents",
+        "wrote": f"{len(chunks)} chunks (median {statistics.median(tokens) if tokens else 0} tokens)",
+    }

@@ -20,11 +20,15 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragtune.retrieval import BM25Index
+from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.retrieval import BM25Index, build_bm25, cache_root, load_dense
+
+if TYPE_CHECKING:
+    from ragtune.paths import Paths
 
 
 def _positive_texts(pair: dict[str, Any], chunk_text: dict[str, str]) -> list[str]:
@@ -206,3 +210,64 @@ def build_groups(
             }
         )
     return groups, stats
+
+
+def run_negatives(
+    negatives_params: dict[str, Any], model_params: dict[str, Any], bm25_params: dict[str, Any], paths: Paths
+) -> dict[str, str]:
+    """The negatives stage: training pairs (train + synthetic, those with a positive) and chunks → the embedder's
+    training groups and ``metrics/negatives.json``."""
+    n = negatives_params
+    chunks = read_jsonl(paths.chunks)
+    pairs = read_jsonl(paths.train) + read_jsonl(paths.synthetic)
+    pairs = [p for p in pairs if p["positive_chunk_ids"]]
+    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+
+    bm25 = build_bm25(chunks, bm25_params) if int(n["n_bm25"]) else None
+    dense_candidates, dense_stats = {}, {}
+    if int(n["n_dense"]) and pairs:
+        dense = load_dense(model_params)
+        dense_candidates, dense_stats = mine_dense(
+            pairs,
+            [c["text"] for c in chunks],
+            dense.model,
+            # over-fetch: same-document chunks are removed afterwards
+            num_candidates=int(n["n_dense"]) * 3 + 5,
+            range_min=int(n["dense_range_min"]),
+            range_max=int(n["dense_range_max"]),
+            relative_margin=float(n["dense_relative_margin"]),
+            query_prompt=dense.query_prompt,
+            passage_prompt=dense.passage_prompt,
+            chunk_text=chunk_text,
+            batch_size=int(model_params["batch_size"]),
+            cache_folder=str(cache_root() / "mining"),
+        )
+    groups, stats = build_groups(
+        pairs,
+        chunks,
+        bm25,
+        dense_candidates,
+        n_bm25=int(n["n_bm25"]),
+        n_dense=int(n["n_dense"]),
+        n_random=int(n["n_random"]),
+        bm25_skip_top=int(n["bm25_skip_top"]),
+        bm25_max_ratio=float(n["bm25_max_ratio"]),
+        seed=int(n["seed"]),
+    )
+    write_jsonl(paths.train_groups, groups)
+    n_neg = sum(len(g["neg"]) for g in groups)
+    write_json(
+        paths.metrics("negatives"),
+        {
+            "groups": len(groups),
+            "negatives": n_neg,
+            "negatives_per_group_mean": round(n_neg / max(1, len(groups)), 3),
+            "by_source": {k: stats.get(k, 0) for k in ("bm25", "dense", "random")},
+            "guards": {k: v for k, v in sorted(stats.items()) if k not in ("bm25", "dense", "random")},
+            **dense_stats,
+        },
+    )
+    return {
+        "read": f"{len(pairs)} training pairs, {len(chunks)} chunks",
+        "wrote": f"{len(groups)} groups with {n_neg} negatives",
+    }

@@ -17,12 +17,15 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragtune.io import read_jsonl
-from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, rrf, top_k
+from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
+
+if TYPE_CHECKING:
+    from ragtune.paths import Paths
 
 INDEX_DIR = "models/index"
 PIPELINE_FILE = "models/pipeline.json"
@@ -231,3 +234,31 @@ def write_index(
     write_jsonl(out / "chunks.jsonl", rows)
     np.save(out / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
     write_json(out / "manifest.json", {**manifest, "n_chunks": len(rows), "dim": int(vectors.shape[1])})
+
+
+def run_index(model_params: dict[str, Any], bm25_params: dict[str, Any], paths: Paths) -> dict[str, str]:
+    """The index stage: embed every chunk with the fine-tuned embedder → the index folder search loads.
+
+    The manifest names the embedder folder as ``paths`` spells it (relative at the repo root), so a copied repo
+    still finds it; the BM25 settings go with it so search tokenizes queries as evaluate did.
+    """
+    chunks = read_jsonl(paths.chunks)
+    documents = read_jsonl(paths.documents)
+    embedder = load_dense(model_params, name=str(paths.embedder))
+    vectors = embedder.encode_passages([c["text"] for c in chunks])
+    write_index(
+        paths.index,
+        chunks,
+        documents,
+        vectors,
+        {
+            "embedder": str(paths.embedder),
+            "query_prompt": embedder.query_prompt,
+            "passage_prompt": embedder.passage_prompt,
+            "bm25": {k: bm25_params[k] for k in ("tokenizer", "backend", "k1", "b") if k in bm25_params},
+        },
+    )
+    return {
+        "read": f"{len(chunks)} chunks of {len(documents)} documents",
+        "wrote": f"{paths.index}/ ({vectors.shape[0]} × {vectors.shape[1]} vectors, chunks, manifest)",
+    }

@@ -1,0 +1,7 @@
+"""The one error both halves of :mod:`ragtune.models` raise, in a module of its own so that the offline builder
+(:mod:`ragtune.models.e5_offline`) and the resolver that runs it (:mod:`ragtune.models.resolve`) share it without
+importing each other in a circle."""
+
+
+class ModelResolutionError(RuntimeError):
+    """No source could produce the model; the message lists every attempt and how to fix it."""

@@ -1,0 +1,167 @@
+"""The training stages' wiring, through run_train_embedder / run_train_reranker on the tiny model: every param
+reaches the trainer the stage builds, and the stage ships what the rules say (trained, merged, or the base model).
+
+The trainer is observed with a spy (the real ``build_trainer``, its result recorded), never replaced.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from conftest import make_stage_dir
+from test_training import PARAMS, _same_weights
+
+from ragtune.io import read_json, read_jsonl, write_jsonl
+from ragtune.paths import Paths
+from ragtune.train.embedder import run as embedder_run
+from ragtune.train.embedder.run import run_train_embedder
+from ragtune.train.reranker import run as reranker_run
+from ragtune.train.reranker.run import run_train_reranker
+
+# PARAMS differs from the shipped params.yaml in every key but these five; here they differ too, and the stage
+# trains (enabled) with two hard negatives per row, so the run shows each value reaching the trainer.
+WIRED = {
+    **PARAMS,
+    "lr": 7e-5,
+    "precision": "bf16",  # auto (the default) with cpu_bf16: false would train in fp32
+    "cpu_bf16": False,  # only read under precision: auto (see test_run_train_embedder_ships_the_base_model...)
+    "freeze_embeddings": False,
+    "dataloader_num_workers": 1,
+    "enabled": True,
+}
+
+
+def _params(work) -> dict:
+    return yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
+
+
+def _spy(monkeypatch, module) -> list:
+    """Record every trainer the run module builds (the real one: the run goes on as in production)."""
+    built: list = []
+    real = module.build_trainer
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(module, "build_trainer", spy)
+    return built
+
+
+def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedder_path, monkeypatch):
+    from sentence_transformers.base.sampler import BatchSamplers
+    from transformers import EarlyStoppingCallback
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder=WIRED)
+    paths = Paths(work)
+    groups = read_jsonl(paths.train_groups)
+    for i, g in enumerate(groups):  # a second hard negative per group: n_hard_negatives is 2 here
+        other = groups[(i + 2) % len(groups)]
+        g["neg"].append(other["pos"][0])
+        g["neg_ids"].append(other["pos_ids"][0])
+    write_jsonl(paths.train_groups, groups)
+    built = _spy(monkeypatch, embedder_run)
+    params = _params(work)
+
+    summary = run_train_embedder(params["model"], params["train_embedder"], paths)
+
+    trainer = built[-1]
+    a = trainer.args
+    assert (a.seed, a.data_seed) == (7, 7)
+    assert a.learning_rate == 7e-5 and trainer.lr_scheduler.base_lrs[0] == 7e-5  # reached the optimizer
+    assert a.warmup_steps == 0.2  # transformers v5: float < 1 = ratio
+    assert getattr(a.lr_scheduler_type, "value", a.lr_scheduler_type) == "cosine"
+    assert a.weight_decay == 0.05
+    assert a.num_train_epochs == 3 and a.max_steps == 11 and trainer.state.global_step == 11
+    assert a.per_device_train_batch_size == 4 and a.gradient_accumulation_steps == 2
+    assert a.eval_steps == 3 and a.save_steps == 6 and a.save_total_limit == 4
+    assert a.load_best_model_at_end is False and a.metric_for_best_model == "eval_dev_cosine_ndcg@10"
+    assert a.activation_checkpointing is True
+    assert a.bf16 is True and a.fp16 is False
+    assert a.logging_steps == 2 and a.dataloader_num_workers == 1
+    assert a.batch_sampler == BatchSamplers.NO_DUPLICATES
+    assert set(a.prompts) == {"anchor", "positive", "negative_1", "negative_2"}
+    assert any(
+        isinstance(cb, EarlyStoppingCallback) and cb.early_stopping_patience == 2
+        for cb in trainer.callback_handler.callbacks
+    )
+    assert type(trainer.evaluator).__name__ == "InformationRetrievalEvaluator"  # dev_level: chunk
+    loss = trainer.loss
+    assert type(loss).__name__ == "MatryoshkaLoss" and list(loss.matryoshka_dims) == [32, 16]
+    inner = loss.loss
+    assert type(inner).__name__ == "CachedMultipleNegativesRankingLoss" and inner.mini_batch_size == 3
+    assert inner.scale == 50.0 and tuple(inner.directions) == ("query_to_doc", "doc_to_query")
+    assert inner.hardness_mode == "in_batch_negatives" and inner.hardness_strength == 9.0
+    hf = trainer.model[0].auto_model
+    assert trainer.model.max_seq_length == 64
+    assert hf.embeddings.word_embeddings.weight.requires_grad  # freeze_embeddings: false
+    assert not any(p.requires_grad for p in hf.encoder.layer[0].parameters())  # freeze_layers: 1
+    assert all(p.requires_grad for p in hf.encoder.layer[1].parameters())
+    attn = [m.dropout.p for m in hf.modules() if type(m).__name__ == "BertSelfAttention"]
+    assert attn == [0.05] * hf.config.num_hidden_layers
+
+    m = read_json(paths.metrics("train_embedder"))
+    assert m["train"]["positives"] == "all" and m["effective"]["hard_negatives_per_query"] == 2
+    assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 11
+    assert "unmerged" in m["dev"]  # merge_alpha 0.7 was applied and checked on dev
+    assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
+    card = (paths.embedder / "README.md").read_text(encoding="utf-8")
+    assert "| lr | 7e-05 |" in card and "| max_steps | 11 |" in card
+    assert summary["wrote"].startswith(f"{paths.embedder} (")
+
+
+@pytest.mark.parametrize("keep_base_if_worse", [True, False])
+def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
+    tmp_path, tiny_embedder_path, keep_base_if_worse
+):
+    """A run whose dev evidence cannot rule out a loss (lr so small that the rankings cannot move: gain 0, interval
+    [0, 0]) ships the base model unchanged with keep_base_if_worse, and the trained one without it."""
+    overrides = {"lr": 1e-9, "max_steps": 2, "keep_base_if_worse": keep_base_if_worse}
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder=overrides)
+    paths = Paths(work)
+    params = _params(work)
+
+    summary = run_train_embedder(params["model"], params["train_embedder"], paths)
+
+    m = read_json(paths.metrics("train_embedder"))
+    ev = m["dev"]["evidence"]
+    assert ev["n_queries"] == 2 and ev["gain"] == 0 and ev["ci_low"] <= 0
+    assert m["effective"]["optimizer_steps"] == 2 and m["effective"]["bf16"] is True  # auto + cpu_bf16 (shipped)
+    card = (paths.embedder / "README.md").read_text(encoding="utf-8")
+    if keep_base_if_worse:
+        assert m["shipped"] == "base"
+        assert any("is the BASE model, unchanged" in w for w in m["warnings"])
+        assert _same_weights(paths.embedder, tiny_embedder_path)
+        assert "the base model, not fine-tuned" in card
+        assert summary["wrote"].startswith(f"{paths.embedder} (base; 2 steps")
+    else:
+        assert m["shipped"].startswith("fine-tuned")
+        assert not any("BASE model" in w for w in m["warnings"])
+        assert "ragtune fine-tuned embedder" in card  # (its weights: lr 1e-9 moves none of them, in fp32)
+    assert not any(paths.embedder_checkpoints.iterdir())  # a finished run leaves no checkpoint to "resume"
+
+
+def test_run_train_reranker_mines_trains_and_writes(tmp_path, tiny_embedder_path, monkeypatch):
+    """The reranker stage's wiring: groups mined from models/embedder's ranking, the new head's learning rate in
+    the optimizer, the metrics and the card."""
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_reranker={"head_lr": 3e-3, "lr": 2e-5})
+    paths = Paths(work)
+    built = _spy(monkeypatch, reranker_run)
+    params = _params(work)
+
+    summary = run_train_reranker(params["model"], params["train_reranker"], paths)
+
+    groups = read_jsonl(paths.reranker_train_groups)
+    dev_groups = read_jsonl(paths.reranker_dev_groups)
+    train = read_jsonl(paths.train)
+    assert len(groups) == len(train) and len(dev_groups) == 2
+    assert all(g["neg_sources"].count("embedder") <= params["train_reranker"]["n_hard"] for g in groups)
+    trainer = built[-1]
+    lrs = sorted(set(trainer.lr_scheduler.base_lrs))  # the groups' lr before the schedule decays it
+    assert lrs == [2e-5, 3e-3]  # body, new head
+    m = read_json(paths.metrics("train_reranker"))
+    assert m["shipped"] == "fine-tuned" and m["effective"]["head_learning_rate"] == 3e-3
+    assert m["effective"]["optimizer_steps"] == m["plan"]["total_steps"] == trainer.state.global_step
+    assert m["dev"]["n_queries"] == 2 and "ndcg@10" in m["dev"]["after"]
+    assert (paths.reranker / "README.md").read_text(encoding="utf-8").startswith("---\nlibrary_name")
+    assert summary["read"] == f"{len(train)} training pairs (0 capped), 2 dev queries"
