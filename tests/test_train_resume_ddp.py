@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ def _env(work: Path) -> dict[str, str]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", RAGTUNE_QUIET="1", PYTHONUNBUFFERED="1")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return env
+
+
+def _free_port() -> int:
+    """A port nothing listens on now: a fixed one fails when another run (or another test session) holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _checkpoints(work: Path) -> list[int]:
@@ -80,9 +88,12 @@ def test_two_process_ddp_with_gloo(tiny_repo):
     write_params(work, params)
     run("repro", "negatives")
     torchrun = str(Path(sys.executable).parent / "torchrun")
+    port = str(_free_port())
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "stages/train_embedder.py"],
-        cwd=work, env=_env(work), capture_output=True, text=True, timeout=600,
+        [torchrun, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+         "stages/train_embedder.py"],
+        cwd=work, env=dict(_env(work), MASTER_ADDR="127.0.0.1", MASTER_PORT=port), capture_output=True, text=True,
+        timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     m = read_json(work / "metrics/train_embedder.json")
