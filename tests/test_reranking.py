@@ -11,7 +11,7 @@ from conftest import shipped_params
 from ragtune.rerank import apply_rerank, fuse, top1_concentration
 from ragtune.train.common import apply_attention_dropout
 from ragtune.train.reranker.config import RerankerConfigError, RerankerTrainConfig
-from ragtune.train.reranker.data import cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
+from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
 from ragtune.train.reranker.run import reranker_warnings
 from ragtune.train.reranker.trainer import build_evaluator, build_trainer, head_is_new, load_reranker, pair_summary
 
@@ -215,16 +215,16 @@ def test_negatives_come_from_the_embedder_ranking_with_guards():
             ("E#0", 0.60),
         ]
     }
-    groups, counts = mine_rerank_groups([pair], ranking, TEXT, CHUNKS, cfg)
+    groups, counts = mine_rerank_groups([pair], Candidates(ranking, TEXT, CHUNKS), cfg)
     g = groups[0]
     assert g["pos"] == [TEXT["A#0"]] and g["neg_ids"][:2] == ["C#0", "D#0"]
     assert g["neg_sources"] == ["embedder", "embedder", "random"]
     assert CHUNKS[g["neg_ids"][2]] != "A" and g["neg_ids"][2] not in g["neg_ids"][:2]
     assert counts["dropped_by_margin"] == 1 and counts.get("groups_short_of_hard_negatives", 0) == 0
-    assert mine_rerank_groups([pair], ranking, TEXT, CHUNKS, cfg)[0] == groups  # deterministic
+    assert mine_rerank_groups([pair], Candidates(ranking, TEXT, CHUNKS), cfg)[0] == groups  # deterministic
     # a rank window that leaves too few candidates is counted, not padded
     narrow = dataclasses.replace(cfg, rank_min=5, rank_max=6)
-    g2, c2 = mine_rerank_groups([pair], ranking, TEXT, CHUNKS, narrow)
+    g2, c2 = mine_rerank_groups([pair], Candidates(ranking, TEXT, CHUNKS), narrow)
     assert g2[0]["neg_ids"][:1] == ["E#0"] and c2["groups_short_of_hard_negatives"] == 1
 
 
@@ -251,7 +251,7 @@ def test_fusion_ends_and_middle():
 def test_dev_samples_mark_every_retrieved_chunk_of_a_labeled_document():
     dev = [{"query_id": "q", "query": "hỏi", "positive_doc_ids": ["A"]}]
     ranking = {"q": [("B#0", 0.9), ("A#1", 0.8), ("A#0", 0.7), ("C#0", 0.6)]}
-    (s,) = dev_samples(dev, ranking, TEXT, CHUNKS, k=3)
+    (s,) = dev_samples(dev, Candidates(ranking, TEXT, CHUNKS), k=3)
     assert s["documents"] == [TEXT["B#0"], TEXT["A#1"], TEXT["A#0"]]
     assert s["positive"] == [TEXT["A#1"], TEXT["A#0"]]
 

@@ -31,38 +31,108 @@ def schedule_line(metrics: dict[str, Any]) -> str:
     return f"Schedule{planned}: {metrics['plan']['reason']}" if "plan" in metrics else ""
 
 
-def write_card(
-    out_dir: str | Path,
-    *,
-    base_model: str,
-    tags: str,
-    title: str,
-    intro: str,
-    schedule: str,
-    usage: str,
-    dev_section: str,
-    warn: str,
-    params: str,
-) -> None:
-    """README.md in ``out_dir``: front matter for the Hub, then title, intro, schedule, usage, dev, warnings, params."""
+# What differs between the two cards besides their heading: Hub tags, how to load the model, the dev table.
+# ``{out_dir}``, ``{rows}`` and ``{rerank_k}`` are filled in by :func:`write_model_card`.
+CARDS = {
+    "embedder": {
+        "tags": "sentence-transformers, feature-extraction, retrieval, ragtune",
+        "usage": """from sentence_transformers import SentenceTransformer
+model = SentenceTransformer("{out_dir}")
+q = model.encode_query(["Nhân viên được nghỉ phép bao nhiêu ngày?"])
+d = model.encode_document(["Nhân viên chính thức có 12 ngày phép năm."])
+print(model.similarity(q, d))""",
+        "dev": """## Dev split (chunk level), before → after
+
+| metric | base | fine-tuned |
+|---|---:|---:|
+{rows}
+
+The held-out **test** comparison with BM25 and the base model is in the repository's `reports/evaluation.md`.""",
+    },
+    "reranker": {
+        "tags": "sentence-transformers, cross-encoder, reranker, ragtune",
+        "usage": """from sentence_transformers import CrossEncoder
+model = CrossEncoder("{out_dir}")
+hits = model.rank("Nhân viên được nghỉ phép bao nhiêu ngày?",
+                  ["Nhân viên chính thức có 12 ngày phép năm.", "Quy trình mua sắm thiết bị."])
+print(hits)  # [{'corpus_id': 0, 'score': ...}, ...]""",
+        "dev": """## Dev split: reranking the embedder's top {rerank_k}, before → after training
+
+`base_*` rows are the embedder's own order (the input); the others are after reranking. `accuracy`, `avg_*_score`
+and `margin` are pair classification on dev groups (score > 0.5 = relevant).
+
+| metric | before | after |
+|---|---:|---:|
+{rows}
+
+How the reranker changes the held-out **test** ranking, and the fusion weight chosen on dev, are in the
+repository's `reports/evaluation.md`.""",
+    },
+}
+
+
+def embedder_heading(base_model: str, metrics: dict[str, Any]) -> tuple[str, str]:
+    """Title and intro: fine-tuned (loss, steps, effective batch) or the base model unchanged, and why."""
+    eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    if shipped.startswith("base"):  # the weights are the base model's: the card must not call them fine-tuned
+        why = shipped.removeprefix("base").strip(" ()") or (
+            f"the {eff['optimizer_steps']}-step fine-tune scored below it on dev"
+        )
+        intro = f"`{base_model}` unchanged, written by the ragtune `train_embedder` stage ({why})."
+        return "ragtune embedder: the base model, not fine-tuned", intro
+    intro = f"""Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
+{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}; shipped: {shipped})."""
+    return "ragtune fine-tuned embedder", intro
+
+
+def reranker_heading(base_model: str, metrics: dict[str, Any], rank_max: int) -> tuple[str, str]:
+    """Title and intro: its base and head (new or its own), trained or the untrained start model."""
+    eff = metrics["effective"]
+    shipped = str(metrics.get("shipped", "fine-tuned"))
+    head = "new one-logit head" if eff["new_head"] else "its own head"
+    if shipped.startswith("untrained"):  # the card must not call a model trained that never was
+        state = "seeded, never trained" if eff["new_head"] else "unchanged"
+        intro = f"`{base_model}` ({head}, {state}), written by the ragtune `train_reranker` stage: {shipped}."
+        return "ragtune reranker: the untrained start model", intro
+    intro = f"""Trained from `{base_model}` ({head}) by the ragtune
+`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
+fine-tuned embedder's top {rank_max} plus random ones (shipped: {shipped})."""
+    return "ragtune fine-tuned reranker", intro
+
+
+def write_model_card(out_dir: str | Path, kind: str, base_model: str, cfg: Any, metrics: dict[str, Any]) -> None:
+    """README.md in ``out_dir`` for the ``embedder`` or the ``reranker``: front matter for the Hub, then title,
+    intro, schedule, usage, dev before → after, warnings and every training param."""
+    rows, params, warn = card_sections(cfg, metrics)
+    if kind == "embedder":
+        title, intro = embedder_heading(base_model, metrics)
+    else:
+        title, intro = reranker_heading(base_model, metrics, cfg.rank_max)
+    fill = {"{out_dir}": str(out_dir), "{rows}": rows or "| not measured | | |"}
+    if kind == "reranker":
+        fill["{rerank_k}"] = str(cfg.rerank_k)
+    usage, dev = CARDS[kind]["usage"], CARDS[kind]["dev"]
+    for key, value in fill.items():
+        usage, dev = usage.replace(key, value), dev.replace(key, value)
     text = f"""---
 library_name: sentence-transformers
 base_model: {base_model}
 language: [vi]
-tags: [{tags}]
+tags: [{CARDS[kind]["tags"]}]
 ---
 
 # {title}
 
 {intro}
 
-{schedule}
+{schedule_line(metrics)}
 
 ```python
 {usage}
 ```
 
-{dev_section}
+{dev}
 
 ## Warnings
 
@@ -75,86 +145,3 @@ tags: [{tags}]
 {params}
 """
     Path(out_dir, "README.md").write_text(text, encoding="utf-8")
-
-
-def write_embedder_card(out_dir: str | Path, base_model: str, cfg: StageConfig, metrics: dict[str, Any]) -> None:
-    """The embedder's card: fine-tuned (loss, steps, effective batch) or the base model unchanged, and why."""
-    rows, params, warn = card_sections(cfg, metrics)
-    eff = metrics["effective"]
-    shipped = str(metrics.get("shipped", "fine-tuned"))
-    if shipped.startswith("base"):  # the weights are the base model's: the card must not call them fine-tuned
-        title = "ragtune embedder: the base model, not fine-tuned"
-        why = shipped.removeprefix("base").strip(" ()") or (
-            f"the {eff['optimizer_steps']}-step fine-tune scored below it on dev"
-        )
-        intro = f"`{base_model}` unchanged, written by the ragtune `train_embedder` stage ({why})."
-    else:
-        title = "ragtune fine-tuned embedder"
-        intro = f"""Fine-tuned from `{base_model}` by the ragtune `train_embedder` stage (loss: {eff["loss"]},
-{eff["optimizer_steps"]} optimizer steps, effective batch {eff["effective_batch_size"]}; shipped: {shipped})."""
-    write_card(
-        out_dir,
-        base_model=base_model,
-        tags="sentence-transformers, feature-extraction, retrieval, ragtune",
-        title=title,
-        intro=intro,
-        schedule=schedule_line(metrics),
-        usage=f"""from sentence_transformers import SentenceTransformer
-model = SentenceTransformer("{out_dir}")
-q = model.encode_query(["Nhân viên được nghỉ phép bao nhiêu ngày?"])
-d = model.encode_document(["Nhân viên chính thức có 12 ngày phép năm."])
-print(model.similarity(q, d))""",
-        dev_section=f"""## Dev split (chunk level), before → after
-
-| metric | base | fine-tuned |
-|---|---:|---:|
-{rows or "| not measured | | |"}
-
-The held-out **test** comparison with BM25 and the base model is in the repository's `reports/evaluation.md`.""",
-        warn=warn,
-        params=params,
-    )
-
-
-def write_reranker_card(out_dir: str | Path, base_model: str, cfg: Any, metrics: dict[str, Any]) -> None:
-    """The reranker's card: its base and head (new or its own), trained or the untrained start model, and dev
-    reranking before → after."""
-    rows, params, warn = card_sections(cfg, metrics)
-    eff = metrics["effective"]
-    shipped = str(metrics.get("shipped", "fine-tuned"))
-    head = "new one-logit head" if eff["new_head"] else "its own head"
-    if shipped.startswith("untrained"):  # the card must not call a model trained that never was
-        title = "ragtune reranker: the untrained start model"
-        state = "seeded, never trained" if eff["new_head"] else "unchanged"
-        intro = f"`{base_model}` ({head}, {state}), written by the ragtune `train_reranker` stage: {shipped}."
-    else:
-        title = "ragtune fine-tuned reranker"
-        intro = f"""Trained from `{base_model}` ({head}) by the ragtune
-`train_reranker` stage: loss {eff["loss"]}, {eff["optimizer_steps"]} optimizer steps, negatives from the
-fine-tuned embedder's top {cfg.rank_max} plus random ones (shipped: {shipped})."""
-    write_card(
-        out_dir,
-        base_model=base_model,
-        tags="sentence-transformers, cross-encoder, reranker, ragtune",
-        title=title,
-        intro=intro,
-        schedule=schedule_line(metrics),
-        usage=f"""from sentence_transformers import CrossEncoder
-model = CrossEncoder("{out_dir}")
-hits = model.rank("Nhân viên được nghỉ phép bao nhiêu ngày?",
-                  ["Nhân viên chính thức có 12 ngày phép năm.", "Quy trình mua sắm thiết bị."])
-print(hits)  # [{{'corpus_id': 0, 'score': ...}}, ...]""",
-        dev_section=f"""## Dev split: reranking the embedder's top {cfg.rerank_k}, before → after training
-
-`base_*` rows are the embedder's own order (the input); the others are after reranking. `accuracy`, `avg_*_score`
-and `margin` are pair classification on dev groups (score > 0.5 = relevant).
-
-| metric | before | after |
-|---|---:|---:|
-{rows or "| not measured | | |"}
-
-How the reranker changes the held-out **test** ranking, and the fusion weight chosen on dev, are in the
-repository's `reports/evaluation.md`.""",
-        warn=warn,
-        params=params,
-    )

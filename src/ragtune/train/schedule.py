@@ -12,6 +12,17 @@ from typing import Any
 
 # ``epochs``, ``eval_steps`` and ``save_steps`` may be this word: sized to the data by :func:`plan_schedule`.
 AUTO = "auto"
+# the config keys (both trainers have them) that plan_schedule reads under the same names
+PLAN_KEYS = (
+    "epochs",
+    "max_steps",
+    "eval_steps",
+    "save_steps",
+    "auto_min_steps",
+    "auto_max_epochs",
+    "auto_max_steps",
+    "eval_fraction",
+)
 
 
 def _is_number(v: Any) -> bool:
@@ -181,14 +192,7 @@ def resolve_schedule(cfg: Any, rows: int, world: int = 1) -> tuple[Any, Schedule
         cfg.batch_size,
         grad_accum=cfg.gradient_accumulation_steps,
         world=world,
-        epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
-        eval_steps=cfg.eval_steps,
-        save_steps=cfg.save_steps,
-        auto_min_steps=cfg.auto_min_steps,
-        auto_max_epochs=cfg.auto_max_epochs,
-        auto_max_steps=cfg.auto_max_steps,
-        eval_fraction=cfg.eval_fraction,
+        **{key: getattr(cfg, key) for key in PLAN_KEYS},
     )
     resolved = replace(
         cfg, epochs=plan.epochs, max_steps=plan.max_steps, eval_steps=plan.eval_steps, save_steps=plan.save_steps

@@ -23,10 +23,8 @@ class TrainConfigError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedderTrainConfig(TrainerConfig):
-    """Every knob of the train_embedder stage. Field names are the params.yaml keys under ``train_embedder:``.
-
-    No field has a default: params.yaml's ``train_embedder:`` section holds every value (see :class:`StageConfig`).
-    """
+    """``train_embedder:``: the shared trainer keys (:class:`TrainerConfig`) plus the loss, the rows and the
+    decision of what ships (WiSE-FT merge, base model kept without dev evidence)."""
 
     SECTION = "train_embedder"
     ERROR = TrainConfigError

@@ -25,7 +25,7 @@ from ragtune.pairs import query_key
 from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
 from ragtune.train import batching
-from ragtune.train.card import write_embedder_card
+from ragtune.train.card import write_model_card
 from ragtune.train.checkpoints import clear_checkpoints, code_hashes, prepare_checkpoint_dir, untrained_outputs
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.embedder.config import EmbedderTrainConfig
@@ -149,8 +149,11 @@ def ship_untrained(
     model.max_seq_length = cfg.max_seq_length
     model.save(out, safe_serialization=True)
     untrained_outputs(paths.live("train_embedder"), paths.embedder_checkpoints)
-    write_embedder_card(out, model_p["embedder"], cfg, metrics)
+    write_model_card(out, "embedder", model_p["embedder"], cfg, metrics)
     write_json(paths.metrics("train_embedder"), metrics)
+
+
+EMPTY = {"read": "", "wrote": ""}  # what ranks other than 0 report under DDP: rank 0 reads and writes
 
 
 def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: Paths) -> dict[str, str]:
@@ -158,7 +161,8 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``).
 
     Under DDP every rank trains; only rank 0 evaluates, decides what ships and writes (the others return an empty
-    summary).
+    summary). Without training (``enabled: false``, or no dev question) the trainer is built but never run, so the
+    metrics hold the values a run would have used, with 0 optimizer steps.
     """
     cfg = EmbedderTrainConfig.from_params(section)
     out, ckpt, live = str(paths.embedder), str(paths.embedder_checkpoints), str(paths.live("train_embedder"))
@@ -173,6 +177,7 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     # None: train. Otherwise the base model ships untrained, and this says why (enabled: false, or no dev)
     untrained = untrained_reason(cfg, has_dev=bool(checkable))
 
+    # 1. the model, its prompts, what is frozen
     base_path = resolve_model(model_p["embedder"])
     model = load_embedder(base_path)
     model.max_seq_length = cfg.max_seq_length
@@ -181,6 +186,7 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     counts = freeze(model, cfg)
     attention, attention_warnings = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
     counts |= attention
+    # 2. the data, and the schedule sized to it
     train_ds, dropped = groups_to_dataset(groups, cfg.n_hard_negatives, cfg.positives)
     if untrained is None and len(train_ds) < cfg.batch_size:
         raise SystemExit(
@@ -197,63 +203,30 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     batch_keys = batching.group_row_keys(
         groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
     )
+    # 3. the dev evaluator, and the trainer (resuming only a checkpoint of the same params, data and code)
     evaluator = (
         build_ir_evaluator(checkable, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level)
         if checkable
         else None
     )
-    if untrained is not None:
-        if not rank0:
-            return {"read": "", "wrote": ""}
-        # built, never run: the metrics then hold the values this run would have used, with 0 optimizer steps
-        trainer = build_trainer(
-            model,
-            cfg,
-            train_ds,
-            evaluator,
-            ckpt,
-            column_prompts(cfg.n_hard_negatives, qp, pp),
-            guide=load_embedder(base_path) if cfg.loss == "gist" else None,
-            batch_keys=batch_keys,
+    if untrained is not None and not rank0:
+        return EMPTY
+    trains = untrained is None
+    dev_before = evaluator(model) if evaluator and rank0 and trains else {}
+    resume, callbacks = None, []
+    if trains:
+        fingerprint = cfg.fingerprint(
+            model_fingerprint(base_path),
+            sha256_file(paths.train_groups),
+            sha256_file(paths.dev),
+            # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
+            *code_hashes(__file__),
+            f"world={world}",
         )
-        metrics = run_metrics(
-            trainer,
-            cfg,
-            world=world,
-            counts=counts,
-            groups=len(groups) - dropped,
-            rows=len(train_ds),
-            dropped=dropped,
-            seconds=0.0,
-            samples_per_second=0.0,
-            resumed_from=None,
-            dev_before={},
-            dev_after={},
-            leaked_queries=leaked,
-        )
-        every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
-        metrics["train"]["positives_not_trained"] = len(every_positive)  # none was trained
-        ship_untrained(model_p, cfg, plan, base_path, metrics, untrained, paths)
-        return {
-            "read": f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries",
-            "wrote": f"{out} ({metrics['shipped']}: not trained), {paths.metrics('train_embedder')}",
-        }
-    # ship_unchecked: true with no dev question: trained, and every report says nothing checked it
-    unchecked = [] if checkable else [unchecked_warning(cfg.SECTION, out, trained=True, start="the base model")]
-    dev_before = evaluator(model) if evaluator and rank0 else {}
-
-    fingerprint = cfg.fingerprint(
-        model_fingerprint(base_path),
-        sha256_file(paths.train_groups),
-        sha256_file(paths.dev),
-        # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
-        *code_hashes(__file__),
-        f"world={world}",
-    )
-    resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)
-    if resume:
-        console.print(f"[bold]Resuming[/] from {resume}")
-    callbacks = dvclive_callbacks(live, resume=bool(resume), before=dev_before) if rank0 else []
+        resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)
+        if resume:
+            console.print(f"[bold]Resuming[/] from {resume}")
+        callbacks = dvclive_callbacks(live, resume=bool(resume), before=dev_before) if rank0 else []
     trainer = build_trainer(
         model,
         cfg,
@@ -262,33 +235,22 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         ckpt,
         column_prompts(cfg.n_hard_negatives, qp, pp),
         guide=load_embedder(base_path) if cfg.loss == "gist" else None,
-        distributed=world > 1,
+        distributed=trains and world > 1,
         callbacks=callbacks,
         batch_keys=batch_keys,
     )
-    # the first epoch's batches as the trainer will draw them (own generator: the global RNG stays untouched)
-    sampler = trainer.get_batch_sampler(
-        train_ds,
-        cfg.batch_size,
-        drop_last=trainer.args.dataloader_drop_last,
-        generator=torch.Generator(),
-        seed=cfg.seed,
-    )
-    # under DDP one step gathers `world` consecutive batches into MNRL's negatives: report them as one
-    report = batching.batch_report(list(sampler), batch_keys, group_size=world)
-    first_epoch = {"batch_sampler": cfg.batch_sampler, **report}
-    fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
-    console.print(
-        f"epoch 1: {first_epoch['batches']} batches ({cfg.batch_sampler}); {fn_rows} of {len(train_ds)} rows "
-        "see a chunk of their own relevant document as an in-batch negative"
-    )
-    t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    if not rank0:
-        return {"read": "", "wrote": ""}
-    base = load_embedder(base_path) if cfg.merge_alpha < 1 else None
-    dev_unmerged, dev_after, shipped = merge_checked_on_dev(model, base, cfg, evaluator)
+    # 4. train
+    seconds, samples_per_second, dev_after, dev_unmerged, shipped = 0.0, 0.0, {}, {}, ""
+    if trains:
+        first_epoch = first_epoch_report(trainer, train_ds, batch_keys, cfg, world)
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - t0
+        samples_per_second = result.metrics.get("train_samples_per_second", 0.0)
+        if not rank0:
+            return EMPTY
+        base = load_embedder(base_path) if cfg.merge_alpha < 1 else None
+        dev_unmerged, dev_after, shipped = merge_checked_on_dev(model, base, cfg, evaluator)
     metrics = run_metrics(
         trainer,
         cfg,
@@ -298,18 +260,27 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         rows=len(train_ds),
         dropped=dropped,
         seconds=seconds,
-        samples_per_second=result.metrics.get("train_samples_per_second", 0.0),
+        samples_per_second=samples_per_second,
         resumed_from=resume,
         dev_before=dev_before,
         dev_after=dev_after,
         leaked_queries=leaked,
     )
-    metrics["warnings"] += attention_warnings + unchecked
-    metrics["plan"] = asdict(plan)
     # labeled positives left out of training (positives: first) are counted, never dropped silently
     every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
-    metrics["train"]["positives_not_trained"] = len(every_positive) - len(train_ds)
+    metrics["train"]["positives_not_trained"] = len(every_positive) - (len(train_ds) if trains else 0)
+    read = f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries"
+    if not trains:
+        ship_untrained(model_p, cfg, plan, base_path, metrics, untrained or "", paths)
+        return {"read": read, "wrote": f"{out} ({metrics['shipped']}: not trained), {paths.metrics('train_embedder')}"}
+
+    # 5. what ships: the fine-tune (merged with the base when dev allows), or the base model without dev evidence
+    # ship_unchecked: true with no dev question: trained, and every report says nothing checked it
+    unchecked = [] if checkable else [unchecked_warning(cfg.SECTION, out, trained=True, start="the base model")]
+    metrics["warnings"] += attention_warnings + unchecked
+    metrics["plan"] = asdict(plan)
     metrics["train"]["first_epoch_batches"] = first_epoch
+    fn_rows = first_epoch["rows_with_in_batch_false_negatives"]
     if fn_rows > 0.1 * len(train_ds):
         metrics["warnings"].append(
             f"{fn_rows} of {len(train_ds)} training rows see a chunk of their own relevant document as an "
@@ -341,13 +312,35 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         warn(w)
     model.save(out, safe_serialization=True)
     clear_checkpoints(ckpt)
-    write_embedder_card(out, model_p["embedder"], cfg, metrics)
+    write_model_card(out, "embedder", model_p["embedder"], cfg, metrics)
     write_json(paths.metrics("train_embedder"), metrics)
     before, after = metrics["dev"]["before"].get("ndcg@10"), metrics["dev"]["after"].get("ndcg@10")
     return {
-        "read": f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries",
+        "read": read,
         "wrote": (
             f"{out} ({metrics['shipped']}; {metrics['effective']['optimizer_steps']} steps, "
             f"dev ndcg@10 {before} → {after}, {len(metrics['warnings'])} warnings)"
         ),
     }
+
+
+def first_epoch_report(trainer: Any, train_ds: Any, batch_keys: Any, cfg: EmbedderTrainConfig, world: int) -> dict:
+    """The first epoch's batches as the trainer will draw them, printed and kept in the metrics: how many rows see a
+    chunk of their own relevant document as an in-batch negative (a false negative for MNRL)."""
+    # own generator: the global RNG stays untouched
+    sampler = trainer.get_batch_sampler(
+        train_ds,
+        cfg.batch_size,
+        drop_last=trainer.args.dataloader_drop_last,
+        generator=torch.Generator(),
+        seed=cfg.seed,
+    )
+    # under DDP one step gathers `world` consecutive batches into MNRL's negatives: report them as one
+    report = batching.batch_report(list(sampler), batch_keys, group_size=world)
+    first_epoch = {"batch_sampler": cfg.batch_sampler, **report}
+    console.print(
+        f"epoch 1: {first_epoch['batches']} batches ({cfg.batch_sampler}); "
+        f"{first_epoch['rows_with_in_batch_false_negatives']} of {len(train_ds)} rows "
+        "see a chunk of their own relevant document as an in-batch negative"
+    )
+    return first_epoch

@@ -18,10 +18,8 @@ HEAD_PATTERNS = {"cls": r"classifier", "mean": r"(^|\.)2\.linear\."}  # new-head
 
 @dataclass(frozen=True, kw_only=True)
 class RerankerTrainConfig(TrainerConfig):
-    """Every knob of the train_reranker stage. Field names are the params.yaml keys under ``train_reranker:``.
-
-    No field has a default: params.yaml's ``train_reranker:`` section holds every value (see :class:`StageConfig`).
-    """
+    """``train_reranker:``: the shared trainer keys (:class:`TrainerConfig`) plus the start model and its head, the
+    loss, and how groups are mined from the embedder's ranking."""
 
     SECTION = "train_reranker"
     ERROR = RerankerConfigError

@@ -14,6 +14,7 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ragtune.retrieval import Ranking
@@ -42,12 +43,18 @@ def cap_per_document(
     return [p for i, p in enumerate(pairs) if i in keep], dropped
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """What the reranker's data is mined from: the fine-tuned embedder's ranking of the corpus per question (query
+    id → ``[(chunk_id, score), ...]``, best first), and each chunk's text and document."""
+
+    ranking: Ranking
+    chunk_text: dict[str, str]
+    chunk_to_doc: dict[str, str]
+
+
 def mine_rerank_groups(
-    pairs: Sequence[dict[str, Any]],
-    ranking: Ranking,
-    chunk_text: dict[str, str],
-    chunk_to_doc: dict[str, str],
-    cfg: RerankerTrainConfig,
+    pairs: Sequence[dict[str, Any]], candidates: Candidates, cfg: RerankerTrainConfig
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """FlagEmbedding groups ``{"query", "pos", "neg", ...}`` with negatives from the embedder's ranking.
 
@@ -56,6 +63,7 @@ def mine_rerank_groups(
     ``(1 - margin)`` × the positive's similarity; ``n_random`` more are drawn from the rest of the corpus. A group
     short of hard negatives is kept with what it has, and counted.
     """
+    ranking, chunk_text, chunk_to_doc = candidates.ranking, candidates.chunk_text, candidates.chunk_to_doc
     all_chunks = sorted(chunk_text)
     groups, counts = [], Counter()
     for p in pairs:
@@ -138,19 +146,14 @@ def groups_to_dataset(groups: Sequence[dict[str, Any]], loss: str) -> Any:
     return Dataset.from_dict(rows)
 
 
-def dev_samples(
-    dev: Sequence[dict[str, Any]],
-    ranking: Ranking,
-    chunk_text: dict[str, str],
-    chunk_to_doc: dict[str, str],
-    k: int,
-) -> list[dict[str, Any]]:
+def dev_samples(dev: Sequence[dict[str, Any]], candidates: Candidates, k: int) -> list[dict[str, Any]]:
     """CrossEncoderRerankingEvaluator samples: the embedder's top-k chunks per dev query, in retrieval order.
 
     Every retrieved chunk of a labeled document counts as positive, as in document-level evaluation. Queries whose
     labeled documents are not retrieved are kept (they score 0 before and after), so the metric is honest about
     first-stage misses.
     """
+    ranking, chunk_text, chunk_to_doc = candidates.ranking, candidates.chunk_text, candidates.chunk_to_doc
     out = []
     for q in dev:
         docs = [cid for cid, _ in ranking.get(q["query_id"], [])[:k]]

@@ -18,12 +18,12 @@ from ragtune.io import read_jsonl, sha256_file, write_json, write_jsonl
 from ragtune.models import model_fingerprint, resolve_model
 from ragtune.paths import Paths
 from ragtune.retrieval import DenseIndex, load_dense
-from ragtune.train.card import write_reranker_card
+from ragtune.train.card import write_model_card
 from ragtune.train.checkpoints import clear_checkpoints, code_hashes, prepare_checkpoint_dir, untrained_outputs
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.guards import unchecked_warning, untrained_reason
 from ragtune.train.reranker.config import RerankerTrainConfig
-from ragtune.train.reranker.data import cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
+from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
 from ragtune.train.reranker.trainer import (
     build_evaluator,
     build_trainer,
@@ -81,10 +81,9 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     pairs, capped = cap_per_document(train + synthetic, cfg.max_pos_per_doc, cfg.seed)
     qtext = {p["query_id"]: p["query"] for p in pairs + dev}
     ranking = index.search_vectors(list(qtext), embedder.encode_queries(list(qtext.values())), depth)
-    groups, counts = mine_rerank_groups(pairs, ranking, chunk_text, chunk_to_doc, cfg)
-    dev_groups, _ = mine_rerank_groups(
-        [q for q in dev if q["positive_chunk_ids"]], ranking, chunk_text, chunk_to_doc, cfg
-    )
+    candidates = Candidates(ranking, chunk_text, chunk_to_doc)
+    groups, counts = mine_rerank_groups(pairs, candidates, cfg)
+    dev_groups, _ = mine_rerank_groups([q for q in dev if q["positive_chunk_ids"]], candidates, cfg)
     write_jsonl(paths.reranker_train_groups, groups)
     write_jsonl(paths.reranker_dev_groups, dev_groups)
     # None: train. "no dev questions: unchecked": save the start model untrained (ship_unchecked: false)
@@ -109,7 +108,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     if untrained is None:
         console.print(f"schedule: {plan.reason}", soft_wrap=True)
     pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
-    samples = dev_samples(dev, ranking, chunk_text, chunk_to_doc, cfg.rerank_k)
+    samples = dev_samples(dev, candidates, cfg.rerank_k)
     evaluator = build_evaluator(samples, cfg.batch_size) if samples else None
     dev_before = evaluator(model) if evaluator else {}
     pairs_before = pair_summary(model, dev_groups, cfg.batch_size)
@@ -208,7 +207,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
         "warnings": warnings,
     }
     model.save_pretrained(out)
-    write_reranker_card(out, str(base_path), cfg, metrics)
+    write_model_card(out, "reranker", str(base_path), cfg, metrics)
     write_json(paths.metrics("train_reranker"), metrics)
     if untrained is None:
         clear_checkpoints(ckpt)
