@@ -963,7 +963,7 @@ def dev_evidence(
     fine-tune that merely drew lucky dev questions must not replace a base model that may be better. The base
     model's vectors come from the embedding cache (``base_fingerprint``); the trained model is encoded afresh.
     """
-    from ragtune.evaluation import ndcg_per_query, paired_bootstrap
+    from ragtune.evaluation.metrics import ndcg_per_query, paired_bootstrap
     from ragtune.retrieval import DenseEncoder, DenseIndex
 
     ids = [c["chunk_id"] for c in chunks]
