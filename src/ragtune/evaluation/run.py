@@ -136,32 +136,21 @@ def run_evaluate(
     convex = (
         {"alpha": dev.weights["ft_convex"], "dev_curve": dev.curve_json("ft_convex")} if r.tuned is not None else None
     )
-    metrics = evaluate_metrics(
-        results,
-        gains=gains,
-        warnings=warnings,
-        selection=selection.to_json() if pipeline else None,
-        convex=convex,
-        reranker=reranker_report,
-        out_of_domain=forgetting,
-    )
-    write_json(paths.metrics("evaluate"), metrics)
+    # what metrics/evaluate.json and the report both show
+    shown = {
+        "gains": gains,
+        "warnings": warnings,
+        "selection": selection.to_json() if pipeline else None,
+        "reranker": reranker_report,
+        "out_of_domain": forgetting,
+    }
+    write_json(paths.metrics("evaluate"), evaluate_metrics(results, convex=convex, **shown))
     write_json(paths.metrics("models"), cost_side(r, chunks, model_p, e, paths))
     write_curve_csv(paths.recall_at_k, curves_k)
     write_jsonl(paths.per_query_test, records)
     best = max(results["test"]["doc"], key=lambda s: results["test"]["doc"][s].get("ndcg@10", 0.0))
-    report = render_report(
-        results,
-        records,
-        system_for_errors=best,
-        context={"n_documents": len(docs), "n_chunks": len(chunks), "base_model": model_p["embedder"]},
-        warnings=warnings,
-        pipeline=pipeline,
-        selection=selection.to_json() if pipeline else None,
-        reranker=reranker_report,
-        gains=gains,
-        out_of_domain=forgetting,
-    )
+    context = {"n_documents": len(docs), "n_chunks": len(chunks), "base_model": model_p["embedder"]}
+    report = render_report(results, records, system_for_errors=best, context=context, pipeline=pipeline, **shown)
     paths.report.parent.mkdir(parents=True, exist_ok=True)
     paths.report.write_text(report, encoding="utf-8")
     test = results["test"]["doc"]

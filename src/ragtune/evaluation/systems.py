@@ -9,7 +9,7 @@ part in a choice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,7 +81,14 @@ class DevChoices:
     weights: dict[str, float] = field(default_factory=dict)
     curves: dict[str, dict[float, float]] = field(default_factory=dict)
 
-    def tune(self, name: str, per_weight: dict[float, PerQuery], *, prefer: Any, evaluate_p: dict[str, Any]) -> None:
+    def tune(
+        self,
+        name: str,
+        per_weight: dict[float, PerQuery],
+        *,
+        prefer: Callable[[float], float],
+        evaluate_p: dict[str, Any],
+    ) -> None:
         """Choose ``name``'s weight on dev (:func:`~ragtune.evaluation.selection.tune_weight`)."""
         folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
         tw = tune_weight(per_weight, prefer=prefer, folds=folds, seed=seed)
