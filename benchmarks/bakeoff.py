@@ -3,11 +3,11 @@
 Usage (repo root, after `dvc repro chunk`):
     python benchmarks/bakeoff.py [--model intfloat/multilingual-e5-small ...] [--passages 256] [--repeats 3]
 
-Each model encodes the same sample chunks in a child process (`ragtune.bakeoff.measure_encoder`, exactly what the
-evaluate stage records in metrics/models.json), `--repeats` times; the median of passages/s and the largest peak are
-kept. Writes metrics/benchmarks/bakeoff.json (then `python benchmarks/report.py` renders it into docs/benchmarks.md).
-Quality (MRR@10, Hit@1, NDCG@10) comes from the pipeline itself: `dvc exp run -S model.embedder=<name>
--S train_embedder.enabled=false` per model, then `ragtune compare`.
+Each model encodes the same sample chunks in a child process (`ragtune.evaluation.bakeoff.measure_encoder`, exactly
+what the evaluate stage records in metrics/models.json), `--repeats` times; the median of passages/s and the largest
+peak are kept. Writes metrics/benchmarks/bakeoff.json (then `python benchmarks/report.py` renders it into
+docs/benchmarks.md). Quality (MRR@10, Hit@1, NDCG@10) comes from the pipeline itself:
+`dvc exp run -S model.embedder=<name> -S train_embedder.enabled=false` per model, then `ragtune compare`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from ragtune.bakeoff import measure_encoder
+from ragtune.evaluation.bakeoff import measure_encoder
 from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.retrieval import model_prompt

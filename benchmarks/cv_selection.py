@@ -45,7 +45,7 @@ import torch
 from precision_quality import doc_scores
 from seed_variance import run_embedder_stages, scratch_copy, with_overrides
 
-from ragtune.evaluation import paired_bootstrap
+from ragtune.evaluation.metrics import paired_bootstrap
 from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section

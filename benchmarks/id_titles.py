@@ -30,10 +30,9 @@ import torch
 import yaml
 
 from ragtune.chunking import build_chunker, chunk_corpus
-from ragtune.evaluation import paired_bootstrap
+from ragtune.evaluation.metrics import evaluate_ranking, paired_bootstrap
 from ragtune.ingest import ingest, load_config
 from ragtune.io import write_json
-from ragtune.metrics import evaluate_ranking
 from ragtune.retrieval import DenseIndex, build_bm25, load_dense, to_doc_ranking
 
 

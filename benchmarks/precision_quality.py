@@ -23,7 +23,7 @@ import time
 
 import torch
 
-from ragtune.evaluation import score_systems
+from ragtune.evaluation.metrics import score_systems
 from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section

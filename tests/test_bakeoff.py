@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import VI_SENTENCES
 
-from ragtune.bakeoff import compare_rows, experiments_from_dvc, measure_encoder, render_table
+from ragtune.evaluation.bakeoff import compare_rows, experiments_from_dvc, measure_encoder, render_table
 
 
 def _wider(tiny_embedder_path: Path, tmp_path: Path) -> Path:

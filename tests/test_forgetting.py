@@ -8,8 +8,8 @@ import pytest
 import yaml
 from conftest import TOPICS
 
-from ragtune.evaluation import render_report
-from ragtune.forgetting import forgetting_report, load_set
+from ragtune.evaluation.forgetting import forgetting_report, load_set
+from ragtune.evaluation.report import render_report
 from ragtune.io import write_jsonl
 from ragtune.retrieval import load_dense
 

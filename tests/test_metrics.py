@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ragtune.metrics import evaluate_ranking, query_metrics
+from ragtune.evaluation.metrics import evaluate_ranking, query_metrics
 
 
 def test_hand_computed_example():
@@ -63,7 +63,7 @@ def test_matches_sentence_transformers_information_retrieval_evaluator():
 
 
 def test_paired_bootstrap_interval_separates_signal_from_noise():
-    from ragtune.evaluation import paired_bootstrap
+    from ragtune.evaluation.metrics import paired_bootstrap
 
     base = {f"q{i}": {"ndcg@10": 0.5} for i in range(40)}
     better = {f"q{i}": {"ndcg@10": 0.6} for i in range(40)}  # every query +0.1: the interval is tight around it

@@ -6,8 +6,8 @@ import random
 
 import numpy as np
 
+from ragtune.evaluation.selection import choose_pipeline, tune_weight
 from ragtune.retrieval import convex_fusion
-from ragtune.selection import choose_pipeline, tune_weight
 
 RETRIEVERS = ("bm25", "ft_hybrid", "ft_convex")
 RERANKED = {r: f"{r}+rerank" for r in ("ft_dense", *RETRIEVERS)}

@@ -407,7 +407,7 @@ def test_attention_dropout_is_validated_and_loud_when_it_reaches_nothing(tiny_em
 
 def test_document_level_dev_evaluator_matches_the_evaluate_stage():
     """Dev metrics during training are computed on documents (best chunk per document), as evaluate computes them."""
-    from ragtune.metrics import evaluate_ranking
+    from ragtune.evaluation.metrics import evaluate_ranking
     from ragtune.retrieval import to_doc_ranking
 
     chunks = [{"chunk_id": f"{d}#{i}", "doc_id": d, "text": f"{d} đoạn {i}"} for d in "ABCD" for i in range(3)]

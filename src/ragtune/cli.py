@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from ragtune.bakeoff import compare_rows, experiments_from_dvc, render_table
+    from ragtune.evaluation.bakeoff import compare_rows, experiments_from_dvc, render_table
 
     if args.json_file:
         raw = Path(args.json_file).read_text(encoding="utf-8")

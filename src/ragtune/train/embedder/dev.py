@@ -3,6 +3,7 @@ fine-tune beats its base model."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,16 +114,15 @@ def dev_evidence(
     fine-tune that merely drew lucky dev questions must not replace a base model that may be better. The base
     model's vectors come from the embedding cache (``base_fingerprint``); the trained model is encoded afresh.
     """
-    from ragtune.evaluation import ndcg_per_query, paired_bootstrap
+    from ragtune.evaluation.metrics import dense_doc_metrics, paired_bootstrap
     from ragtune.retrieval import DenseEncoder, DenseIndex
 
     ids = [c["chunk_id"] for c in chunks]
     chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    qids, texts = [q["query_id"] for q in dev], [q["query"] for q in dev]
     per_query = {}
     for name, m, fingerprint in (("base", base, base_fingerprint), ("trained", model, "")):
         enc = DenseEncoder(m, fingerprint, batch_size=batch_size, use_cache=bool(fingerprint))
         index = DenseIndex(ids, enc.encode([c["text"] for c in chunks], passage_prompt, f"Dev check: {name}"))
-        ranking = index.search_vectors(qids, enc.encode(texts, query_prompt, f"Dev check: {name}"), 100)
-        per_query[name] = {q: {"ndcg@10": v} for q, v in ndcg_per_query(ranking, dev, chunk_to_doc).items()}
+        encode = functools.partial(enc.encode, prompt=query_prompt, description=f"Dev check: {name}")
+        per_query[name] = dense_doc_metrics(index, encode, dev, chunk_to_doc)
     return paired_bootstrap(per_query["trained"], per_query["base"], seed=seed)

@@ -1,8 +1,8 @@
-"""Held-out evaluation: score every system on the same queries, at document and chunk level, and report.
+"""What evaluate tells a reader: the warnings, metrics/evaluate.json, the recall@k curve, the per-query records and
+the Markdown report.
 
-Systems are chunk rankings (see :mod:`ragtune.retrieval`). Document-level scores are the headline because labels
-are per document; chunk-level scores use the aligned positive chunk (see :func:`ragtune.pairs.align_positive_chunks`)
-and show what a RAG prompt would actually receive.
+Everything here is a pure function of scores already computed (no model is loaded), so the warning rules and the
+report can be tested on small dicts.
 """
 
 from __future__ import annotations
@@ -12,58 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ragtune.metrics import evaluate_ranking
-from ragtune.retrieval import Ranking, to_doc_ranking
+from ragtune.evaluation.metrics import evaluate_ranking
+from ragtune.retrieval import Ranking
 
 HEADLINE = ("ndcg@10", "mrr@10", "map@10", "recall@1", "recall@5", "recall@10", "hit@1", "hit@10")
-
-
-def score_systems(
-    systems: dict[str, Ranking],
-    queries: Sequence[dict[str, Any]],
-    chunk_to_doc: dict[str, str],
-    ks: Sequence[int],
-) -> dict[str, Any]:
-    """Mean and per-query metrics per system at both levels: ``{"doc": {...}, "chunk": {...}, "per_query": ...}``."""
-    doc_qrels = {q["query_id"]: set(q["positive_doc_ids"]) for q in queries}
-    chunk_qrels = {q["query_id"]: set(q["positive_chunk_ids"]) for q in queries if q["positive_chunk_ids"]}
-    out: dict[str, Any] = {"doc": {}, "chunk": {}, "per_query": {}, "doc_rankings": {}}
-    for name, ranking in systems.items():
-        doc_ranking = to_doc_ranking(ranking, chunk_to_doc)
-        out["doc"][name], per_q = evaluate_ranking(doc_ranking, doc_qrels, ks)
-        out["chunk"][name], _ = evaluate_ranking(ranking, chunk_qrels, ks)
-        out["per_query"][name] = per_q
-        out["doc_rankings"][name] = doc_ranking
-    return out
-
-
-def paired_bootstrap(
-    system: dict[str, dict[str, float]],
-    baseline: dict[str, dict[str, float]],
-    metric: str = "ndcg@10",
-    n_resamples: int = 2000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Mean per-query gain of ``system`` over ``baseline`` and its 95% paired-bootstrap interval.
-
-    Why: the sample has 77 test queries; one query moving from rank 1 to rank 2 shifts NDCG@10 by ~0.5 point. A
-    gain whose interval includes 0 is not evidence of anything, and the report must say so next to the number.
-    """
-    import numpy as np
-
-    qids = sorted(set(system) & set(baseline))
-    if not qids:
-        return {"gain": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n_queries": 0}
-    diff = np.array([system[q].get(metric, 0.0) - baseline[q].get(metric, 0.0) for q in qids])
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(n_resamples, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {
-        "gain": round(float(diff.mean()), 4),
-        "ci_low": round(float(low), 4),
-        "ci_high": round(float(high), 4),
-        "n_queries": len(qids),
-    }
 
 
 def recall_curve(
@@ -117,6 +69,93 @@ def per_query_records(
     return out
 
 
+def evaluation_warnings(
+    results: dict[str, dict[str, Any]],
+    *,
+    fine_tuned: bool,
+    pipeline: str | None,
+    gains: dict[str, dict[str, float]],
+    reranker: dict[str, Any],
+    trained: Sequence[str] = (),
+    forgetting: Sequence[str] = (),
+) -> list[str]:
+    """The warnings of metrics/evaluate.json and the report, in the order a reader should meet them.
+
+    ``results`` maps each split to ``{"n_queries", "doc", "chunk"}``; ``trained`` are the training stages' own
+    warnings (prefixed with the stage), ``forgetting`` the out-of-domain check's. The rules: a served reranker that
+    alone makes its retriever worse on test; a reranker that puts one document first for over 20% of test queries;
+    no dev split; a fine-tuned embedder that does not beat its base on test, or whose gain's interval contains 0;
+    fewer than 30 test queries.
+    """
+    warnings = list(trained)
+    for retr, r in reranker.items():
+        t = r["test_ndcg@10"]
+        if t["reranker"] < t["retriever"] and pipeline == f"{retr}+rerank":
+            warnings.append(
+                f"the reranker alone makes {retr} worse on test: ndcg@10 {t['retriever']:.4f} → {t['reranker']:.4f}"
+                f" (fusion weight chosen on dev: {r['weight']:.1f}, fused {t['fused']:.4f})"
+            )
+        if r["top1_share"] > 0.2:
+            warnings.append(
+                f"the reranker puts {r['top1_doc']} first for {r['top1_share']:.0%} of test queries ({retr}): "
+                "it may rank by document popularity"
+            )
+    if "dev" not in results:
+        warnings.append(
+            "no dev split: nothing could check an added component, so search serves ft_dense "
+            "(label questions for a dev split to let hybrid or reranking earn their place)"
+        )
+    if fine_tuned:
+        gain = results["test"]["doc"]["ft_dense"]["ndcg@10"] - results["test"]["doc"]["base_dense"]["ndcg@10"]
+        if gain <= 0:
+            warnings.append(f"the fine-tuned embedder does not beat its base model on test ndcg@10 ({gain:+.4f})")
+        elif gains["ft_dense"]["ci_low"] <= 0:
+            g = gains["ft_dense"]
+            warnings.append(
+                f"ft_dense's test gain over base_dense ({100 * g['gain']:+.1f} pts) is within noise: 95% interval "
+                f"[{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}] contains 0"
+            )
+    warnings += forgetting
+    if results["test"]["n_queries"] < 30:
+        warnings.append(
+            f"only {results['test']['n_queries']} test queries: differences under ~5 points are noise "
+            "(raise pairs.test_ratio or label more questions)"
+        )
+    return warnings
+
+
+def evaluate_metrics(
+    results: dict[str, dict[str, Any]],
+    *,
+    gains: dict[str, dict[str, float]],
+    warnings: Sequence[str],
+    selection: dict[str, Any] | None = None,
+    convex: dict[str, Any] | None = None,
+    reranker: dict[str, Any] | None = None,
+    out_of_domain: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """metrics/evaluate.json: document-level metrics per split (``<split>_chunk`` at chunk level), query counts,
+    test gains over the base model, the warnings, and when present the served pipeline (``selection``, its
+    :meth:`~ragtune.evaluation.selection.Selection.to_json`), the convex alpha, the reranker and the forgetting
+    check."""
+    metrics: dict[str, Any] = {split: res["doc"] for split, res in results.items()}
+    metrics.update({f"{split}_chunk": res["chunk"] for split, res in results.items()})
+    metrics["n_queries"] = {split: res["n_queries"] for split, res in results.items()}
+    metrics["test_gain_vs_base_dense"] = gains
+    metrics["warnings"] = list(warnings)
+    if selection:
+        system = selection["system"]
+        metrics["pipeline"] = {"system": system, "test": results["test"]["doc"][system]}
+        metrics["selection"] = selection
+    if convex is not None:
+        metrics["convex"] = convex
+    if reranker:
+        metrics["reranker"] = reranker
+    if out_of_domain:
+        metrics["out_of_domain"] = out_of_domain
+    return metrics
+
+
 def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list[str]:
     cols = [c for c in columns if any(c in m for m in metrics.values())]
     lines = ["| system | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
@@ -129,15 +168,6 @@ def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list
             cells.append(f"**{cell}**" if v is not None and v == best[c] and len(metrics) > 1 else cell)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
-
-
-def ndcg_per_query(
-    ranking: Ranking, queries: Sequence[dict[str, Any]], chunk_to_doc: dict[str, str]
-) -> dict[str, float]:
-    """Document-level NDCG@10 of one chunk ranking, per query id (what pipeline selection compares)."""
-    qrels = {q["query_id"]: set(q["positive_doc_ids"]) for q in queries}
-    _, per_query = evaluate_ranking(to_doc_ranking(ranking, chunk_to_doc), qrels, [10])
-    return {qid: m["ndcg@10"] for qid, m in per_query.items()}
 
 
 def render_report(

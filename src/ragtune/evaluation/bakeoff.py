@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MODELS_METRICS = "metrics/models.json"
 # what `ragtune compare` shows per experiment: (column title, path in the metrics files, number format)
 COLUMNS = (
     ("test ndcg@10", ("evaluate", "test", "{system}", "ndcg@10"), "{:.4f}"),
@@ -44,8 +43,8 @@ def measure_encoder(
 ) -> dict[str, Any]:
     """Dimension, passages/s, peak memory (MiB) and size on disk (MiB) of encoding ``texts`` with ``model``.
 
-    Runs ``python -m ragtune.bakeoff`` in a child process (see the module docstring for why). ``model`` is a local
-    folder or a name :func:`ragtune.models.resolve_model` understands.
+    Runs ``python -m ragtune.evaluation.bakeoff`` in a child process (see the module docstring for why). ``model`` is
+    a local folder or a name :func:`ragtune.models.resolve_model` understands.
     """
     payload = json.dumps(
         {
@@ -57,7 +56,7 @@ def measure_encoder(
         }
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "ragtune.bakeoff"], input=payload, capture_output=True, text=True, check=False
+        [sys.executable, "-m", "ragtune.evaluation.bakeoff"], input=payload, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {model} failed:\n{proc.stderr[-2000:]}")

@@ -20,9 +20,8 @@ from typing import Any
 
 import yaml
 
-from ragtune.evaluation import paired_bootstrap
-from ragtune.metrics import evaluate_ranking
-from ragtune.retrieval import DenseIndex, Embedder, to_doc_ranking
+from ragtune.evaluation.metrics import dense_doc_metrics, paired_bootstrap
+from ragtune.retrieval import DenseIndex, Embedder
 
 MAX_DROP = 0.01  # NDCG@10 (1 point): a larger drop is a warning in metrics and the report
 
@@ -59,11 +58,8 @@ def load_set(spec: dict[str, Any], chunker: Any, in_domain_root: str | Path) -> 
 def score_set(data: OutOfDomainSet, embedder: Embedder, depth: int = 100) -> dict[str, dict[str, float]]:
     """Per-query document-level metrics at 10 (ndcg, mrr, …) of dense retrieval over one set's chunks."""
     index = DenseIndex([c["chunk_id"] for c in data.chunks], embedder.encode_passages([c["text"] for c in data.chunks]))
-    qids = [q["query_id"] for q in data.queries]
-    ranking = index.search_vectors(qids, embedder.encode_queries([q["query"] for q in data.queries]), depth)
-    docs = to_doc_ranking(ranking, {c["chunk_id"]: c["doc_id"] for c in data.chunks})
-    _, per_query = evaluate_ranking(docs, {q["query_id"]: set(q["positive_doc_ids"]) for q in data.queries}, [10])
-    return per_query
+    chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in data.chunks}
+    return dense_doc_metrics(index, embedder.encode_queries, data.queries, chunk_to_doc, depth)
 
 
 def forgetting_report(

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ragtune.evaluation import paired_bootstrap
+from ragtune.evaluation.metrics import paired_bootstrap
 
 PerQuery = dict[str, float]  # query id → NDCG@10
 
@@ -203,3 +203,24 @@ def choose_pipeline(
     else:
         reason = f"{start} is the only candidate"
     return Selection(system, steps, reason)
+
+
+def pipeline_record(
+    selection: Selection, evaluate_p: dict[str, Any], *, fusion_weight: float, alpha: float, chosen_on_dev: bool
+) -> dict[str, Any]:
+    """What ``models/pipeline.json`` holds (:class:`ragtune.search.Pipeline` reads it): the chosen system, its
+    retriever, whether it reranks, the weights chosen on dev, the candidate depths, and why it was chosen."""
+    retriever, _, rr = selection.system.partition("+")
+    return {
+        "system": selection.system,
+        "retriever": retriever,
+        "rerank": bool(rr),
+        "rerank_k": int(evaluate_p["rerank_k"]),
+        "fusion_weight": fusion_weight,
+        "alpha": alpha,
+        "candidate_k": int(evaluate_p["candidate_k"]),
+        "rrf_k": int(evaluate_p["rrf_k"]),
+        "rerank_bf16": bool(evaluate_p["rerank_bf16"]),
+        "chosen_on": "dev" if chosen_on_dev else "nothing (no dev split): the simplest pipeline",
+        "reason": selection.reason,
+    }

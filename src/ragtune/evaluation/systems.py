@@ -1,0 +1,213 @@
+"""The systems evaluate compares: each held-out split ranked by every retriever, the weights chosen on dev.
+
+A system is a chunk ranking per query (:data:`ragtune.retrieval.Ranking`): BM25, the base embedder, their RRF
+hybrid, and with a fine-tuned embedder ``ft_dense``, ``ft_hybrid`` and ``ft_convex`` (alpha chosen on dev), then
+``<retriever>+rerank`` for each servable retriever when a reranker was trained (fusion weight chosen on dev). Weights
+are chosen on dev and judged by cross-validation within dev (:mod:`ragtune.evaluation.selection`); test never takes
+part in a choice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragtune.evaluation.metrics import dense_ranking, ndcg_per_query
+from ragtune.evaluation.selection import PerQuery, tune_weight
+from ragtune.paths import Paths
+from ragtune.rerank import apply_rerank, rerank_scores, top1_concentration
+from ragtune.retrieval import (
+    BM25Index,
+    DenseIndex,
+    Embedder,
+    Ranking,
+    build_bm25,
+    convex_fusion,
+    load_dense,
+    rrf,
+    top_k,
+)
+
+# what `ragtune search` can serve, simplest first: the ladder starts at ft_dense and tries the others in this order
+RETRIEVERS = ("ft_dense", "bm25", "ft_hybrid", "ft_convex")
+UNTUNED = 0.5  # convex alpha and reranker weight reported when there is no dev split to choose them on
+
+Splits = dict[str, list[dict[str, Any]]]  # "dev" / "test" → its questions (an empty split is left out)
+Systems = dict[str, dict[str, Ranking]]  # split → system name → ranking
+
+
+@dataclass
+class Retrievers:
+    """BM25 and the dense models over the corpus's chunks; ``tuned`` is None when no fine-tuned embedder exists."""
+
+    chunk_ids: list[str]
+    chunk_to_doc: dict[str, str]
+    bm25: BM25Index
+    base: Embedder
+    base_index: DenseIndex
+    tuned: Embedder | None = None
+    ft_index: DenseIndex | None = None
+
+    @classmethod
+    def load(
+        cls, chunks: Sequence[dict[str, Any]], model_p: dict[str, Any], bm25_p: dict[str, Any], paths: Paths
+    ) -> Retrievers:
+        """Index the chunks with BM25, the base embedder and (when ``paths.embedder`` exists) the fine-tuned one."""
+        chunk_ids = [c["chunk_id"] for c in chunks]
+        texts = [c["text"] for c in chunks]
+        bm25 = build_bm25(chunks, bm25_p)
+        base = load_dense(model_p)
+        r = cls(
+            chunk_ids,
+            {c["chunk_id"]: c["doc_id"] for c in chunks},
+            bm25,
+            base,
+            DenseIndex(chunk_ids, base.encode_passages(texts)),
+        )
+        if paths.embedder.exists():
+            r.tuned = load_dense(model_p, name=str(paths.embedder))
+            r.ft_index = DenseIndex(chunk_ids, r.tuned.encode_passages(texts))
+        return r
+
+
+@dataclass
+class DevChoices:
+    """What dev decided: per-query dev NDCG@10 per system (out-of-fold for a tuned weight, so the selection ladder
+    judges the choosing procedure, not its luckiest weight), each tuned weight, and its dev curve."""
+
+    scores: dict[str, PerQuery] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)
+    curves: dict[str, dict[float, float]] = field(default_factory=dict)
+
+    def tune(
+        self,
+        name: str,
+        per_weight: dict[float, PerQuery],
+        *,
+        prefer: Callable[[float], float],
+        evaluate_p: dict[str, Any],
+    ) -> None:
+        """Choose ``name``'s weight on dev (:func:`~ragtune.evaluation.selection.tune_weight`)."""
+        folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
+        tw = tune_weight(per_weight, prefer=prefer, folds=folds, seed=seed)
+        self.weights[name], self.curves[name], self.scores[name] = tw.weight, tw.curve, tw.out_of_fold
+
+    def curve_json(self, name: str) -> dict[str, float]:
+        return {f"{w:.2f}": v for w, v in self.curves.get(name, {}).items()}
+
+
+def rank_splits(r: Retrievers, splits: Splits, evaluate_p: dict[str, Any]) -> tuple[Systems, DevChoices]:
+    """Every retriever's ranking of every split, ``ft_convex`` with its alpha chosen on dev (ties lean on dense;
+    no dev: :data:`UNTUNED`, or the middle of ``evaluate.convex_alphas`` when 0.5 is not among them)."""
+    depth, rrf_k = int(evaluate_p["candidate_k"]), int(evaluate_p["rrf_k"])
+    alphas = [float(a) for a in evaluate_p["convex_alphas"]]
+    systems_by_split: Systems = {}
+    convex_by_split: dict[str, dict[float, Ranking]] = {}
+    for split, queries in splits.items():
+        qids, texts = [q["query_id"] for q in queries], [q["query"] for q in queries]
+        sparse = r.bm25.score_matrix(texts)
+        systems = {"bm25": {q: top_k(r.chunk_ids, sparse[i], depth) for i, q in enumerate(qids)}}
+        systems["base_dense"] = dense_ranking(r.base_index, r.base.encode_queries, queries, depth)
+        systems["hybrid"] = rrf([systems["bm25"], systems["base_dense"]], k=rrf_k, depth=depth)
+        if r.tuned is not None and r.ft_index is not None:
+            dense = r.ft_index.similarities(r.tuned.encode_queries(texts))
+            systems["ft_dense"] = {q: top_k(r.chunk_ids, dense[i], depth) for i, q in enumerate(qids)}
+            systems["ft_hybrid"] = rrf([systems["bm25"], systems["ft_dense"]], k=rrf_k, depth=depth)
+            convex_by_split[split] = convex_fusion(qids, r.chunk_ids, dense, sparse, alphas, depth)
+        systems_by_split[split] = systems
+
+    dev = DevChoices()
+    if "dev" in splits:
+        dev.scores = {n: ndcg_per_query(rk, splits["dev"], r.chunk_to_doc) for n, rk in systems_by_split["dev"].items()}
+    if r.tuned is not None:
+        if "dev" in splits:
+            per_alpha = {
+                a: ndcg_per_query(rk, splits["dev"], r.chunk_to_doc) for a, rk in convex_by_split["dev"].items()
+            }
+            dev.tune("ft_convex", per_alpha, prefer=lambda a: a, evaluate_p=evaluate_p)  # ties: lean on dense
+        alpha = dev.weights.get("ft_convex", UNTUNED if UNTUNED in alphas else alphas[len(alphas) // 2])
+        dev.weights["ft_convex"] = alpha
+        for split in splits:
+            systems_by_split[split]["ft_convex"] = convex_by_split[split][alpha]
+    return systems_by_split, dev
+
+
+def hybrid_proxy(
+    r: Retrievers, train: list[dict[str, Any]], splits: Splits, systems_by_split: Systems, depth: int, rrf_k: int
+) -> dict[str, tuple[PerQuery, PerQuery]]:
+    """Evidence for BM25 fusion from more questions than dev holds (:mod:`ragtune.evaluation.selection`): the base
+    model's RRF hybrid against the base model over train + dev, questions neither BM25 nor the base model has seen.
+    Never test. The dev questions' BM25 and base-model rankings are the ones :func:`rank_splits` already made."""
+    if "dev" not in splits or not train:
+        return {}
+    pool = train + splits["dev"]
+    dev = systems_by_split["dev"]
+    sparse = {**r.bm25.search({q["query_id"]: q["query"] for q in train}, depth), **dev["bm25"]}
+    dense = {**dense_ranking(r.base_index, r.base.encode_queries, train, depth), **dev["base_dense"]}
+    hybrid = rrf([sparse, dense], k=rrf_k, depth=depth)
+    return {"ft_hybrid": (ndcg_per_query(hybrid, pool, r.chunk_to_doc), ndcg_per_query(dense, pool, r.chunk_to_doc))}
+
+
+def add_reranked_systems(
+    systems_by_split: Systems,
+    splits: Splits,
+    chunks: Sequence[dict[str, Any]],
+    chunk_to_doc: dict[str, str],
+    evaluate_p: dict[str, Any],
+    dev: DevChoices,
+    reranker: str | Path,
+) -> dict[str, Any]:
+    """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (its cross-validated
+    per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever. Reranker
+    scores are computed once per (query, chunk): the retrievers' candidate lists overlap."""
+    from sentence_transformers import CrossEncoder
+
+    e = evaluate_p
+    k = int(e["rerank_k"])
+    grid = [float(w) for w in e["fusion_weights"]]
+    retrievers = [r for r in RETRIEVERS if r in systems_by_split["test"]]
+    scores = rerank_scores(
+        CrossEncoder(str(reranker)), systems_by_split, splits, retrievers, chunks, k, bool(e["rerank_bf16"])
+    )
+
+    def reranked(split: str, retr: str, w: float) -> Ranking:
+        ranking = systems_by_split[split][retr]
+        s = {qid: [scores[split][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
+        return apply_rerank(ranking, s, w)
+
+    def ndcg(split: str, ranking: Ranking) -> float:
+        return round(sum(ndcg_per_query(ranking, splits[split], chunk_to_doc).values()) / len(splits[split]), 4)
+
+    report = {}
+    for retr in retrievers:
+        name = f"{retr}+rerank"
+        if "dev" in splits:
+            per_w = {w: ndcg_per_query(reranked("dev", retr, w), splits["dev"], chunk_to_doc) for w in grid}
+            dev.tune(name, per_w, prefer=lambda w: -w, evaluate_p=e)  # ties: the smaller weight (less reranker)
+        best = dev.weights.get(name, UNTUNED)
+        for split in splits:
+            systems_by_split[split][name] = reranked(split, retr, best)
+        pure_test = reranked("test", retr, 1.0)
+        doc, share = top1_concentration(pure_test, chunk_to_doc)
+        tune = "dev" if "dev" in splits else "test"
+        report[retr] = {
+            "rerank_k": k,
+            "weight": best,
+            "weight_chosen_on": "dev" if "dev" in splits else "none (no dev split)",
+            "dev_curve": dev.curve_json(name),
+            "dev_ndcg@10": {
+                "retriever": ndcg(tune, systems_by_split[tune][retr]),
+                "reranker": ndcg(tune, reranked(tune, retr, 1.0)),
+                "fused": ndcg(tune, systems_by_split[tune][name]),
+            },
+            "test_ndcg@10": {
+                "retriever": ndcg("test", systems_by_split["test"][retr]),
+                "reranker": ndcg("test", pure_test),
+                "fused": ndcg("test", systems_by_split["test"][name]),
+            },
+            "top1_doc": doc,
+            "top1_share": round(share, 4),
+        }
+    return report
