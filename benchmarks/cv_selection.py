@@ -9,11 +9,13 @@ Why: the sample's dev split has 46 questions, so dev NDCG@10 cannot separate two
 two, and test (77 questions) must not be used to choose. Cross-validation scores every one of the 230 train + dev
 questions once, by a model that never trained on it, at the price of one training run per fold.
 
-For each fold this script copies `stages/`, `data/` and params.yaml (with the `--set` overrides) into a scratch
-folder, makes the fold the dev split and the other folds the training split, and runs `stages/negatives.py` and
-`stages/train_embedder.py` there exactly as `dvc repro` would (best checkpoint on the fold, base kept if no
-checkpoint beats it). The stage runs with `merge_alpha: 1`; this script then applies the configured WiSE-FT merge
-itself, so one training run scores three shipping policies on the same queries:
+For each fold this script lays out a scratch folder like the repository (`ragtune.paths.Paths`) with copies of the
+files the stages read (chunks, synthetic pairs, test), makes the fold the dev split and the other folds the
+training split, and runs the negatives and train_embedder stages there in this process, through
+`ragtune.mining.run_negatives` and `ragtune.train.embedder.run.run_train_embedder` with params.yaml plus the `--set`
+overrides, exactly as `dvc repro` would (best checkpoint on the fold, base kept if no checkpoint beats it). The
+stage runs with `merge_alpha: 1`; this script then applies the configured WiSE-FT merge itself, so one training run
+scores three shipping policies on the same queries:
 
 - `unmerged`: the best checkpoint;
 - `merged`: always `(1 - merge_alpha)·base + merge_alpha·fine-tuned`;
@@ -42,13 +44,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from precision_quality import doc_scores
-from seed_variance import run_embedder_stages, scratch_copy, with_overrides
 
 from ragtune.evaluation.metrics import paired_bootstrap
+from ragtune.experiment import copy_inputs, doc_scores, train_embedder
 from ragtune.io import read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
-from ragtune.params import load_params, section
+from ragtune.params import load_params, section, with_overrides
+from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.merge import merge_lost_on_dev, merge_with_base
@@ -79,19 +81,23 @@ def mean(scores: dict[str, float]) -> float:
 
 def run_fold(params: dict, train: list[dict], fold: list[dict], workdir: Path) -> tuple[Path, dict, float]:
     """negatives + train_embedder in ``workdir`` with ``fold`` as dev; returns the model folder, metrics, seconds."""
-    scratch_copy(workdir, {**params, "train_embedder": {**params["train_embedder"], "merge_alpha": 1.0}})
-    write_jsonl(workdir / "data/pairs/train.jsonl", [{**q, "split": "train"} for q in train])
-    write_jsonl(workdir / "data/pairs/dev.jsonl", [{**q, "split": "dev"} for q in fold])
-    return run_embedder_stages(workdir, "stages/negatives.py", "stages/train_embedder.py")
+    paths = Paths(workdir)
+    copy_inputs(Paths(), paths, ("chunks", "synthetic", "test"))
+    write_jsonl(paths.train, [{**q, "split": "train"} for q in train])
+    write_jsonl(paths.dev, [{**q, "split": "dev"} for q in fold])
+    return train_embedder(
+        {**params, "train_embedder": {**params["train_embedder"], "merge_alpha": 1.0}}, paths, negatives=True
+    )
 
 
 def cross_validate(args: argparse.Namespace) -> None:
     params = with_overrides(load_params(), args.set)
     model_p = section(params, "model")
     cfg = EmbedderTrainConfig.from_params(section(params, "train_embedder"))
-    chunks = read_jsonl("data/chunks/chunks.jsonl")
-    pool = read_jsonl("data/pairs/train.jsonl") + read_jsonl("data/pairs/dev.jsonl")
-    test = read_jsonl("data/pairs/test.jsonl")
+    paths = Paths()
+    chunks = read_jsonl(paths.chunks)
+    pool = read_jsonl(paths.train) + read_jsonl(paths.dev)
+    test = read_jsonl(paths.test)
     folds = folds_of(pool, args.folds, args.fold_seed)
 
     base = load_embedder(resolve_model(model_p["embedder"]))

@@ -23,42 +23,16 @@ import time
 
 import torch
 
-from ragtune.evaluation.metrics import score_systems
+from ragtune.experiment import score
 from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section
-from ragtune.retrieval import DenseEncoder, DenseIndex, Embedder, model_prompt
+from ragtune.retrieval import model_prompt
 from ragtune.train.batching import group_row_keys
 from ragtune.train.common import apply_attention_dropout
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.dev import build_ir_evaluator
 from ragtune.train.embedder.trainer import build_trainer, column_prompts, freeze, groups_to_dataset
-
-
-def doc_scores(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict]:
-    """Document-level mean and per-query metrics@10 per split, exactly as the evaluate stage computes them (no cache).
-
-    Each split maps to ``{"mean": {...}, "per_query": {query_id: {...}}}``; the passages are encoded once.
-    """
-    enc = Embedder("trained", model, DenseEncoder(model, "", use_cache=False), qp, pp)
-    index = DenseIndex([c["chunk_id"] for c in chunks], enc.encode_passages([c["text"] for c in chunks]))
-    chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    out = {}
-    for name, queries in splits.items():
-        ranking = index.search_vectors(
-            [q["query_id"] for q in queries], enc.encode_queries([q["query"] for q in queries]), 100
-        )
-        scored = score_systems({"m": ranking}, queries, chunk_to_doc, [10])
-        out[name] = {"mean": scored["doc"]["m"], "per_query": scored["per_query"]["m"]}
-    return out
-
-
-def score(model, qp: str, pp: str, chunks: list[dict], splits: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-    """Document-level ndcg@10 / mrr@10 per split, as the evaluate stage reports them."""
-    return {
-        name: {"ndcg@10": round(s["mean"]["ndcg@10"], 4), "mrr@10": round(s["mean"]["mrr@10"], 4)}
-        for name, s in doc_scores(model, qp, pp, chunks, splits).items()
-    }
 
 
 def main() -> None:

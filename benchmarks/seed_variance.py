@@ -5,11 +5,13 @@ Usage (repo root, venv active, after `dvc repro negatives`):
         [--out metrics/benchmarks/seed_variance_no_duplicates.json]
 
 A single held-out split of 77 questions moves by a few NDCG points between runs that differ only in data order,
-so one run's "+5 points" says little on its own. For each seed this script copies the stage inputs (params.yaml
-with the `--set` overrides and `train_embedder.seed` changed, `stages/`, `data/`) into a scratch folder, runs
-`stages/train_embedder.py` there exactly as `dvc repro` would (best checkpoint on dev, WiSE-FT merge checked on
-dev, base kept if worse), and scores the shipped model the way the evaluate stage does: document-level NDCG@10 /
-MRR@10 on dev and test, against the base model. The repository's own outputs are not touched.
+so one run's "+5 points" says little on its own. For each seed this script runs the train_embedder stage in this
+process, through `ragtune.train.embedder.run.run_train_embedder` exactly as `dvc repro` would (best checkpoint on
+dev, WiSE-FT merge checked on dev, base kept if worse), with params.yaml plus the `--set` overrides and only
+`train_embedder.seed` changed. It runs on a scratch folder laid out like the repository (`ragtune.paths.Paths`)
+holding copies of the files the stage reads (chunks, training groups, dev and test), and scores the shipped model
+the way the evaluate stage does: document-level NDCG@10 / MRR@10 on dev and test, against the base model. The
+repository's own outputs are not touched.
 
 Writes metrics/benchmarks/seed_variance.json (per seed, plus mean / sample std / min of the test gain).
 docs/benchmarks.md quotes it.
@@ -21,57 +23,26 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import yaml
-from precision_quality import score
 
+from ragtune.experiment import TRAIN_EMBEDDER_INPUTS, copy_inputs, score, train_embedder
 from ragtune.io import read_jsonl, write_json
 from ragtune.models import load_embedder, resolve_model
-from ragtune.params import load_params, section
+from ragtune.params import load_params, section, with_overrides
+from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
 
 
-def with_overrides(params: dict, overrides: list[str]) -> dict:
-    """``section.key=value`` overrides (value parsed as YAML), as ``dvc exp run -S`` would apply them."""
-    params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
-    for item in overrides:
-        key, _, value = item.partition("=")
-        section_name, _, name = key.partition(".")
-        if not name or section_name not in params or name not in params[section_name]:
-            raise SystemExit(f"--set {item!r}: expected section.key=value with a key that params.yaml has")
-        params[section_name][name] = yaml.safe_load(value)
-    return params
-
-
-def scratch_copy(workdir: Path, params: dict) -> None:
-    """The stage inputs (`stages/`, `data/`) and ``params`` as params.yaml in ``workdir``: a repo the stages run in."""
-    for name in ("stages", "data"):
-        shutil.copytree(name, workdir / name)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
-
-def run_embedder_stages(workdir: Path, *scripts: str) -> tuple[Path, dict, float]:
-    """Run ``scripts`` in ``workdir`` as `dvc repro` would; returns the embedder folder, its metrics and seconds."""
-    t0 = time.perf_counter()
-    for script in scripts:
-        subprocess.run([sys.executable, script], cwd=workdir, check=True)
-    seconds = time.perf_counter() - t0
-    metrics = json.loads((workdir / "metrics/train_embedder.json").read_text(encoding="utf-8"))
-    return workdir / "models/embedder", metrics, seconds
-
-
 def run_seed(seed: int, params: dict, workdir: Path) -> tuple[Path, dict, float]:
-    """The train_embedder stage in ``workdir`` with only the seed changed; returns the model folder and its metrics."""
-    scratch_copy(workdir, {**params, "train_embedder": {**params["train_embedder"], "seed": seed}})
-    return run_embedder_stages(workdir, "stages/train_embedder.py")
+    """The train_embedder stage in ``workdir`` with only the seed changed; returns the model folder, its metrics and
+    the stage's seconds."""
+    paths = Paths(workdir)
+    copy_inputs(Paths(), paths, TRAIN_EMBEDDER_INPUTS)
+    return train_embedder({**params, "train_embedder": {**params["train_embedder"], "seed": seed}}, paths)
 
 
 def main() -> None:
@@ -84,8 +55,9 @@ def main() -> None:
 
     params = with_overrides(load_params(), args.set)
     model_p = section(params, "model")
-    chunks = read_jsonl("data/chunks/chunks.jsonl")
-    splits = {s: read_jsonl(f"data/pairs/{s}.jsonl") for s in ("dev", "test")}
+    paths = Paths()
+    chunks = read_jsonl(paths.chunks)
+    splits = {s: read_jsonl(paths.split(s)) for s in ("dev", "test")}
 
     def scored(path: str) -> dict[str, dict[str, float]]:
         model = load_embedder(path)

@@ -108,3 +108,20 @@ class StageConfig:
         for item in inputs:
             h.update(b"\x00" + item.encode())
         return h.hexdigest()[:16]
+
+
+def with_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``params`` with ``section.key=value`` overrides applied (value parsed as YAML), as ``dvc exp run -S`` applies
+    them; ``params`` itself is left unchanged.
+
+    Why: a benchmark varies a param the way an experiment would, so an override may only change a key params.yaml
+    has; a typo would otherwise add a key nobody reads and the run would measure the unchanged config.
+    """
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        section_name, _, name = key.partition(".")
+        if not name or section_name not in params or name not in params[section_name]:
+            raise ParamsError(f"--set {item!r}: expected section.key=value with a key that params.yaml has")
+        params[section_name][name] = yaml.safe_load(value)
+    return params
