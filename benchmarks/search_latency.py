@@ -16,13 +16,13 @@ import statistics
 import torch
 
 from ragtune.io import read_jsonl, write_json
-from ragtune.search import PIPELINE_FILE, Pipeline, Searcher
+from ragtune.search import Pipeline, Searcher
 
 
 def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     queries = [q["query"] for q in read_jsonl("data/pairs/test.jsonl")]
-    chosen = Pipeline.load(PIPELINE_FILE)
+    chosen = Pipeline.load()
     out: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
         "queries": len(queries),

@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ragtune.search import INDEX_DIR, PIPELINE_FILE, Pipeline, Searcher, SearchSetupError
+from ragtune.paths import Paths
+from ragtune.search import Pipeline, Searcher, SearchSetupError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--pipeline",
         help="ft_dense | ft_hybrid | bm25, optionally +rerank (default: the one evaluate chose on dev, "
-        f"from {PIPELINE_FILE})",
+        f"from {Paths().pipeline})",
     )
     s.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
     c = sub.add_parser("compare", help="one table of quality, speed and memory across DVC experiments (bake-off)")
@@ -91,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.root)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        chosen = Pipeline.load(root / PIPELINE_FILE)
+        paths = Paths(root)
+        chosen = Pipeline.load(paths.pipeline)
         pipeline = Pipeline.parse(args.pipeline, chosen) if args.pipeline else chosen
-        searcher = Searcher.load(root / INDEX_DIR, pipeline, reranker_dir=root / "models/reranker")
+        searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
     except SearchSetupError as exc:
         print(f"ragtune search: {exc}", file=sys.stderr)
         return 2

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune.io import read_jsonl
+from ragtune.paths import Paths
 from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
 
 if TYPE_CHECKING:
     from ragtune.paths import Paths
 
-INDEX_DIR = "models/index"
-PIPELINE_FILE = "models/pipeline.json"
+DEFAULT = Paths()  # the repository layout: where the index stage writes and evaluate chooses the pipeline
 RETRIEVERS = ("ft_dense", "ft_hybrid", "ft_convex", "bm25")
 
 
@@ -68,7 +68,7 @@ class Pipeline:
         )
 
     @classmethod
-    def load(cls, path: str | Path = PIPELINE_FILE) -> Pipeline:
+    def load(cls, path: str | Path = DEFAULT.pipeline) -> Pipeline:
         path = Path(path)
         if not path.exists():
             return cls()
@@ -97,9 +97,9 @@ class Searcher:
     @classmethod
     def load(
         cls,
-        index_dir: str | Path = INDEX_DIR,
+        index_dir: str | Path = DEFAULT.index,
         pipeline: Pipeline | None = None,
-        reranker_dir: str | Path = "models/reranker",
+        reranker_dir: str | Path = DEFAULT.reranker,
     ) -> Searcher:
         t0 = time.perf_counter()
         index_dir = Path(index_dir)
