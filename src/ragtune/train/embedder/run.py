@@ -69,17 +69,12 @@ def run_metrics(
     *,
     world: int,
     counts: dict[str, Any],
-    groups: int,
-    rows: int,
-    dropped: int,
-    seconds: float,
-    samples_per_second: float,
-    resumed_from: str | None,
     dev_before: dict[str, float],
     dev_after: dict[str, float],
     leaked_queries: int,
 ) -> dict[str, Any]:
-    """metrics/train_embedder.json: the values the trainer *actually* used, read back from the trainer."""
+    """metrics/train_embedder.json: the values the trainer *actually* used, read back from the trainer (the caller
+    adds what only it knows: the rows, the time, the checkpoint resumed)."""
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     final_loss = losses[-1] if losses else None
     steps = trainer.state.global_step
@@ -111,15 +106,9 @@ def run_metrics(
             **counts,
         },
         "train": {
-            "groups": groups,
-            "rows": rows,  # one per trained positive: more than groups with positives: all
             "positives": cfg.positives,
-            "groups_dropped_short_of_negatives": dropped,
             "final_loss": round(final_loss, 4) if final_loss is not None else None,
             "chance_loss": round(math.log(cfg.batch_size * world), 4),
-            "seconds": round(seconds, 1),
-            "samples_per_second": round(samples_per_second, 2),
-            "resumed_from_step": int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0,
         },
         "dev": {"before": dev_metrics(dev_before), "after": dev_metrics(dev_after)},
         "warnings": warnings,
@@ -252,20 +241,16 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         base = load_embedder(base_path) if cfg.merge_alpha < 1 else None
         dev_unmerged, dev_after, shipped = merge_checked_on_dev(model, base, cfg, evaluator)
     metrics = run_metrics(
-        trainer,
-        cfg,
-        world=world,
-        counts=counts,
-        groups=len(groups) - dropped,
-        rows=len(train_ds),
-        dropped=dropped,
-        seconds=seconds,
-        samples_per_second=samples_per_second,
-        resumed_from=resume,
-        dev_before=dev_before,
-        dev_after=dev_after,
-        leaked_queries=leaked,
+        trainer, cfg, world=world, counts=counts, dev_before=dev_before, dev_after=dev_after, leaked_queries=leaked
     )
+    metrics["train"] |= {
+        "groups": len(groups) - dropped,
+        "rows": len(train_ds),  # one per trained positive: more than groups with positives: all
+        "groups_dropped_short_of_negatives": dropped,
+        "seconds": round(seconds, 1),
+        "samples_per_second": round(samples_per_second, 2),
+        "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+    }
     # labeled positives left out of training (positives: first) are counted, never dropped silently
     every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
     metrics["train"]["positives_not_trained"] = len(every_positive) - (len(train_ds) if trains else 0)
