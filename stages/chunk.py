@@ -7,10 +7,10 @@ from ragtune.paths import Paths
 
 
 def main() -> None:
-    params = load_params()
-    model_p, chunk_p = section(params, "model"), section(params, "chunk")
-    train_max_seq_length = int(section(params, "train_embedder")["max_seq_length"])
     with stage("chunk") as summary:
+        params = load_params()
+        model_p, chunk_p = section(params, "model"), section(params, "chunk")
+        train_max_seq_length = int(section(params, "train_embedder")["max_seq_length"])
         summary.update(run_chunk(model_p, chunk_p, train_max_seq_length, Paths()))
 
 

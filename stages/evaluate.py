@@ -7,8 +7,8 @@ from ragtune.paths import Paths
 
 
 def main() -> None:
-    params = load_params()
     with stage("evaluate") as summary:
+        params = load_params()
         summary.update(
             run_evaluate(
                 section(params, "model"),

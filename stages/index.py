@@ -7,10 +7,9 @@ from ragtune.search import run_index
 
 
 def main() -> None:
-    params = load_params()
-    model_p, bm25_p = section(params, "model"), section(params, "bm25")
     with stage("index") as summary:
-        summary.update(run_index(model_p, bm25_p, Paths()))
+        params = load_params()
+        summary.update(run_index(section(params, "model"), section(params, "bm25"), Paths()))
 
 
 if __name__ == "__main__":

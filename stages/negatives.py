@@ -7,9 +7,9 @@ from ragtune.paths import Paths
 
 
 def main() -> None:
-    params = load_params()
-    n, model_p, bm25_p = section(params, "negatives"), section(params, "model"), section(params, "bm25")
     with stage("negatives") as summary:
+        params = load_params()
+        n, model_p, bm25_p = section(params, "negatives"), section(params, "model"), section(params, "bm25")
         summary.update(run_negatives(n, model_p, bm25_p, Paths()))
 
 

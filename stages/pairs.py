@@ -8,8 +8,8 @@ from ragtune.paths import Paths
 
 
 def main() -> None:
-    params = load_params()
     with stage("pairs") as summary:
+        params = load_params()
         summary.update(run_pairs(section(params, "pairs"), section(params, "model"), section(params, "bm25"), Paths()))
 
 

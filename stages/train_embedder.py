@@ -10,8 +10,8 @@ from ragtune.train.embedder.run import run_train_embedder
 
 
 def main() -> None:
-    params = load_params()
     with stage("train_embedder") as summary:
+        params = load_params()
         summary.update(run_train_embedder(section(params, "model"), section(params, "train_embedder"), Paths()))
 
 

@@ -7,8 +7,8 @@ from ragtune.train.reranker.run import run_train_reranker
 
 
 def main() -> None:
-    params = load_params()
     with stage("train_reranker") as summary:
+        params = load_params()
         summary.update(run_train_reranker(section(params, "model"), section(params, "train_reranker"), Paths()))
 
 

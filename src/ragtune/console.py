@@ -19,6 +19,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ragtune.errors import UserError
+
 T = TypeVar("T")
 
 # stderr keeps stdout clean for `ragtune search --json`; DVC shows both.
@@ -65,10 +67,16 @@ def warn(message: str) -> None:
 def stage(name: str) -> Iterator[dict[str, str]]:
     """Time a stage and print its one-line summary: ``[stage] read … → wrote … (12.3s)``.
 
-    The body fills ``summary["read"]`` and ``summary["wrote"]``.
+    The body fills ``summary["read"]`` and ``summary["wrote"]``. A :class:`~ragtune.errors.UserError` (bad params,
+    bad input) ends the stage with its message on one red line and exit code 1, without a traceback: the message
+    already says what, where and how to fix it. Any other exception is a bug and keeps its traceback.
     """
     summary: dict[str, str] = {"read": "", "wrote": ""}
     start = time.perf_counter()
-    yield summary
+    try:
+        yield summary
+    except UserError as exc:
+        console.print(f"[bold red]{name} failed:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
     elapsed = time.perf_counter() - start
     console.print(f"[bold green]\\[{name}][/] read {summary['read']} → wrote {summary['wrote']} ({elapsed:.1f}s)")

@@ -13,8 +13,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ragtune.errors import UserError
 
-class JsonlError(ValueError):
+
+class JsonlError(UserError, ValueError):
     """A JSONL line could not be parsed; the message names ``file:line`` and the fix."""
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import yaml
 
+from ragtune.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A param is missing or has the wrong type; the message names the key and the file."""
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragtune.errors import UserError
 from ragtune.io import read_jsonl
 from ragtune.paths import Paths
 from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
@@ -32,7 +33,7 @@ DEFAULT = Paths()  # the repository layout: where the index stage writes and eva
 RETRIEVERS = ("ft_dense", "ft_hybrid", "ft_convex", "bm25")
 
 
-class SearchSetupError(RuntimeError):
+class SearchSetupError(UserError, RuntimeError):
     """The index or a model folder is missing: says which, and which command builds it."""
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragtune.errors import UserError
 from ragtune.text import ToneStyle
 
 FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm")
@@ -26,7 +27,7 @@ SPLIT_NAMES = {
 }  # fmt: skip
 
 
-class IngestError(ValueError):
+class IngestError(UserError, ValueError):
     """A config problem the user must fix; the message says what is wrong, where, and how to fix it."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ragtune.errors import UserError
 from ragtune.train.config import TrainerConfig
 from ragtune.train.rows import POSITIVES
 
@@ -17,7 +18,7 @@ DIRECTIONS = ("query_to_doc", "doc_to_query", "query_to_query", "doc_to_doc")
 HARDNESS_MODES = ("none", "in_batch_negatives", "hard_negatives", "all_negatives")
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UserError, ValueError):
     """A train_embedder param is unknown or invalid; the message names the key and the fix."""
 
 

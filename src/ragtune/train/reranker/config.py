@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ragtune.errors import UserError
 from ragtune.train.config import TrainerConfig
 
 LOSSES = ("bce", "lambda", "mnrl")
 
 
-class RerankerConfigError(ValueError):
+class RerankerConfigError(UserError, ValueError):
     """A ``train_reranker`` param is unknown or out of range."""
 
 
