@@ -163,10 +163,11 @@ READ_ELSEWHERE: dict[str, Key] = {
 
 
 def _rule_ratios(p: dict[str, Any]) -> str | None:
-    if p["dev_ratio"] + p["test_ratio"] > 1:
+    dev, test = float(p["dev_ratio"]), float(p["test_ratio"])  # a float key may be a string such as "1e-1"
+    if dev + test > 1:
         return (
-            f"pairs.dev_ratio ({p['dev_ratio']}) + pairs.test_ratio ({p['test_ratio']}) = "
-            f"{p['dev_ratio'] + p['test_ratio']:g} is over 1: they are shares of the same questions; lower one of them"
+            f"pairs.dev_ratio ({dev:g}) + pairs.test_ratio ({test:g}) = {dev + test:g} is over 1: they are shares "
+            "of the same questions; lower one of them"
         )
     return None
 
@@ -241,7 +242,7 @@ def expected(key: Key) -> str:
     elif key.kind == "choice":
         text = "one of " + ", ".join(show(c) if not isinstance(c, str) else c for c in key.choices)
     elif key.kind == "list":
-        text = f"a {'non-empty ' if key.nonempty else ''}list" + (f" of {expected(key.items)}s" if key.items else "")
+        text = f"a {'non-empty ' if key.nonempty else ''}list" + (f" (each {expected(key.items)})" if key.items else "")
     else:
         text = f"a mapping with the keys {', '.join(key.fields or {})}"
     return f"{text}, or empty" if key.null else text
