@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.params import ParamsError
 
 if TYPE_CHECKING:
     from ragtune.paths import Paths
@@ -107,7 +108,7 @@ class Chunker:
         prepend_title: bool = True,
     ):
         if overlap_tokens >= max_tokens // 2:
-            raise ValueError(
+            raise ParamsError(
                 f"chunk.overlap_tokens ({overlap_tokens}) must be less than half of chunk.max_tokens "
                 f"({max_tokens}); otherwise consecutive chunks are mostly the same text."
             )
@@ -312,7 +313,7 @@ def check_fits(
     """
     need = tokens + prompt_tokens + special_tokens
     if need > limit:
-        raise ValueError(
+        raise ParamsError(
             f"{limit_key}={limit} would cut chunks: {measured} {tokens} tokens, {need} with the passage prompt "
             f"({prompt_tokens}) and {special_tokens} special tokens, and {truncated_by} truncates the rest silently. "
             f"Lower chunk.max_tokens to ≤ {limit - prompt_tokens - special_tokens} or raise {limit_key} to ≥ "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+from collections.abc import Hashable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -11,36 +13,116 @@ from typing import Any
 import yaml
 
 from ragtune.errors import UserError
+from ragtune.schema import (
+    READ_ELSEWHERE,
+    SECTIONS,
+    TRAINER_SECTIONS,
+    annotation_key,
+    check_mapping,
+    check_section,
+    check_value,
+    show,
+    unknown_key,
+)
 
 
 class ParamsError(UserError, ValueError):
     """A param is missing or has the wrong type; the message names the key and the file."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML keeps the last one
+    silently, so a second ``min_chars:`` further down would quietly override the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader itself refuses it, with its own message
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} appears twice in one section (first on line {seen[key] + 1})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _syntax_error(path: Path, text: str, err: yaml.YAMLError) -> ParamsError:
+    """``params.yaml:LINE:COLUMN: what is wrong. How to fix it.`` for a file YAML cannot read."""
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+    problem = getattr(err, "problem", None) or str(err)
+    lines = text.splitlines()
+    line = lines[mark.line] if mark and mark.line < len(lines) else ""
+    if "\t" in line[: len(line) - len(line.lstrip())] or "'\\t'" in problem:
+        fix = "YAML does not allow a tab here: indent with spaces, not tabs."
+    elif "twice" in problem:
+        fix = "Keep one of the two lines."
+    else:
+        fix = "Fix the YAML there: `key: value`, nested keys indented with spaces, a text holding `: ` or ` #` quoted."
+    return ParamsError(f"{where}: {problem}. {fix}")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """params.yaml as a dict of sections; a syntax error names the file, line and column and the fix."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found. Run stages from the repository root (where dvc.yaml is).")
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ParamsError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8.") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # _UniqueKeyLoader is a SafeLoader
+    except yaml.YAMLError as err:
+        raise _syntax_error(path, text, err) from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of stage sections.")
+    known = [*SECTIONS, *TRAINER_SECTIONS]
+    unknown = [unknown_key(str(path), k, known, what="section") for k in data if k not in known]
+    if unknown:
+        raise ParamsError("; ".join(unknown) + ".")
     return data
 
 
 def section(params: dict[str, Any], name: str) -> dict[str, Any]:
-    if name not in params or not isinstance(params[name], dict):
-        raise ParamsError(f"params.yaml: missing section `{name}:`; see the README for its keys.")
+    """The ``name`` section, checked against its schema (:mod:`ragtune.schema`) before any work starts.
+
+    Unknown keys, missing keys, wrong types and out-of-range values are all reported at once, each with its key
+    path and fix. The section is returned as read (values are checked, never converted), so valid params behave
+    exactly as before. The trainer sections are returned unchecked: their typed configs check them.
+    """
+    if name not in params:
+        close = difflib.get_close_matches(name, [str(k) for k in params], n=1)
+        hint = f" (is `{close[0]}:` a typo of it?)" if close else ""
+        raise ParamsError(f"params.yaml: missing section `{name}:`{hint}; the shipped params.yaml has its keys.")
+    if not isinstance(params[name], dict):
+        raise ParamsError(
+            f"params.yaml {name} = {show(params[name])}: the section must be a mapping of keys, each on its own "
+            f"line indented with spaces under `{name}:`, as in the shipped params.yaml."
+        )
+    if name in SECTIONS:
+        problems = check_section(name, params[name])
+        if problems:
+            raise ParamsError("params.yaml " + "; ".join(problems) + ".")
     return params[name]
 
 
-def missing_keys_message(section_name: str, missing: list[str]) -> str:
-    """What to say about keys absent from a params section: which, where, and how to fix it."""
-    return (
-        f"params.yaml {section_name}: missing key(s) {', '.join(missing)}: add them (see the shipped params.yaml "
-        "for the defaults and their meaning). A missing key is an error, never filled in from a default in the "
-        "code: params.yaml is the one place defaults live."
-    )
+def key(params: dict[str, Any], path: str) -> Any:
+    """One key of another stage's section (``train_embedder.max_seq_length``), type-checked: a stage that reads a
+    single key of a section it does not own gets the same message for a bad value as its owner would."""
+    name, _, rest = path.partition(".")
+    if rest not in section(params, name):
+        raise ParamsError(f"params.yaml {path}: missing; add it (the shipped params.yaml has every key).")
+    value = params[name][rest]
+    problems = check_value(path, value, READ_ELSEWHERE[path])
+    if problems:
+        raise ParamsError("params.yaml " + "; ".join(problems) + ".")
+    return value
 
 
 class StageConfig:
@@ -63,19 +145,16 @@ class StageConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Any:
-        known = {f.name for f in fields(cls)} - {"extra"}  # type: ignore[arg-type]
-        unknown = sorted(set(params) - known)
-        missing = sorted(known - set(params))
-        problems = []
-        if unknown:
-            problems.append(
-                f"params.yaml {cls.SECTION}: unknown key(s) {unknown}. Known keys: {sorted(known)}. "
-                "A param the trainer does not read would be silently ignored, so it is refused instead."
-            )
-        if missing:
-            problems.append(missing_keys_message(cls.SECTION, missing))
-        if problems:  # both at once: a renamed key shows up as one unknown and one missing
-            raise cls.ERROR(" ".join(problems))
+        spec = {f.name: annotation_key(f.type) for f in fields(cls) if f.name != "extra"}  # type: ignore[arg-type]
+        # a single text stands for a one-item list (directions: query_to_doc)
+        checked = {
+            k: [v] if isinstance(v, str) and k in spec and spec[k].kind == "list" else v for k, v in params.items()
+        }
+        # unknown, missing and mistyped keys all at once (a renamed key is one unknown and one missing), before
+        # int()/float() below could raise a bare ValueError on a value like "abc"
+        problems = check_mapping(cls.SECTION, checked, spec)
+        if problems:
+            raise cls.ERROR("params.yaml " + "; ".join(problems) + ".")
         values: dict[str, Any] = {}
         for f in fields(cls):  # type: ignore[arg-type]
             if f.name == "extra":

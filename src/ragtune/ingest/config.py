@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.errors import UserError
+from ragtune.schema import Key, Str, check_mapping, check_section
 from ragtune.text import ToneStyle
 
 FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm")
 TABLE_FORMATS = ("csv", "xlsx", "jsonl")
 DOC_DEFAULT_COLUMNS = {"id": "id", "title": "title", "text": "text"}
 QUERY_DEFAULT_COLUMNS = {"id": "id", "query": "query", "positives": "positives"}
-_SOURCE_KEYS = {"path", "columns", "metadata", "sheet", "title_format", "split"}
+# A source's keys; `columns` (our name → column name) and `split` (a split name) have checks of their own below.
+_SOURCE_KEYS = {
+    "path": Str("a folder or table, relative to ingest.root", nonempty=True),
+    "columns": Key("any"),
+    "metadata": Str("a metadata table of the folder's files, relative to ingest.root", null=True),
+    "sheet": Str("the XLSX sheet to read (put a numeric name in quotes)", null=True),
+    "title_format": Str("titles built from metadata fields, e.g. '{law_id}: {title}'", null=True),
+    "split": Key("any"),
+}
 # Split names people write in evaluation files → ours (docs/schemas.md); compared stripped and case-insensitively.
 SPLIT_NAMES = {
     "train": "train", "training": "train",
@@ -89,11 +98,9 @@ def _source(raw: Any, key: str, root: Path, *, queries: bool) -> SourceConfig:
         raw = {"path": raw}
     if not isinstance(raw, dict) or "path" not in raw:
         raise IngestError(f"params.yaml: `{key}` must be a mapping with at least `path:` (got {raw!r}).")
-    unknown = set(raw) - _SOURCE_KEYS
-    if unknown:
-        raise IngestError(
-            f"params.yaml: `{key}` has unknown key(s) {sorted(unknown)}; allowed: {sorted(_SOURCE_KEYS)}."
-        )
+    problems = check_mapping(key, raw, _SOURCE_KEYS, partial=True)
+    if problems:
+        raise IngestError("params.yaml " + "; ".join(problems) + ".")
     path = root / str(raw["path"])
     if not path.exists():
         raise IngestError(
@@ -157,6 +164,9 @@ def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig
     Source paths are relative to ``ingest.root`` (itself relative to the repository root ``repo``), so one
     DVC dependency covers every input, wherever the corpus lives.
     """
+    problems = check_section("ingest", section, partial=True)  # types and ranges of the keys given, before any use
+    if problems:
+        raise IngestError("params.yaml " + "; ".join(problems) + ".")
     root = Path(repo) / str(section.get("root", "."))
     if not root.is_dir():
         raise IngestError(
@@ -164,12 +174,8 @@ def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig
             "Set it to the folder that holds your sources, relative to the repository root."
         )
     tone_style = section.get("tone_style", "old")
-    if tone_style not in ("old", "new"):
-        raise IngestError(f"params.yaml: `ingest.tone_style` must be old (hòa) or new (hoà), got {tone_style!r}.")
     docs = section.get("documents") or []
     queries = section.get("queries") or []
-    if not isinstance(docs, list) or not isinstance(queries, list):
-        raise IngestError("params.yaml: `ingest.documents` and `ingest.queries` must be lists of sources.")
     if not docs:
         raise IngestError("params.yaml: `ingest.documents` is empty; list at least one folder or table.")
     return IngestConfig(

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ragtune.params import ParamsError
+
 SPLITS = ("train", "dev", "test")
 
 
@@ -63,7 +65,7 @@ def split_queries(queries: Sequence[dict[str, Any]], dev_ratio: float, test_rati
     ``test_ratio=1`` evaluates on every unassigned query (e.g. to benchmark a base model).
     """
     if not 0 <= dev_ratio <= 1 or not 0 <= test_ratio <= 1 or dev_ratio + test_ratio > 1:
-        raise ValueError(
+        raise ParamsError(
             f"pairs.dev_ratio={dev_ratio} and pairs.test_ratio={test_ratio} must be in [0, 1] and sum to ≤ 1."
         )
     by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
