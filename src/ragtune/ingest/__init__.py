@@ -1,5 +1,5 @@
-"""ingest: heterogeneous sources (folders of md/txt/docx/pdf/html, CSV/XLSX/JSONL tables) → one document and one
-query schema (docs/schemas.md).
+"""ingest: heterogeneous sources (folders of md/txt/docx/pdf/html/pptx/odt/rtf, CSV/XLSX/JSONL tables) → one
+document and one query schema (docs/schemas.md).
 
 Two kinds of problems, handled differently on purpose:
 
@@ -12,7 +12,8 @@ Two kinds of problems, handled differently on purpose:
   whole source. They raise :class:`IngestError` naming what, where and which params key to change.
 
 The package is cut by concept: ``config`` (the params section), ``fields`` (ids, positives, titles, front
-matter), ``readers`` (md/txt/docx/pdf/html), ``tables`` (csv/xlsx/jsonl), ``state`` (what one run keeps and
+matter), ``readers`` (md/txt/docx/pdf/html), ``office`` (pptx/odt/rtf), ``walk`` (every entry of a document folder:
+read, skipped or quarantined), ``tables`` (csv/xlsx/jsonl), ``state`` (what one run keeps and
 quarantines), ``queries`` (labeled questions) and ``run`` (the loop and the stage's :func:`run_ingest`).
 """
 
@@ -37,8 +38,8 @@ from ragtune.ingest.fields import (
     parse_tags,
     split_front_matter,
 )
+from ragtune.ingest.office import read_odt, read_pptx, read_rtf
 from ragtune.ingest.readers import (
-    READERS,
     Extracted,
     read_docx,
     read_html,
@@ -49,6 +50,7 @@ from ragtune.ingest.readers import (
 )
 from ragtune.ingest.run import IngestResult, ingest, list_files, plan, run_ingest
 from ragtune.ingest.tables import Row, Table, check_columns, read_table
+from ragtune.ingest.walk import READERS, FolderEntry, walk_folder
 
 __all__ = [
     "DOC_DEFAULT_COLUMNS",
@@ -58,6 +60,7 @@ __all__ = [
     "SPLIT_NAMES",
     "TABLE_FORMATS",
     "Extracted",
+    "FolderEntry",
     "IngestConfig",
     "IngestError",
     "IngestResult",
@@ -79,10 +82,14 @@ __all__ = [
     "read_docx",
     "read_html",
     "read_markdown",
+    "read_odt",
     "read_pdf",
+    "read_pptx",
+    "read_rtf",
     "read_table",
     "read_txt",
     "reflow_pdf_text",
     "run_ingest",
     "split_front_matter",
+    "walk_folder",
 ]

@@ -15,7 +15,8 @@ from ragtune.errors import UserError
 from ragtune.schema import Key, Str, check_mapping, check_section
 from ragtune.text import ToneStyle
 
-FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm")
+# read from document folders (readers in ragtune.ingest.walk.READERS); anything else there is quarantined, counted
+FOLDER_FORMATS = ("md", "markdown", "txt", "docx", "pdf", "html", "htm", "pptx", "odt", "rtf")
 TABLE_FORMATS = ("csv", "xlsx", "jsonl")
 DOC_DEFAULT_COLUMNS = {"id": "id", "title": "title", "text": "text"}
 QUERY_DEFAULT_COLUMNS = {"id": "id", "query": "query", "positives": "positives"}
@@ -76,6 +77,8 @@ class IngestConfig:
     min_chars: int = 20
     max_bad_fraction: float = 0.2
     repo: Path = Path(".")  # output `source` fields are relative to it (docs/schemas.md)
+    root: Path = Path(".")  # `ingest.root`: links in document folders must stay inside it ...
+    follow_external_links: bool = False  # ... unless `ingest.follow_external_links` is true
 
 
 def normalize_split(value: Any) -> str | None:
@@ -178,6 +181,11 @@ def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig
     queries = section.get("queries") or []
     if not docs:
         raise IngestError("params.yaml: `ingest.documents` is empty; list at least one folder or table.")
+    follow_external_links = section.get("follow_external_links", False)
+    if not isinstance(follow_external_links, bool):
+        raise IngestError(
+            f"params.yaml: `ingest.follow_external_links` must be true or false, got {follow_external_links!r}."
+        )
     return IngestConfig(
         documents=[_source(d, f"ingest.documents[{i}]", root, queries=False) for i, d in enumerate(docs)],
         queries=[_source(q, f"ingest.queries[{i}]", root, queries=True) for i, q in enumerate(queries)],
@@ -185,4 +193,6 @@ def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig
         min_chars=int(section.get("min_chars", 20)),
         max_bad_fraction=float(section.get("max_bad_fraction", 0.2)),
         repo=Path(repo),
+        root=root,
+        follow_external_links=follow_external_links,
     )

@@ -1,15 +1,16 @@
 """Document readers, one per folder format: each returns the text (headings kept as ``## `` lines for the chunker),
 a title when the file has one, and front-matter metadata.
 
-A file that cannot be read raises :class:`UnreadableFile`, so the run quarantines it and goes on. The heavy parsers
-(python-docx, pypdf, BeautifulSoup) are imported inside their reader, so a corpus without PDFs never loads pypdf.
+A file whose content cannot be read raises :class:`UnreadableFile`, so the run quarantines it and goes on; an
+``OSError`` (permissions, I/O) passes through for the run to quarantine as a file. The heavy parsers (python-docx,
+pypdf, BeautifulSoup) are imported inside their reader, so a corpus without PDFs never loads pypdf. The table of
+readers by extension is ``ragtune.ingest.walk.READERS`` (with the office formats of ``ragtune.ingest.office``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,46 @@ def decode_file(path: Path) -> str:
         raise UnreadableFile("decode_error", f"{path}: {exc}") from exc
 
 
+_OLD_BINARY = {"docx": ".doc (Word 97-2003)", "pptx": ".ppt (PowerPoint 97-2003)", "odt": ".doc"}
+_SAVE_FROM = {"docx": "Word or LibreOffice", "pptx": "PowerPoint or LibreOffice", "odt": "LibreOffice"}
+
+
+def package_problem(path: Path, fmt: str, exc: Exception) -> str:
+    """Why a .docx/.pptx/.odt (a ZIP package) did not open, in words a user can act on.
+
+    python-docx says "Package not found at '…'" for a file that exists but is not a ZIP package, which reads as
+    "file missing". The usual causes are an old binary Office file renamed to the new extension, or a file cut
+    short by a copy or a download; the fix is the same: open it in an office program and save it as .{fmt}.
+    """
+    import zipfile
+
+    with path.open("rb") as f:
+        head = f.read(8)
+    fix = f"open it in {_SAVE_FROM[fmt]} and save it as .{fmt}, or remove it from the folder"
+    detail = f"({type(exc).__name__}: {exc})"
+    if head.startswith(b"\xd0\xcf\x11\xe0"):  # OLE2 compound file: Word/Excel/PowerPoint 97-2003
+        return f"{path}: not a valid .{fmt}: it is an old binary {_OLD_BINARY[fmt]} file renamed to .{fmt}; {fix}."
+    if not zipfile.is_zipfile(path):
+        return (
+            f"{path}: not a valid .{fmt} (a .{fmt} is a ZIP package and this file is not one): probably an old "
+            f"binary file renamed to .{fmt}, or a damaged or truncated file {detail}; {fix}."
+        )
+    return f"{path}: a damaged .{fmt} (the ZIP package opens but its content does not) {detail}; {fix}."
+
+
+PERM_FIX = "give the user running ingest read permission, or remove it from the folder"
+
+
+def read_failure(exc: OSError) -> tuple[str, str]:
+    """``(reason, message)`` for a file that exists but cannot be read: quarantined, the run goes on."""
+    if isinstance(exc, PermissionError):
+        return "permission_denied", f"cannot open it ({exc.strerror or exc}); {PERM_FIX}"
+    return "read_error", (
+        f"cannot read it ({exc.strerror or exc}): it changed or vanished while ingest ran, or the disk or network "
+        "share failed; fix it and rerun"
+    )
+
+
 def read_markdown(path: Path) -> Extracted:
     meta, body, problem = split_front_matter(decode_file(path))
     h1 = _MD_H1.search(body)
@@ -57,8 +98,10 @@ def read_docx(path: Path) -> Extracted:
 
     try:
         document = docx.Document(str(path))
-    except Exception as exc:  # python-docx raises zipfile/lxml/KeyError errors for corrupt files
-        raise UnreadableFile("unreadable_file", f"{path}: not a readable .docx ({type(exc).__name__}: {exc})") from exc
+    except OSError:
+        raise  # the file cannot be read at all (permissions, I/O): the run quarantines it as a file
+    except Exception as exc:  # python-docx raises PackageNotFoundError, zipfile/lxml/KeyError errors for corrupt files
+        raise UnreadableFile("unreadable_file", package_problem(path, "docx", exc)) from exc
     blocks: list[str] = []
     style_title: str | None = None
     first_heading: str | None = None
@@ -172,6 +215,8 @@ def read_pdf(path: Path) -> Extracted:
             reader.decrypt("")
         pages = [page.extract_text() or "" for page in reader.pages]
         meta_title = (reader.metadata.title if reader.metadata else None) or None
+    except OSError:
+        raise  # the file cannot be read at all (permissions, I/O): the run quarantines it as a file
     except Exception as exc:  # pypdf raises PdfReadError, but also KeyError/ValueError on broken structures
         raise UnreadableFile("unreadable_file", f"{path}: not a readable PDF ({type(exc).__name__}: {exc})") from exc
     text = reflow_pdf_text("\n\n".join(pages))
@@ -232,14 +277,3 @@ def read_html(path: Path) -> Extracted:
 def _is_chrome(tag: Any) -> bool:
     marks = " ".join([*(tag.get("class") or []), tag.get("id") or ""]).lower()
     return any(word in marks for word in ("breadcrumb", "cookie"))
-
-
-READERS: dict[str, Callable[[Path], Extracted]] = {
-    "md": read_markdown,
-    "markdown": read_markdown,
-    "txt": read_txt,
-    "docx": read_docx,
-    "pdf": read_pdf,
-    "html": read_html,
-    "htm": read_html,
-}

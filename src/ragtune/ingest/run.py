@@ -16,7 +16,6 @@ from typing import Any
 from ragtune.console import warn
 from ragtune.ingest.config import (
     DOC_DEFAULT_COLUMNS,
-    FOLDER_FORMATS,
     IngestConfig,
     IngestError,
     SourceConfig,
@@ -25,14 +24,15 @@ from ragtune.ingest.config import (
 )
 from ragtune.ingest.fields import as_id, first_line_title
 from ragtune.ingest.queries import ingest_queries, keep_query_ids
-from ragtune.ingest.readers import READERS
+from ragtune.ingest.readers import read_failure
 from ragtune.ingest.state import IngestRun, run_metrics
 from ragtune.ingest.tables import check_columns, read_table
+from ragtune.ingest.walk import READERS, FolderEntry, claimed_paths, file_metrics, walk_folder
 from ragtune.io import write_json, write_jsonl
 from ragtune.paths import Paths
 
 # Wraps the file iteration: the stage passes a progress bar (ragtune.console.track), tests pass nothing.
-Track = Callable[[Iterable[tuple[SourceConfig, Path]], str], Iterator[tuple[SourceConfig, Path]]]
+Track = Callable[[Iterable[tuple[SourceConfig, FolderEntry]], str], Iterator[tuple[SourceConfig, FolderEntry]]]
 
 
 @dataclass
@@ -46,24 +46,24 @@ class IngestResult:
     warnings: list[str]
 
 
-def list_files(source: SourceConfig) -> list[Path]:
-    """Files of a folder source, recursive, sorted by POSIX relative path; hidden folders/files skipped."""
+def list_files(source: SourceConfig, config: IngestConfig | None = None) -> list[Path]:
+    """Files of a source that are read as documents, in output order (a table source is its one file)."""
     if not source.is_folder:
         return [source.path]
-    files = [
-        p
-        for p in source.path.rglob("*")
-        if p.is_file()
-        and p.suffix.lower().lstrip(".") in FOLDER_FORMATS
-        and not any(part.startswith(".") for part in p.relative_to(source.path).parts)
-    ]
-    return sorted(files, key=lambda p: p.relative_to(source.path).as_posix())
+    config = config or IngestConfig(documents=[source], queries=[], root=source.path)
+    return [e.path for e in walk_folder(source, config, claimed_paths(config)) if e.reason is None]
 
 
 def _read_sidecar(run: IngestRun, source: SourceConfig) -> dict[str, dict[str, Any]]:
     """Metadata sidecar rows keyed by ``file`` (relative POSIX path); ``columns`` renames its columns."""
     assert source.metadata is not None
-    table = read_table(source.metadata, max_bad_fraction=run.config.max_bad_fraction)
+    try:
+        table = read_table(source.metadata, max_bad_fraction=run.config.max_bad_fraction)
+    except (OSError, UnreadableFile) as exc:  # the metadata of every file in the folder: an error, not a skip
+        raise IngestError(
+            f"{source.metadata}: the metadata sidecar of `{source.key}` cannot be read ({exc}); fix the file "
+            f"(permissions, encoding) or remove `{source.key}.metadata`."
+        ) from exc
     run.files_read += 1
     if "file" not in table.columns and table.rows:
         raise IngestError(
@@ -87,14 +87,22 @@ def _ingest_file(run: IngestRun, source: SourceConfig, path: Path, sidecar: dict
     fmt = path.suffix.lower().lstrip(".")
     rel = unicodedata.normalize("NFC", path.relative_to(source.path).as_posix())
     src = run.rel(path)
-    run.files_read += 1
     try:
         extracted = READERS[fmt](path)
     except UnreadableFile as exc:
+        run.files_read += 1
+        run.folder_files_read += 1
         run.doc_read += 1
         run.reject("document", src, exc.reason, {"file": src, "error": str(exc)})
         sidecar.pop(rel, None)
         return
+    except OSError as exc:  # permissions, a file gone since the walk, an I/O error: this file only, the run goes on
+        reason, message = read_failure(exc)
+        run.reject("file", src, reason, {"file": src, "error": f"{src}: {message}"})
+        sidecar.pop(rel, None)
+        return
+    run.files_read += 1
+    run.folder_files_read += 1
     if extracted.warning:
         run.warnings.append(f"{src}: {extracted.warning}")
     side = dict(sidecar.pop(rel, {}))
@@ -142,9 +150,26 @@ def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
         run.add_document(source, path, doc_id=doc_id, title=title, text=text, source=where, metadata=metadata, raw=rec)
 
 
-def plan(config: IngestConfig) -> list[tuple[SourceConfig, Path]]:
-    """Every document file to read, in output order (one entry per table source)."""
-    return [(source, path) for source in config.documents for path in list_files(source)]
+def plan(config: IngestConfig) -> list[tuple[SourceConfig, FolderEntry]]:
+    """Every entry of every document folder (see :mod:`ragtune.ingest.walk`) and every table source, in output
+    order; entries with a ``reason`` are quarantined or skipped, not read."""
+    claimed = claimed_paths(config)
+    return [
+        (source, entry)
+        for source in config.documents
+        for entry in (walk_folder(source, config, claimed) if source.is_folder else [FolderEntry(source.path, "")])
+    ]
+
+
+def _set_aside(run: IngestRun, entry: FolderEntry, sidecar: dict[str, dict[str, Any]]) -> None:
+    """Count a folder entry that is not read: skipped when read elsewhere, else a quarantine record of kind file
+    (its sidecar row goes with it: the file is there, so `missing_file` would mislead)."""
+    src = (PurePosixPath(run.rel(entry.path.parent)) / entry.path.name).as_posix()  # a link's own path, unresolved
+    if entry.skipped:
+        run.files_skipped.append({"source": src, "reason": str(entry.reason)})
+        return
+    run.reject("file", src, str(entry.reason), {"file": src, "error": f"{src}: {entry.message}"})
+    sidecar.pop(unicodedata.normalize("NFC", entry.rel), None)
 
 
 def ingest(
@@ -160,11 +185,15 @@ def ingest(
     # Sidecars first: a config error in any of them should stop the run before minutes of PDF parsing.
     sidecars = {s.key: _read_sidecar(run, s) for s in config.documents if s.is_folder and s.metadata}
     iterator = track(files, "ingest files") if track is not None else iter(files)
-    for source, path in iterator:
-        if source.is_folder:
-            _ingest_file(run, source, path, sidecars.get(source.key, {}))
-        else:
+    for source, entry in iterator:
+        if not source.is_folder:
             _ingest_table(run, source)
+            continue
+        run.files_seen += 1
+        if entry.reason is None:
+            _ingest_file(run, source, entry.path, sidecars.get(source.key, {}))
+        else:
+            _set_aside(run, entry, sidecars.get(source.key, {}))
     for source in config.documents:
         for name, row in sidecars.get(source.key, {}).items():  # rows whose file is not there: report, not drop
             assert source.metadata is not None
@@ -183,7 +212,7 @@ def ingest(
             f"e.g. {where}: id {old!r} (first used at {first}) → {new!r}. Nothing was dropped; give the files "
             "distinct ids to keep your own."
         )
-    metrics = run_metrics(run, queries, query_read)
+    metrics = run_metrics(run, queries, query_read) | {"files": file_metrics(run)}
     return IngestResult(
         documents=run.documents,
         queries=queries,

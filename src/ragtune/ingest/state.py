@@ -15,6 +15,7 @@ from typing import Any
 
 from ragtune.ingest.config import IngestConfig, IngestError, SourceConfig, UnreadableFile
 from ragtune.ingest.fields import first_line_title, is_id_title, json_safe, parse_tags
+from ragtune.ingest.readers import read_failure
 from ragtune.ingest.tables import Table, read_table
 from ragtune.text import normalize_text, normalize_text_with_flags
 
@@ -41,6 +42,10 @@ class IngestRun:
         self.by_format: Counter[str] = Counter()
         self.by_source: Counter[str] = Counter()
         self.files_read = 0
+        # entries of document folders (ingest.walk): each ends read, quarantined (kind "file") or skipped
+        self.files_seen = 0
+        self.folder_files_read = 0
+        self.files_skipped: list[dict[str, str]] = []  # {"source", "reason"}: read elsewhere (a sidecar, a table)
 
     def rel(self, path: Path) -> str:
         """A path as written in output `source` fields: relative to the repository root, POSIX separators."""
@@ -134,6 +139,10 @@ class IngestRun:
             return read_table(source.path, source.sheet, self.config.max_bad_fraction), where
         except UnreadableFile as exc:
             self.reject(kind, where, exc.reason, {"file": where, "error": str(exc)})
+            return None, where
+        except OSError as exc:  # permissions, I/O: this table only, the run goes on
+            reason, message = read_failure(exc)
+            self.reject(kind, where, reason, {"file": where, "error": f"{where}: {message}"})
             return None, where
 
     def reject_bad_rows(self, table: Table, kind: str, where: str) -> int:
