@@ -394,7 +394,9 @@ def test_stage_is_deterministic_and_reports_config_errors(tmp_path: Path) -> Non
     )
     jsonl(tmp_path / "src/q.jsonl", [{"id": "q", "query": "Hỏi?", "positives": ["b", "a"]}])
     params = {"ingest": {"root": "src", "documents": ["d", "t.jsonl"], "queries": ["q.jsonl"]}}
-    params["ingest"].update(tone_style="old", min_chars=20, max_bad_fraction=0.2)  # the stage refuses a missing key
+    params["ingest"].update(
+        tone_style="old", min_chars=20, max_bad_fraction=0.2, follow_external_links=False
+    )  # the stage refuses a missing key
     write(tmp_path / "params.yaml", yaml.safe_dump(params, allow_unicode=True))
     outputs = ["data/interim/documents.jsonl", "data/interim/queries.jsonl", "data/interim/quarantine.jsonl",
                "metrics/ingest.json"]  # fmt: skip

@@ -276,7 +276,7 @@ def test_follow_external_links_reads_them(tmp_path: Path) -> None:
 
 def test_follow_external_links_must_be_a_boolean(tmp_path: Path) -> None:
     write(tmp_path / "corpus/docs/ok.md", BODY)
-    with pytest.raises(IngestError, match=r"ingest\.follow_external_links` must be true or false"):
+    with pytest.raises(IngestError, match=r"ingest\.follow_external_links = \"yes\" is not true or false"):
         stage(tmp_path, ["docs"], follow_external_links="yes")
 
 

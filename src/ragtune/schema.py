@@ -88,6 +88,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "tone_style": Choice("tone mark placement for the whole corpus: old (hòa) | new (hoà)", "old", "new"),
         "min_chars": Int("shorter texts are quarantined as too_short", low=0),
         "max_bad_fraction": Float("more malformed lines than this in one file is a hard error", **PROBABILITY),
+        "follow_external_links": Bool("also read links in document folders that lead outside root"),
         "documents": List("document sources: folders or tables", nonempty=True),
         "queries": List("question sources (tables)", null=True),
     },

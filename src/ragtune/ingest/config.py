@@ -181,11 +181,7 @@ def load_config(section: dict[str, Any], repo: str | Path = ".") -> IngestConfig
     queries = section.get("queries") or []
     if not docs:
         raise IngestError("params.yaml: `ingest.documents` is empty; list at least one folder or table.")
-    follow_external_links = section.get("follow_external_links", False)
-    if not isinstance(follow_external_links, bool):
-        raise IngestError(
-            f"params.yaml: `ingest.follow_external_links` must be true or false, got {follow_external_links!r}."
-        )
+    follow_external_links = bool(section.get("follow_external_links", False))  # a bool: checked above
     return IngestConfig(
         documents=[_source(d, f"ingest.documents[{i}]", root, queries=False) for i, d in enumerate(docs)],
         queries=[_source(q, f"ingest.queries[{i}]", root, queries=True) for i, q in enumerate(queries)],
