@@ -140,17 +140,21 @@ def test_unreadable_file_and_folder_are_quarantined_and_the_run_goes_on(open_rep
 
 
 def test_unreadable_table_and_query_files_are_quarantined(open_repo: Path) -> None:
+    """A table that cannot be read is set aside whole (kind ``source``) and the run goes on; when that leaves no
+    question at all, the run stops and says why."""
     write(open_repo / "corpus/docs/ok.md", BODY)
     write(open_repo / "corpus/table.csv", "id,text\nT-1,Một tài liệu trong bảng đủ dài để được giữ lại.\n")
     write(open_repo / "corpus/questions.jsonl", '{"id": "q1", "query": "Nghỉ phép?", "positives": ["ok"]}\n')
     documents, quarantine, _ = stage_unprivileged(
-        open_repo, ["table.csv", "questions.jsonl"], documents=["docs", "table.csv"], queries=["questions.jsonl"]
+        open_repo, ["table.csv"], documents=["docs", "table.csv"], queries=["questions.jsonl"]
     )
     assert [d["doc_id"] for d in documents] == ["ok"]
     assert [(q["kind"], q["source"], q["reason"]) for q in quarantine] == [
-        ("document", "corpus/table.csv", "permission_denied"),
-        ("query", "corpus/questions.jsonl", "permission_denied"),
+        ("source", "corpus/table.csv", "permission_denied"),
     ]
+    assert quarantine[0]["record"]["source_kind"] == "document"
+    with pytest.raises(RuntimeError, match=r"IngestError: ingest kept no query.*permission_denied"):
+        stage_unprivileged(open_repo, ["questions.jsonl"], documents=["docs"], queries=["questions.jsonl"])
 
 
 def test_an_unreadable_sidecar_is_an_error_that_names_it(open_repo: Path) -> None:

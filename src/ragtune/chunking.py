@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_nonempty_jsonl, write_json, write_jsonl
 from ragtune.params import ParamsError
 
 if TYPE_CHECKING:
@@ -394,7 +394,7 @@ def run_chunk(
     """
     from ragtune.models import load_tokenizer
 
-    docs = read_jsonl(paths.documents)
+    docs = read_nonempty_jsonl(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
     tokenizer = load_tokenizer(model_params["embedder"])
     chunks = chunk_corpus(docs, chunker_for(tokenizer, model_params, chunk_params))
     tokens = [c["n_tokens"] for c in chunks]

@@ -62,6 +62,18 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [rec for _, rec in iter_jsonl(path)]
 
 
+class EmptyInputError(UserError, ValueError):
+    """A stage's input holds no records: running on it would write empty outputs and pass the problem on."""
+
+
+def read_nonempty_jsonl(path: str | Path, fix: str) -> list[dict[str, Any]]:
+    """:func:`read_jsonl`, refusing a file with no records; ``fix`` says which stage or params make them."""
+    records = read_jsonl(path)
+    if not records:
+        raise EmptyInputError(f"{path}: no records, so there is nothing to work on. {fix}")
+    return records
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write a metrics/report JSON file (indented, sorted keys, trailing newline)."""
     path = Path(path)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.io import EmptyInputError, read_jsonl, read_nonempty_jsonl, write_json, write_jsonl
 from ragtune.retrieval import BM25Index, build_bm25, cache_root, load_dense
 
 if TYPE_CHECKING:
@@ -218,9 +218,15 @@ def run_negatives(
     """The negatives stage: training pairs (train + synthetic, those with a positive) and chunks → the embedder's
     training groups and ``metrics/negatives.json``."""
     n = negatives_params
-    chunks = read_jsonl(paths.chunks)
+    chunks = read_nonempty_jsonl(paths.chunks, "Run the chunk stage first.")
     pairs = read_jsonl(paths.train) + read_jsonl(paths.synthetic)
     pairs = [p for p in pairs if p["positive_chunk_ids"]]
+    if not pairs:
+        raise EmptyInputError(
+            f"{paths.train} and {paths.synthetic} hold no pair with a positive chunk: there is nothing to mine "
+            "negatives for, nor to train on. Label questions (`ingest.queries`) or set "
+            "`pairs.synthetic.enabled: true` in params.yaml, and run pairs again."
+        )
     chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
 
     bm25 = build_bm25(chunks, bm25_params) if int(n["n_bm25"]) else None

@@ -62,6 +62,25 @@ def parse_positives(value: Any, known: set[str] | frozenset[str] = frozenset()) 
     return out
 
 
+def text_cell(value: Any, joiner: str = "\n\n") -> tuple[str | None, str | None]:
+    """``(text, problem)`` of a text/query/title cell: a string, or a list of strings joined with ``joiner``
+    (paragraphs, for a text). Anything else (a dict, a nested list, a number in a text, true/false) has no text a
+    user would mean: ``str()`` would keep its Python repr (``"{'vi': '…'}"``), so it is a ``problem`` instead."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return joiner.join(v.strip() for v in value if v.strip()), None
+    kind = "list that is not all text" if isinstance(value, list | tuple) else type(value).__name__
+    return None, f"holds a {kind} ({json.dumps(value, ensure_ascii=False, default=str)[:80]}), not text"
+
+
+def title_cell(value: Any) -> tuple[str | None, str | None]:
+    """Like :func:`text_cell` (parts joined with a space), but a number is a fine title ("2024", Excel's 15)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value), None
+    return text_cell(value, " ")
+
+
 def parse_tags(value: Any) -> list[str]:
     """Tags from a list or a ``;``/``,``-separated string (the sidecar CSVs use ``;``)."""
     if value is None:

@@ -4,6 +4,7 @@ and their ids made unique across files.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ragtune.ingest.config import (
@@ -13,7 +14,7 @@ from ragtune.ingest.config import (
     allowed_splits,
     normalize_split,
 )
-from ragtune.ingest.fields import as_id, parse_positives
+from ragtune.ingest.fields import as_id, parse_positives, text_cell
 from ragtune.ingest.state import IngestRun
 from ragtune.ingest.tables import check_columns
 from ragtune.text import normalize_text_with_flags
@@ -24,7 +25,7 @@ def ingest_queries(run: IngestRun, source: SourceConfig) -> tuple[list[dict[str,
     path = source.path
     table, src = run.open_table(source, "query")
     if table is None:
-        return [], 1
+        return [], 0  # quarantined whole, as kind `source`: none of its questions was read
     columns = {**QUERY_DEFAULT_COLUMNS, **source.columns}
     check_columns(table, path, columns, set(source.columns), {"query", "positives"}, source.key)
     mapped = {column: name for name, column in columns.items()}
@@ -56,13 +57,20 @@ def ingest_queries(run: IngestRun, source: SourceConfig) -> tuple[list[dict[str,
         if query_id is None:
             run.reject("query", where, "missing_column", {**rec, "missing": columns["id"]})
             continue
-        text, repaired = normalize_text_with_flags(str(rec.get(columns["query"]) or ""), run.config.tone_style)
+        cell, problem = text_cell(rec.get(columns["query"]), " ")
+        if problem:
+            error = f"column {columns['query']!r} {problem}; expected the question as text"
+            run.reject("query", where, "query_not_a_string", {**rec, "error": error})
+            continue
+        text, repaired = normalize_text_with_flags(cell or "", run.config.tone_style)
         run.query_repaired += repaired
         if not text:
             run.reject("query", where, "empty_query", rec)
             continue
-        positives = parse_positives(rec.get(columns["positives"]), known | frozenset(run.aliases))
-        positives = list(dict.fromkeys(run.aliases.get(p, p) for p in positives))
+        named = parse_positives(rec.get(columns["positives"]), known | frozenset(run.aliases))
+        positives = list(dict.fromkeys(run.aliases.get(p, p) for p in named))
+        # an id reached through a duplicate_text alias names that exact text, so it is never ambiguous
+        ambiguous = [p for p in named if p in run.ambiguous_ids and p not in {run.aliases.get(n) for n in named}]
         metadata = run.clean_metadata(
             {
                 mapped.get(k, k): v
@@ -75,16 +83,58 @@ def ingest_queries(run: IngestRun, source: SourceConfig) -> tuple[list[dict[str,
         if not positives:
             run.reject("query", where, "no_positives", rec)
             continue
-        unknown = [p for p in positives if p not in known]
-        if unknown:
-            kept = [p for p in positives if p in known]
-            run.reject("query", where, "unknown_positive", {**rec, "unknown_positive_ids": unknown})
-            run.unknown_positive_ids += len(unknown)
-            if not kept:
-                continue
-            query["positive_doc_ids"] = kept
+        kept = _known_positives(run, where, rec, positives, ambiguous, known)
+        if not kept:
+            continue
+        query["positive_doc_ids"] = kept
         out.append(query)
     return out, len(table.rows) + len(table.bad)
+
+
+def _known_positives(
+    run: IngestRun, where: str, rec: dict[str, Any], positives: list[str], ambiguous: list[str], known: frozenset[str]
+) -> list[str]:
+    """The positives that name one kept document; the others are quarantined with what the user can do about them.
+
+    An id that two different documents carried (one kept, one quarantined as ``duplicate_id``) is set aside as
+    ``ambiguous_positive``: the label may mean either, and a wrong positive teaches the model the wrong pair and
+    scores the evaluation against the wrong document, which is worse than one label fewer until the ids are fixed.
+    """
+    if ambiguous:
+        hint = "; ".join(
+            f"document id `{p}` is carried by {' and '.join(run.ambiguous_ids[p])} with different texts (the first "
+            "is kept): give each document its own id and label the question with the one it means"
+            for p in ambiguous
+        )
+        run.reject("query", where, "ambiguous_positive", {**rec, "ambiguous_positive_ids": ambiguous, "hint": hint})
+        run.ambiguous_positive_ids += len(ambiguous)
+    unknown = [p for p in positives if p not in known]
+    if unknown:
+        hints = [_unknown_hint(run, p, known) for p in unknown]
+        record = {**rec, "unknown_positive_ids": unknown}
+        if any(hints):
+            record["hint"] = "; ".join(h for h in hints if h)
+        # every missing id is a document ingest set aside: say that, not "unknown"
+        quarantined = all(p in run.quarantined_ids for p in unknown)
+        run.reject("query", where, "quarantined_positive" if quarantined else "unknown_positive", record)
+        run.unknown_positive_ids += len(unknown)
+    return [p for p in positives if p in known and p not in ambiguous]
+
+
+def _unknown_hint(run: IngestRun, doc_id: str, known: frozenset[str]) -> str | None:
+    """Why a positive names no kept document, when ingest can tell: the document was quarantined, or the cell
+    held several ids with a separator :func:`parse_positives` does not split on (ids may contain spaces)."""
+    if doc_id in run.quarantined_ids:
+        return f"document `{doc_id}` was quarantined: {run.quarantined_ids[doc_id]}"
+    parts = [p for p in re.split(r"[\s|/+]+", doc_id) if p]
+    if len(parts) > 1:
+        found = [p for p in parts if p in known]
+        also = f" ({', '.join(found)} {'is a' if len(found) == 1 else 'are'} known document id{'s'[: len(found) > 1]})"
+        return (
+            f"{doc_id!r} was read as one id: separate several ids with ',' or ';', or write a JSON list "
+            f'like ["{parts[0]}", "{parts[1]}"]' + (also if found else "")
+        )
+    return None
 
 
 def keep_query_ids(run: IngestRun, source: SourceConfig, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

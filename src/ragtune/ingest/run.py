@@ -22,7 +22,7 @@ from ragtune.ingest.config import (
     UnreadableFile,
     load_config,
 )
-from ragtune.ingest.fields import as_id, first_line_title
+from ragtune.ingest.fields import as_id, first_line_title, text_cell, title_cell
 from ragtune.ingest.queries import ingest_queries, keep_query_ids
 from ragtune.ingest.readers import read_failure
 from ragtune.ingest.state import IngestRun, run_metrics
@@ -72,13 +72,24 @@ def _read_sidecar(run: IngestRun, source: SourceConfig) -> dict[str, dict[str, A
         )
     check_columns(table, source.metadata, source.columns, set(source.columns), set(), source.key)
     rename = {column: name for name, column in source.columns.items()}
-    run.reject_bad_rows(table, "document", run.rel(source.metadata))
+    where = run.rel(source.metadata)
+    run.reject_bad_rows(table, "metadata", where)  # sidecar rows are no documents: kind `metadata`
     rows: dict[str, dict[str, Any]] = {}
     for row in table.rows:
         name = as_id(row.record.get("file"))
         if name is None:
             continue
         name = PurePosixPath(name.replace("\\", "/")).as_posix().removeprefix("./")
+        if name in rows:  # which row's metadata is right is the user's call; the first stays, the repeat is shown
+            first = f"{where}:{rows[name]['_line']}"
+            run.reject(
+                "metadata", f"{where}:{row.line}", "duplicate_sidecar_row", {**row.record, "duplicate_of": first}
+            )
+            run.warnings.append(
+                f"{where}:{row.line}: a second metadata row for {name!r} (the first is {first}); the first is used. "
+                "Merge the two rows into one."
+            )
+            continue
         rows[name] = {rename.get(k, k): v for k, v in row.record.items() if k != "file"} | {"_line": row.line}
     return rows
 
@@ -122,8 +133,7 @@ def _ingest_file(run: IngestRun, source: SourceConfig, path: Path, sidecar: dict
 def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
     path = source.path
     table, src = run.open_table(source, "document")
-    if table is None:
-        run.doc_read += 1
+    if table is None:  # quarantined whole, as kind `source`: none of its records was read
         return
     columns = {**DOC_DEFAULT_COLUMNS, **source.columns}
     check_columns(table, path, columns, set(source.columns), {"text"}, source.key)
@@ -142,11 +152,15 @@ def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
             run.doc_read += 1
             run.reject("document", where, "missing_column", {**rec, "missing": columns["id"]})
             continue
-        text = rec.get(columns["text"])
-        title = rec.get(columns["title"])
+        text, problem = text_cell(rec.get(columns["text"]))
+        title, title_problem = title_cell(rec.get(columns["title"]))
+        if problem or title_problem:
+            run.doc_read += 1
+            reason, column = ("text", columns["text"]) if problem else ("title", columns["title"])
+            error = f"column {column!r} {problem or title_problem}; expected text (a list of strings is joined)"
+            run.reject_document(doc_id, where, f"{reason}_not_a_string", {**rec, "error": error})
+            continue
         metadata = {mapped.get(k, k): v for k, v in rec.items() if mapped.get(k) not in ("id", "title", "text")}
-        title = str(title) if title is not None else None
-        text = str(text) if text is not None else None
         run.add_document(source, path, doc_id=doc_id, title=title, text=text, source=where, metadata=metadata, raw=rec)
 
 
@@ -197,7 +211,7 @@ def ingest(
     for source in config.documents:
         for name, row in sidecars.get(source.key, {}).items():  # rows whose file is not there: report, not drop
             assert source.metadata is not None
-            run.reject("document", f"{run.rel(source.metadata)}:{row['_line']}", "missing_file",
+            run.reject("metadata", f"{run.rel(source.metadata)}:{row['_line']}", "missing_file",
                        {"file": name, **{k: v for k, v in row.items() if k != "_line"}})  # fmt: skip
     queries: list[dict[str, Any]] = []
     query_read = 0
@@ -239,9 +253,20 @@ def run_ingest(section: dict[str, Any], paths: Paths, track: Track | None = None
     write_json(paths.metrics("ingest"), result.metrics)
     for message in result.warnings:
         warn(message)
+    reasons = ", ".join(f"{r} {n}" for r, n in result.metrics["quarantine_reasons"].items())
     if result.quarantine:
-        reasons = ", ".join(f"{r} {n}" for r, n in result.metrics["quarantine_reasons"].items())
         warn(f"{len(result.quarantine)} quarantined ({reasons}); see {paths.ingest_quarantine}")
+    # Written first, so the quarantine that explains it is on disk; the error stops chunk and pairs from running.
+    for kind, key, records, sources in (
+        ("document", "documents", result.documents, config.documents),
+        ("query", "queries", result.queries, config.queries),
+    ):
+        if sources and not records:
+            raise IngestError(
+                f"ingest kept no {kind}: {result.metrics[key]['read']} read, all quarantined "
+                f"({reasons or 'nothing read'}); see {paths.ingest_quarantine}. Fix the sources under "
+                f"`ingest.{key}` in params.yaml (or the files they name)."
+            )
     return {
         "read": f"{result.files_read} files / {result.records_read} records",
         "wrote": (

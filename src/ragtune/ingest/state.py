@@ -30,12 +30,17 @@ class IngestRun:
         self.doc_ids: dict[str, str] = {}  # doc_id → source
         self.texts: dict[str, str] = {}  # normalized text → doc_id of the first document with it
         self.aliases: dict[str, str] = {}  # quarantined duplicate_text doc_id → kept doc_id
+        self.kept_texts: dict[str, str] = {}  # kept doc_id → its normalized text
+        # a doc_id that two documents with different texts carry → where each is: labels naming it are ambiguous
+        self.ambiguous_ids: dict[str, list[str]] = {}
+        self.quarantined_ids: dict[str, str] = {}  # doc_id of a quarantined document → "reason (source)"
         self.quarantine: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.doc_read = 0
         self.repaired = 0
         self.query_repaired = 0
         self.unknown_positive_ids = 0
+        self.ambiguous_positive_ids = 0
         self.query_ids: dict[str, str] = {}  # kept query_id → source
         self.query_ids_by_file: dict[Path, dict[str, str]] = {}  # query file → its own ids → source
         self.renamed_query_ids: list[tuple[str, str, str, str]] = []  # (id, kept as, source, first use of id)
@@ -53,6 +58,12 @@ class IngestRun:
 
     def reject(self, kind: str, source: str, reason: str, record: Any) -> None:
         self.quarantine.append({"stage": "ingest", "kind": kind, "source": source, "reason": reason, "record": record})
+
+    def reject_document(self, doc_id: str | None, source: str, reason: str, record: Any) -> None:
+        """Quarantine a document and remember its id, so a question naming it is told why it is missing."""
+        self.reject("document", source, reason, record)
+        if doc_id is not None:
+            self.quarantined_ids.setdefault(doc_id, f"{reason} ({source})")
 
     def norm(self, text: str) -> str:
         out, repaired = normalize_text_with_flags(text, self.config.tone_style)
@@ -96,13 +107,15 @@ class IngestRun:
             norm_title = "" if is_id_title(norm_title, *names) else norm_title  # e.g. title_format: "{id}"
         record = {"doc_id": doc_id, "title": norm_title, "text": norm_text, "source": source, "metadata": meta}
         if not norm_text:
-            self.reject("document", source, "empty_text", raw if raw is not None else record)
+            self.reject_document(doc_id, source, "empty_text", raw if raw is not None else record)
             return
         if len(norm_text) < self.config.min_chars:
-            self.reject("document", source, "too_short", record)
+            self.reject_document(doc_id, source, "too_short", record)
             return
         assert doc_id is not None
         if doc_id in self.doc_ids:
+            if norm_text != self.kept_texts[doc_id]:  # the same id on two different texts: which one do labels mean?
+                self.ambiguous_ids.setdefault(doc_id, [self.doc_ids[doc_id]]).append(source)
             self.reject("document", source, "duplicate_id", {**record, "duplicate_of": self.doc_ids[doc_id]})
             return
         if norm_text in self.texts:
@@ -111,6 +124,7 @@ class IngestRun:
             self.reject("document", source, "duplicate_text", {**record, "duplicate_of": first})
             return
         self.doc_ids[doc_id] = source
+        self.kept_texts[doc_id] = norm_text
         self.texts[norm_text] = doc_id
         self.documents.append(record)
         self.by_format[path.suffix.lower().lstrip(".")] += 1
@@ -130,39 +144,56 @@ class IngestRun:
         return out
 
     def open_table(self, source: SourceConfig, kind: str) -> tuple[Table | None, str]:
-        """``(table, where)`` of a table source, counted as a file read; an unreadable file is quarantined under
-        ``kind`` (``document`` or ``query``) and gives no table. ``where`` is its path as output ``source`` fields
-        write it."""
+        """``(table, where)`` of a table source, counted as a file read. A file that cannot be read or decoded is
+        quarantined as kind ``source`` (a whole table, not one record: it is in no record balance) and gives no
+        table; ``record.source_kind`` says whether it held documents or queries. ``where`` is its path as output
+        ``source`` fields write it."""
         where = self.rel(source.path)
         self.files_read += 1
         try:
-            return read_table(source.path, source.sheet, self.config.max_bad_fraction), where
+            table = read_table(source.path, source.sheet, self.config.max_bad_fraction)
         except UnreadableFile as exc:
-            self.reject(kind, where, exc.reason, {"file": where, "error": str(exc)})
+            self.reject("source", where, exc.reason, {"file": where, "error": str(exc), "source_kind": kind})
             return None, where
         except OSError as exc:  # permissions, I/O: this table only, the run goes on
             reason, message = read_failure(exc)
-            self.reject(kind, where, reason, {"file": where, "error": f"{where}: {message}"})
+            self.reject("source", where, reason, {"file": where, "error": f"{where}: {message}", "source_kind": kind})
             return None, where
+        if not table.rows and not table.bad:
+            # 0 records and exit 0 would let chunk and pairs run on a corpus that silently lacks this source
+            sheet = f", sheet {table.sheet!r} (sheets: {table.sheets})" if table.sheet is not None else ""
+            what = "has only a header" if table.columns else "is empty"
+            raise IngestError(
+                f"{where}{sheet}: the {kind} source `{source.key}` {what}, no data rows. Fill it, point "
+                f"`{source.key}.sheet` at the sheet that holds the rows (XLSX), or remove the source from params.yaml."
+            )
+        return table, where
 
     def reject_bad_rows(self, table: Table, kind: str, where: str) -> int:
         """Quarantine the rows of ``table`` that did not parse (``where`` is the file); returns how many."""
-        for line, raw, error in table.bad:
-            self.reject(kind, f"{where}:{line}", table.bad_reason, {"line": raw, "error": error})
+        for bad in table.bad:
+            self.reject(kind, f"{where}:{bad.line}", bad.reason, {"line": bad.raw, "error": bad.error})
         return len(table.bad)
 
 
 def run_metrics(run: IngestRun, queries: list[dict[str, Any]], query_read: int) -> dict[str, Any]:
     """metrics/ingest.json: what was read, kept and set aside, so a shrinking corpus shows up in `dvc metrics diff`."""
     reasons = Counter(q["reason"] for q in run.quarantine)
-    doc_q = [q for q in run.quarantine if q["kind"] == "document"]
+    # Counted from the records themselves, then checked: a record read but neither kept nor quarantined is a loss.
+    # Sidecar rows are quarantined as kind `metadata`: they are no documents. A query kept with some of its
+    # positives also has a record, so queries count the rows (sources) quarantined and not kept.
+    doc_quarantined = sum(1 for q in run.quarantine if q["kind"] == "document")
+    kept_sources = {q["source"] for q in queries}
+    query_quarantined = len({q["source"] for q in run.quarantine if q["kind"] == "query"} - kept_sources)
+    check_balance("documents", run.doc_read, len(run.documents), doc_quarantined)
+    check_balance("queries", query_read, len(queries), query_quarantined)
     by_type = Counter(str(d["metadata"].get("document_type", "unknown")) for d in run.documents)
     return {
         "documents": {
             "read": run.doc_read,
             "kept": len(run.documents),
             "repaired_mojibake": run.repaired,
-            "quarantined": sum(1 for q in doc_q if q["reason"] != "missing_file"),
+            "quarantined": doc_quarantined,
             "duplicates": reasons["duplicate_id"] + reasons["duplicate_text"],
             "by_type": dict(sorted(by_type.items())),
             "by_source": dict(run.by_source),
@@ -172,9 +203,9 @@ def run_metrics(run: IngestRun, queries: list[dict[str, Any]], query_read: int) 
             "read": query_read,
             "kept": len(queries),
             "repaired_mojibake": run.query_repaired,
-            # a query kept with some of its positives also has a quarantine entry; count rejected queries only
-            "quarantined": query_read - len(queries),
+            "quarantined": query_quarantined,
             "unknown_positive_ids": run.unknown_positive_ids,
+            "ambiguous_positive_ids": run.ambiguous_positive_ids,
             "renamed_duplicate_ids": len(run.renamed_query_ids),
             "by_split": {s: sum(1 for q in queries if q["split"] == s) for s in ("train", "dev", "test")}
             | {"unassigned": sum(1 for q in queries if q["split"] is None)},
@@ -184,3 +215,13 @@ def run_metrics(run: IngestRun, queries: list[dict[str, Any]], query_read: int) 
         },
         "quarantine_reasons": dict(sorted(reasons.items())),
     }
+
+
+def check_balance(kind: str, read: int, kept: int, quarantined: int) -> None:
+    """``read = kept + quarantined``, or ragtune lost (or double-counted) records: stop rather than write a corpus
+    that is silently short."""
+    if read != kept + quarantined:
+        raise RuntimeError(
+            f"ingest {kind}: read {read} but kept {kept} + quarantined {quarantined} = {kept + quarantined}. "
+            "This is a bug in ragtune, not in your data; please report it with the ingest quarantine file."
+        )

@@ -9,7 +9,8 @@ import csv
 import io
 import json
 import unicodedata
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,22 @@ class Row:
 
 
 @dataclass
+class BadRow:
+    """A row that did not parse: quarantined by the caller under ``reason`` with the raw text and the problem."""
+
+    line: int
+    raw: str
+    error: str
+    reason: str  # malformed_json (JSONL), malformed_row / unclosed_quote (CSV)
+
+
+@dataclass
 class Table:
     rows: list[Row]
     columns: list[str]  # header (CSV/XLSX) or union of keys (JSONL)
-    bad: list[tuple[int, str, str]]  # (line, raw text, what is wrong)
-    bad_reason: str = "malformed_json"  # quarantine reason for `bad`: malformed_json (JSONL) / malformed_row (CSV)
+    bad: list[BadRow]
+    sheet: str | None = None  # XLSX: the sheet read
+    sheets: list[str] = field(default_factory=list)  # XLSX: every sheet of the workbook, for error messages
 
 
 def _clean_cell(value: Any) -> Any:
@@ -50,9 +62,9 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
         return _read_xlsx(path, sheet)
     text = decode_file(path)
     if fmt == "csv":
-        return _read_csv(text)
+        return _read_csv(text, path)
     rows: list[Row] = []
-    bad: list[tuple[int, str, str]] = []
+    bad: list[BadRow] = []
     keys: dict[str, None] = {}
     total = 0
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -60,53 +72,127 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
             continue
         total += 1
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_no_duplicate_keys)
         except json.JSONDecodeError as exc:
-            bad.append((lineno, line, f"not valid JSON ({exc.msg} at column {exc.colno})"))
+            bad.append(BadRow(lineno, line, f"not valid JSON ({exc.msg} at column {exc.colno})", "malformed_json"))
+            continue
+        except _DuplicateKey as exc:
+            bad.append(BadRow(lineno, line, str(exc), "malformed_json"))
             continue
         if not isinstance(rec, dict):
-            bad.append((lineno, line, f"expected a JSON object, got {type(rec).__name__}"))
+            bad.append(BadRow(lineno, line, f"expected a JSON object, got {type(rec).__name__}", "malformed_json"))
             continue
         keys.update(dict.fromkeys(rec))
         rows.append(Row(lineno, {k: _clean_cell(v) for k, v in rec.items()}))
     if total and len(bad) / total > max_bad_fraction:
-        first_line, _, first_error = bad[0]
+        first = bad[0]
         raise IngestError(
-            f"{path}: {len(bad)} of {total} lines are not JSON objects (first: {path}:{first_line}: {first_error}). "
+            f"{path}: {len(bad)} of {total} lines are not JSON objects (first: {path}:{first.line}: {first.error}). "
             "Is this really JSONL (one JSON object per line)? Fix the file, or raise `ingest.max_bad_fraction` "
             f"(now {max_bad_fraction}) to quarantine the bad lines instead."
         )
-    return Table(rows, list(keys), bad, "malformed_json")
+    return Table(rows, list(keys), bad)
 
 
-def _read_csv(text: str) -> Table:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` keeps the last of two equal keys; the first value would vanish without a trace."""
+    seen = Counter(k for k, _ in pairs)
+    repeated = [k for k, n in seen.items() if n > 1]
+    if repeated:
+        raise _DuplicateKey(
+            f"key {repeated[0]!r} appears {seen[repeated[0]]} times in one object, so all but one value would be "
+            "lost; rename the repeats"
+        )
+    return dict(pairs)
+
+
+def _header(names: list[str], path: Path) -> list[str]:
+    """Refuse a header that repeats a column name: a row keeps one value per name, so the others would be lost."""
+    counts = Counter(n for n in names if n)
+    for name, n in counts.items():
+        if n > 1:
+            positions = [i for i, h in enumerate(names, start=1) if h == name]
+            raise IngestError(
+                f"{path}: column {name!r} appears {n} times in the header (columns {positions}); a row keeps one "
+                f"value per column name, so the data of the others would be lost. Rename the repeats in the file "
+                f"(e.g. {name}_2) and map the one you mean in the source's `columns:` in params.yaml."
+            )
+    return names
+
+
+def _read_csv(text: str, path: Path) -> Table:
     header_line = text.split("\n", 1)[0]
     # Excel in a Vietnamese locale writes ";"-separated CSV; pick the separator the header uses most.
     delimiter = max([",", ";", "\t", "|"], key=header_line.count)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    physical = io.StringIO(text, newline="").readlines()
     rows: list[Row] = []
-    bad: list[tuple[int, str, str]] = []
+    bad: list[BadRow] = []
     header: list[str] | None = None
-    start = 1
-    for values in reader:
-        line, start = start, reader.line_num + 1
-        if header is None:
-            header = [unicodedata.normalize("NFC", h).strip().lstrip("\ufeff") for h in values]
-            continue
-        if not any(v.strip() for v in values):
-            continue
-        if len(values) > len(header):
-            bad.append((line, delimiter.join(values), f"{len(values)} fields but the header has {len(header)}"))
-            continue
-        rows.append(Row(line, {h: _clean_cell(v) for h, v in zip(header, values, strict=False)}))
-    return Table(rows, header or [], bad, "malformed_row")
+    pos = 0  # index of the physical line the current reader starts at
+    while True:
+        reader = csv.reader(iter(physical[pos:]), delimiter=delimiter)
+        restart = None
+        start = 1
+        for values in reader:
+            first, last = pos + start, pos + reader.line_num  # 1-based physical lines of this record
+            start = reader.line_num + 1
+            if header is None:
+                names = [unicodedata.normalize("NFC", h).strip().lstrip("\ufeff") for h in values]
+                header = _header(names, path)
+                continue
+            if last > first and _unclosed_quote(physical[first - 1 : last], delimiter):
+                bad.append(_swallowed(physical, first, last))
+                restart = first  # read the lines after the opening line again, as the rows they are
+                break
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) > len(header):
+                error = f"{len(values)} fields but the header has {len(header)}"
+                bad.append(BadRow(first, delimiter.join(values), error, "malformed_row"))
+                continue
+            rows.append(Row(first, {h: _clean_cell(v) for h, v in zip(header, values, strict=False)}))
+        if restart is None:
+            break
+        pos = restart
+    return Table(rows, header or [], bad)
+
+
+def _unclosed_quote(lines: list[str], delimiter: str) -> bool:
+    """Whether a record that spans lines does so because a quote never closed.
+
+    A quoted field may hold line breaks, but a quote that really closes is followed by the delimiter or the end of
+    the line. An unclosed one runs to the end of the file, or "closes" at the next quote of a later row, which is
+    then followed by that row's text: the strict parser refuses both, while the lenient one reads on silently.
+    """
+    try:
+        list(csv.reader(iter(lines), delimiter=delimiter, strict=True))
+    except csv.Error:
+        return True
+    return False
+
+
+def _swallowed(physical: list[str], first: int, last: int) -> BadRow:
+    end = "the end of the file" if last == len(physical) else f"line {last}"
+    return BadRow(
+        first,
+        physical[first - 1].rstrip("\r\n"),
+        f"a quote opens on line {first} and never closes, so lines {first + 1}-{last} (up to {end}) were read "
+        "into one field of this row. This row is set aside and the lines after it are read again as rows. "
+        'Fix: close the quote, or double a quote inside a quoted field ("").',
+        "unclosed_quote",
+    )
 
 
 def _read_xlsx(path: Path, sheet: str | None) -> Table:
     import openpyxl
 
     try:
-        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        # not read_only: a read-only sheet does not know its merged cells (filled in below)
+        workbook = openpyxl.load_workbook(path, data_only=True)
     except Exception as exc:  # zipfile.BadZipFile, KeyError, InvalidFileException …
         raise UnreadableFile("unreadable_file", f"{path}: not a readable .xlsx ({type(exc).__name__}: {exc})") from exc
     try:
@@ -115,18 +201,33 @@ def _read_xlsx(path: Path, sheet: str | None) -> Table:
                 f"{path}: no sheet {sheet!r} (sheets: {workbook.sheetnames}); fix `sheet:` for this source."
             )
         ws = workbook[sheet] if sheet is not None else workbook.worksheets[0]
-        values = list(ws.iter_rows(values_only=True))
+        values = [list(row) for row in ws.iter_rows(values_only=True)]
+        _fill_merged(ws, values)
+        sheets = list(workbook.sheetnames)
     finally:
         workbook.close()
     if not values:
-        return Table([], [], [])
-    header = [unicodedata.normalize("NFC", str(h)).strip() if h is not None else "" for h in values[0]]
+        return Table([], [], [], ws.title, sheets)
+    names = [unicodedata.normalize("NFC", str(h)).strip() if h is not None else "" for h in values[0]]
+    header = _header(names, path)
     rows = [
         Row(i, {h: _clean_cell(v) for h, v in zip(header, row, strict=False) if h})
         for i, row in enumerate(values[1:], start=2)
         if any(v is not None and str(v).strip() for v in row)
     ]
-    return Table(rows, [h for h in header if h], [])
+    return Table(rows, [h for h in header if h], [], ws.title, sheets)
+
+
+def _fill_merged(ws: Any, values: list[list[Any]]) -> None:
+    """Give every cell of a merged range the range's value: Excel stores it in the top-left cell only, but a user
+    who merged "Nhân sự" over five rows means all five rows belong to Nhân sự."""
+    for cells in ws.merged_cells.ranges:
+        value = values[cells.min_row - 1][cells.min_col - 1]
+        for r in range(cells.min_row, min(cells.max_row, len(values)) + 1):
+            row = values[r - 1]
+            for c in range(cells.min_col, cells.max_col + 1):
+                if c <= len(row):
+                    row[c - 1] = value
 
 
 def check_columns(

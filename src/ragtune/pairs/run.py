@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ragtune.console import warn
-from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_jsonl, read_nonempty_jsonl, write_json, write_jsonl
 from ragtune.pairs.align import positive_chunks
 from ragtune.pairs.checks import validate
 from ragtune.pairs.split import SPLITS, split_queries
@@ -26,9 +26,9 @@ def run_pairs(
     outputs = [*(paths.split(name) for name in SPLITS), paths.synthetic, paths.pairs_quarantine, paths.metrics("pairs")]
     for path in outputs:
         path.unlink(missing_ok=True)
-    docs = read_jsonl(paths.documents)
-    queries = read_jsonl(paths.queries)
-    chunks = read_jsonl(paths.chunks)
+    docs = read_nonempty_jsonl(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
+    queries = read_jsonl(paths.queries)  # may be empty: without labeled questions, pairs are synthetic only
+    chunks = read_nonempty_jsonl(paths.chunks, "Run the chunk stage first.")
 
     plan = split_queries(
         queries, float(pairs_params["dev_ratio"]), float(pairs_params["test_ratio"]), int(pairs_params["seed"])
