@@ -134,13 +134,13 @@ def test_incomplete_hf_snapshot_is_not_trusted(isolated, monkeypatch):
     assert resolve_model(E5) == str(built_model_dir(E5))
 
 
-def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
+def _online_hub_without_cache(isolated, monkeypatch) -> tuple[Path, list[dict[str, Any]]]:
+    """The hub reachable, the HF cache empty: every model downloads to one fake folder; returns it and the calls'
+    keyword arguments."""
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(resolve, "_hub_reachable", lambda *a, **k: (True, "reachable"))
-    builder = CountingBuilder()
-    monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
     downloaded = _fake_model_folder(isolated["tmp"] / "downloaded")
     calls: list[dict[str, Any]] = []
 
@@ -151,6 +151,13 @@ def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
         return str(downloaded)
 
     monkeypatch.setattr(resolve, "snapshot_download", fake_snapshot)
+    return downloaded, calls
+
+
+def test_hub_is_tried_when_online_and_wins_over_builder(isolated, monkeypatch):
+    builder = CountingBuilder()
+    monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
+    downloaded, calls = _online_hub_without_cache(isolated, monkeypatch)
     assert resolve_model(E5) == str(downloaded)
     assert builder.calls == 0
     assert calls[1]["etag_timeout"] <= 10 and "onnx/*" in calls[1]["ignore_patterns"]
@@ -393,3 +400,89 @@ def test_known_prompts_also_apply_to_a_resolved_hf_snapshot_path(isolated, monke
     assert resolve._hub_id_of_snapshot(snap) == E5
     model = models.load_embedder(str(snap), device="cpu")
     assert model.prompts["query"] == "query: " and model.prompts["document"] == "passage: "
+
+
+# ------------------------------------------------------------------------ model.revision and the resolved commit
+
+COMMIT_MAIN = "a" * 40
+COMMIT_V1 = "b" * 40
+
+
+def _fake_hub_cache(hf_cache: Path, repo_id: str, refs: dict[str, str], make=_fake_model_folder) -> dict[str, Path]:
+    """The HF cache layout huggingface_hub reads offline: ``models--org--name/snapshots/<commit>/`` and
+    ``refs/<branch or tag>`` holding the commit. Returns the snapshot folder of each ref."""
+    repo = hf_cache / f"models--{repo_id.replace('/', '--')}"
+    snaps = {}
+    for ref, commit in refs.items():
+        snap = repo / "snapshots" / commit
+        if not snap.exists():
+            make(snap)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit, encoding="utf-8")
+        snaps[ref] = snap
+    return snaps
+
+
+def test_revision_picks_that_snapshot_from_the_hf_cache_and_its_commit_is_recorded(isolated):
+    """The real huggingface_hub, offline, on a faked cache: no revision = main; model.revision = the pinned one."""
+    snaps = _fake_hub_cache(isolated["hf_cache"], "org/tiny", {"main": COMMIT_MAIN, "v1": COMMIT_V1})
+    assert resolve_model("org/tiny") == str(snaps["main"])
+    assert resolve_model("org/tiny", revision="") == str(snaps["main"])  # params' empty value = main
+    pinned = resolve_model("org/tiny", revision="v1")
+    assert pinned == str(snaps["v1"])
+    assert resolve_model("org/tiny", revision=COMMIT_V1) == pinned  # a commit hash works as well as a tag
+    source = models.model_source("org/tiny", pinned, revision="v1")
+    assert source == {
+        "name": "org/tiny",
+        "revision": "v1",
+        "commit": COMMIT_V1,
+        "fingerprint": model_fingerprint(pinned),
+    }
+    assert models.model_source("org/tiny", resolve_model("org/tiny"), revision="")["revision"] is None
+
+
+def test_revision_reaches_both_snapshot_downloads_and_is_left_out_without_one(isolated, monkeypatch):
+    _, calls = _online_hub_without_cache(isolated, monkeypatch)
+    resolve_model("org/tiny", revision="v1")
+    assert [c.get("revision") for c in calls] == ["v1", "v1"]  # the cache lookup and the download
+    calls.clear()
+    resolve_model("org/tiny")
+    assert all("revision" not in c for c in calls)  # no pin: the calls are what they always were
+
+
+def test_revision_for_a_local_folder_is_an_error_not_ignored(isolated):
+    folder = _fake_model_folder(isolated["tmp"] / "my-model")
+    with pytest.raises(ModelResolutionError, match=r"model.revision 'v1'.*local folder") as info:
+        resolve_model(str(folder), revision="v1")
+    assert "leave model.revision empty" in str(info.value)
+    assert resolve_model(str(folder), revision="") == str(folder)
+    source = models.model_source(str(folder), folder)
+    assert source["commit"] == "local" and source["fingerprint"] == model_fingerprint(folder)
+
+
+def test_a_pinned_revision_skips_the_offline_builder(isolated, monkeypatch):
+    """The builder makes one fixed version: it cannot stand in for a pinned revision, and the error says so."""
+    builder = CountingBuilder()
+    monkeypatch.setitem(models.OFFLINE_BUILDERS, E5, builder)
+    with pytest.raises(ModelResolutionError) as info:
+        resolve_model(E5, revision="v1")
+    msg = str(info.value)
+    assert builder.calls == 0
+    assert "cannot honour model.revision 'v1'" in msg and "at revision 'v1'" in msg
+    assert f"huggingface-cli download {E5} --revision v1" in msg
+    built = resolve_model(E5)  # unpinned: the offline build, recorded as such
+    assert models.model_source(E5, built)["commit"] == "offline-build"
+
+
+def test_load_embedder_and_tokenizer_take_the_revision(isolated):
+    snaps = _fake_hub_cache(isolated["hf_cache"], "org/tiny", {"main": COMMIT_MAIN})
+    shutil.rmtree(snaps["main"])
+    _tiny_sentence_transformer(snaps["main"])
+    snaps |= _fake_hub_cache(isolated["hf_cache"], "org/tiny", {"v1": COMMIT_V1}, make=_tiny_sentence_transformer)
+    model = models.load_embedder("org/tiny", revision="v1", device="cpu")
+    assert model.tokenizer.name_or_path == str(snaps["v1"]) and model.encode(["xin chào"]).shape == (1, 32)
+    tokenizer = models.load_tokenizer("org/tiny", revision="v1")
+    assert tokenizer.name_or_path == str(snaps["v1"]) and tokenizer("xin chào")["input_ids"][:2] == [6, 7]
+    assert models.load_tokenizer("org/tiny").name_or_path == str(snaps["main"])
+    with pytest.raises(ModelResolutionError, match="at revision 'v2'"):
+        models.load_tokenizer("org/tiny", revision="v2")

@@ -164,4 +164,6 @@ def test_run_train_reranker_mines_trains_and_writes(tmp_path, tiny_embedder_path
     assert m["effective"]["optimizer_steps"] == m["plan"]["total_steps"] == trainer.state.global_step
     assert m["dev"]["n_queries"] == 2 and "ndcg@10" in m["dev"]["after"]
     assert (paths.reranker / "README.md").read_text(encoding="utf-8").startswith("---\nlibrary_name")
+    # base: embedder, the local fine-tuned folder (a Hub start model would give its commit); no checkpoint was cut short
+    assert m["effective"]["base_model"]["commit"] == "local" and m["train"]["incomplete_checkpoints"] == []
     assert summary["read"] == f"{len(train)} training pairs (0 capped), 2 dev queries"

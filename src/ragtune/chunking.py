@@ -381,7 +381,8 @@ def build_chunker(model_params: dict[str, Any], chunk_params: dict[str, Any]) ->
     """
     from ragtune.models import load_tokenizer
 
-    return chunker_for(load_tokenizer(model_params["embedder"]), model_params, chunk_params)
+    tokenizer = load_tokenizer(model_params["embedder"], revision=model_params.get("revision"))
+    return chunker_for(tokenizer, model_params, chunk_params)
 
 
 def run_chunk(
@@ -395,7 +396,7 @@ def run_chunk(
     from ragtune.models import load_tokenizer
 
     docs = read_nonempty_jsonl(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
-    tokenizer = load_tokenizer(model_params["embedder"])
+    tokenizer = load_tokenizer(model_params["embedder"], revision=model_params.get("revision"))
     chunks = chunk_corpus(docs, chunker_for(tokenizer, model_params, chunk_params))
     tokens = [c["n_tokens"] for c in chunks]
     check_fits_training(max(tokens, default=0), *passage_overhead(tokenizer, model_params), train_max_seq_length)

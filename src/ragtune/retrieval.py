@@ -327,8 +327,9 @@ def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
     """Load the embedder named in the ``model:`` params section (or ``name``), with prompts resolved."""
     from ragtune.models import load_embedder, model_fingerprint, resolve_model
 
+    revision = None if name else params.get("revision")  # model.revision pins model.embedder, not other folders
     name = name or params["embedder"]
-    path = resolve_model(name)
+    path = resolve_model(name, revision=revision)
     model = load_embedder(path, max_seq_length=params.get("max_seq_length"))
     return Embedder(
         name=name,

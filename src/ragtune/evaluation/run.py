@@ -33,6 +33,7 @@ from ragtune.evaluation.systems import (
     rank_splits,
 )
 from ragtune.io import read_json, read_jsonl, write_json, write_jsonl
+from ragtune.models import model_source, resolve_model
 from ragtune.paths import Paths
 
 TRAIN_STAGES = ("train_embedder", "train_reranker")  # their metrics' warnings are repeated in the report
@@ -144,8 +145,10 @@ def run_evaluate(
         "reranker": reranker_report,
         "out_of_domain": forgetting,
     }
-    write_json(paths.metrics("evaluate"), evaluate_metrics(results, convex=convex, **shown))
-    write_json(paths.metrics("models"), cost_side(r, chunks, model_p, e, paths))
+    base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
+    base = model_source(model_p["embedder"], base_path, revision=model_p.get("revision"))  # its Hub commit
+    write_json(paths.metrics("evaluate"), evaluate_metrics(results, convex=convex, **shown) | {"base_model": base})
+    write_json(paths.metrics("models"), cost_side(r, chunks, model_p, e, paths, base_path))
     write_curve_csv(paths.recall_at_k, curves_k)
     write_jsonl(paths.per_query_test, records)
     best = max(results["test"]["doc"], key=lambda s: results["test"]["doc"][s].get("ndcg@10", 0.0))
@@ -180,12 +183,13 @@ def run_forgetting(
 
 
 def cost_side(
-    r: Retrievers, chunks: list[dict[str, Any]], model_p: dict[str, Any], e: dict[str, Any], paths: Paths
+    r: Retrievers, chunks: list[dict[str, Any]], model_p: dict[str, Any], e: dict[str, Any], paths: Paths, base: str
 ) -> dict[str, Any]:
     """metrics/models.json, the bake-off's cost side: the same passages through each dense model, measured in a
-    child process (:func:`~ragtune.evaluation.bakeoff.measure_encoder`)."""
+    child process (:func:`~ragtune.evaluation.bakeoff.measure_encoder`). ``base``: model.embedder's resolved folder
+    (at model.revision)."""
     sample = [c["text"] for c in chunks[: int(e["bakeoff_passages"])]]
-    dense_models = {"base_dense": (model_p["embedder"], r.base), "ft_dense": (str(paths.embedder), r.tuned)}
+    dense_models = {"base_dense": (base, r.base), "ft_dense": (str(paths.embedder), r.tuned)}
     return {
         name: measure_encoder(
             path, sample, emb.passage_prompt, batch_size=int(model_p["batch_size"]),

@@ -7,10 +7,12 @@ The order is:
 1. ``name`` is an existing local folder → use it (an explicit path always wins, as in ``transformers``).
 2. The HF cache (``snapshot_download(local_files_only=True)``), then the hub itself unless ``HF_HUB_OFFLINE=1``.
    The online attempt is preceded by a few-seconds reachability probe so a firewalled machine fails in seconds,
-   never in minutes.
+   never in minutes. ``revision`` (params ``model.revision``: a branch, tag or commit) pins both; without it the
+   Hub's main branch is used.
 3. An offline builder registered in :data:`OFFLINE_BUILDERS` for that name. It runs once and leaves a normal
    sentence-transformers folder at ``$RAGTUNE_CACHE/models/<org>--<name>`` (written to a temp dir, then renamed,
-   so an interrupted build never leaves a half folder that later runs would trust).
+   so an interrupted build never leaves a half folder that later runs would trust). It builds one fixed version,
+   so a pinned ``revision`` skips it.
 
 The only builder today reconstructs ``intfloat/multilingual-e5-small`` offline (:mod:`ragtune.models.e5_offline`).
 """
@@ -18,12 +20,10 @@ The only builder today reconstructs ``intfloat/multilingual-e5-small`` offline (
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
 import socket
-import struct
 import tempfile
 import threading
 import time
@@ -71,11 +71,6 @@ HUB_ETAG_TIMEOUT_S = 5.0
 # The marker is written last, inside the temp dir, before the rename: its presence is what makes a cached
 # folder trustworthy (a folder without it came from somewhere else, e.g. a manual copy, and is rebuilt).
 BUILD_MARKER = ".ragtune-build.json"
-
-# Files that determine what a model computes; READMEs, lock files and hidden dirs are deliberately left out
-# so that re-saving a model card does not invalidate every embedding cache keyed on the fingerprint.
-_FINGERPRINT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".tiktoken"}
-_FINGERPRINT_SKIP = {BUILD_MARKER, "README.md"}
 
 
 Builder = Callable[[Path], None]
@@ -157,23 +152,32 @@ def _is_model_folder(path: Path) -> bool:
     )
 
 
-def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
+def resolve_model(name: str, *, revision: str | None = None, cache_dir: str | Path | None = None) -> str:
     """Return a local folder (str) loadable by ``SentenceTransformer`` / ``AutoTokenizer``.
 
-    ``cache_dir`` overrides the ragtune cache root used by offline builders (``$RAGTUNE_CACHE``); the HF cache
-    itself stays governed by ``HF_HOME`` / ``HF_HUB_CACHE`` so that it is shared with every other HF tool.
+    ``revision`` pins a Hub id to a branch, tag or commit (None or "": the main branch); a local folder has no
+    revisions, so a revision given with one is an error rather than silently ignored. ``cache_dir`` overrides the
+    ragtune cache root used by offline builders (``$RAGTUNE_CACHE``); the HF cache itself stays governed by
+    ``HF_HOME`` / ``HF_HUB_CACHE`` so that it is shared with every other HF tool.
     Raises :class:`ModelResolutionError` naming every source that was tried.
     """
     if not name or not name.strip():
         raise ModelResolutionError(
             f"empty model name; pass a local folder or a Hugging Face id such as {DEFAULT_EMBEDDER!r}."
         )
+    revision = str(revision).strip() if revision is not None else ""
+    pin = {"revision": revision} if revision else {}  # no revision: the calls stay exactly what they were
     tried: list[str] = []
     build_error: Exception | None = None  # chained onto the final error so the builder's traceback survives
 
     # 1. an explicit local folder
     local = Path(name).expanduser()
     if local.is_dir():
+        if revision:
+            raise ModelResolutionError(
+                f"model.revision {revision!r} pins a Hugging Face Hub download, but {name!r} is a local folder, "
+                "which has no revisions. Fix: leave model.revision empty, or put the revision you want in that folder."
+            )
         return str(local)
     if _looks_like_path(name):
         raise ModelResolutionError(f"{name!r} looks like a local path but no such folder exists (cwd: {Path.cwd()}).")
@@ -181,12 +185,13 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
 
     # 2a. the HF cache
     try:
-        snap = Path(snapshot_download(name, local_files_only=True))
+        snap = Path(snapshot_download(name, local_files_only=True, **pin))
         if _is_model_folder(snap):
             return str(snap)
         tried.append(f"HF cache: snapshot {snap} has no weights (incomplete download)")
     except Exception as exc:  # LocalEntryNotFoundError, HFValidationError (odd names), permission errors...
-        tried.append(f"HF cache ({_hf_cache_location()}): {_short(exc)}")
+        at = f" at revision {revision!r}" if revision else ""
+        tried.append(f"HF cache ({_hf_cache_location()}){at}: {_short(exc)}")
 
     builder = OFFLINE_BUILDERS.get(name)
     built = built_model_dir(name, cache_dir)
@@ -200,7 +205,7 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
         else:
             try:
                 snap = Path(
-                    snapshot_download(name, etag_timeout=HUB_ETAG_TIMEOUT_S, ignore_patterns=HUB_IGNORE_PATTERNS)
+                    snapshot_download(name, etag_timeout=HUB_ETAG_TIMEOUT_S, ignore_patterns=HUB_IGNORE_PATTERNS, **pin)
                 )
                 if _is_model_folder(snap):
                     return str(snap)
@@ -211,6 +216,11 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
     # 3. an offline builder (cached after its first run)
     if builder is None:
         tried.append(f"offline builder: none registered for {name!r} (available: {sorted(OFFLINE_BUILDERS)})")
+    elif revision:
+        tried.append(
+            f"offline builder: skipped, it builds one fixed version and cannot honour model.revision {revision!r} "
+            "(leave model.revision empty to use it)"
+        )
     else:
         try:
             return str(_build_cached(name, builder, built))
@@ -222,7 +232,8 @@ def resolve_model(name: str, *, cache_dir: str | Path | None = None) -> str:
     raise ModelResolutionError(
         f"could not resolve model {name!r}. Tried:\n  - {steps}\n"
         "Fix: pass a local model folder instead of a hub id; or, on a machine with internet, run "
-        f"`huggingface-cli download {name}` and copy the HF cache here (point HF_HOME at it); "
+        f"`huggingface-cli download {name}{f' --revision {revision}' if revision else ''}` and copy the HF cache "
+        "here (point HF_HOME at it); "
         "or unset HF_HUB_OFFLINE if this machine can reach the hub."
     ) from build_error
 
@@ -307,16 +318,22 @@ def _chmod_like_umask(root: Path) -> None:
 
 
 def load_embedder(
-    name: str, *, device: str | None = None, max_seq_length: int | None = None, cache_dir: str | Path | None = None
+    name: str,
+    *,
+    revision: str | None = None,
+    device: str | None = None,
+    max_seq_length: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> SentenceTransformer:
-    """Resolve ``name`` and load it as a ``SentenceTransformer``.
+    """Resolve ``name`` (at ``revision``, see :func:`resolve_model`) and load it as a ``SentenceTransformer``.
 
     Known E5 models get their ``query: ``/``passage: `` prompts even when the folder came from the hub without
     them, so downstream code can always use ``prompt_name="query"`` / ``"passage"``.
     """
     from sentence_transformers import SentenceTransformer
 
-    path = resolve_model(name, cache_dir=cache_dir)
+    # the folder is local by now: the revision was honoured when resolving it, from_pretrained has nothing to pin
+    path = resolve_model(name, revision=revision, cache_dir=cache_dir)
     model = SentenceTransformer(path, device=device, local_files_only=True)
     for prompt_name, prompt in KNOWN_PROMPTS.get(name, KNOWN_PROMPTS.get(_hub_id_of_snapshot(path), {})).items():
         if not model.prompts.get(prompt_name):  # missing, or the "" placeholder ST 6 adds
@@ -337,38 +354,11 @@ def _hub_id_of_snapshot(path: str | Path) -> str | None:
     return None
 
 
-def load_tokenizer(name: str, *, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
-    """The tokenizer of ``name`` (chunking counts tokens with the same vocabulary the embedder sees)."""
+def load_tokenizer(
+    name: str, *, revision: str | None = None, cache_dir: str | Path | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``name`` at ``revision`` (chunking counts tokens with the vocabulary the embedder sees)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(name, cache_dir=cache_dir), local_files_only=True)
-
-
-def model_fingerprint(path: str | Path) -> str:
-    """sha256 over the weight, tokenizer and config files of a model folder (or a name, resolved first).
-
-    Used as a cache key for embeddings/indexes: two folders with the same weights and tokenizer get the same id
-    wherever they live, and any change to what the model computes changes it.
-    """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        root = Path(resolve_model(str(path)))
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_file()
-        and p.suffix in _FINGERPRINT_SUFFIXES
-        and p.name not in _FINGERPRINT_SKIP
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise ModelResolutionError(f"{root}: no weight/tokenizer/config files to fingerprint.")
-    digest = hashlib.sha256()
-    for file in files:
-        rel = file.relative_to(root).as_posix().encode("utf-8")
-        digest.update(struct.pack("<Q", len(rel)) + rel)
-        digest.update(struct.pack("<Q", file.stat().st_size))
-        with file.open("rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
+    path = resolve_model(name, revision=revision, cache_dir=cache_dir)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)

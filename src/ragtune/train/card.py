@@ -31,6 +31,18 @@ def schedule_line(metrics: dict[str, Any]) -> str:
     return f"Schedule{planned}: {metrics['plan']['reason']}" if "plan" in metrics else ""
 
 
+def source_line(metrics: dict[str, Any]) -> str:
+    """Which start model, exactly: the Hub commit it came from, or the sha256 fingerprint of a folder without one."""
+    src = metrics["effective"].get("base_model")
+    if not src:
+        return ""
+    if src["commit"] in ("local", "offline-build"):
+        where = "a local folder" if src["commit"] == "local" else "ragtune's offline build"
+        return f"Base model: `{src['name']}`, {where} (fingerprint `{src['fingerprint']}`)."
+    pin = f"model.revision `{src['revision']}`" if src["revision"] else "model.revision empty: the Hub's main branch"
+    return f"Base model: `{src['name']}` at Hub commit `{src['commit']}` ({pin})."
+
+
 # What differs between the two cards besides their heading: Hub tags, how to load the model, the dev table.
 # ``{out_dir}``, ``{rows}`` and ``{rerank_k}`` are filled in by :func:`write_model_card`.
 CARDS = {
@@ -125,6 +137,8 @@ tags: [{CARDS[kind]["tags"]}]
 # {title}
 
 {intro}
+
+{source_line(metrics)}
 
 {schedule_line(metrics)}
 

@@ -20,13 +20,19 @@ import torch
 
 from ragtune.console import console, warn
 from ragtune.io import read_jsonl, sha256_file, write_json
-from ragtune.models import load_embedder, model_fingerprint, resolve_model
+from ragtune.models import load_embedder, model_source, resolve_model
 from ragtune.pairs import query_key
 from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
 from ragtune.train import batching
 from ragtune.train.card import write_model_card
-from ragtune.train.checkpoints import clear_checkpoints, code_hashes, prepare_checkpoint_dir, untrained_outputs
+from ragtune.train.checkpoints import (
+    ResumePoint,
+    clear_checkpoints,
+    code_hashes,
+    prepare_checkpoint_dir,
+    untrained_outputs,
+)
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.dev import build_ir_evaluator, dev_evidence, dev_metrics, dev_questions
@@ -167,7 +173,9 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     untrained = untrained_reason(cfg, has_dev=bool(checkable))
 
     # 1. the model, its prompts, what is frozen
-    base_path = resolve_model(model_p["embedder"])
+    base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))
+    # the Hub commit (or the folder's fingerprint) of what was loaded, for the metrics and the model card
+    base_source = model_source(model_p["embedder"], base_path, revision=model_p.get("revision"))
     model = load_embedder(base_path)
     model.max_seq_length = cfg.max_seq_length
     qp = model_prompt(model, "query", model_p.get("query_prompt"))
@@ -202,20 +210,20 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         return EMPTY
     trains = untrained is None
     dev_before = evaluator(model) if evaluator and rank0 and trains else {}
-    resume, callbacks = None, []
+    resume, callbacks = ResumePoint(), []
     if trains:
         fingerprint = cfg.fingerprint(
-            model_fingerprint(base_path),
+            base_source["fingerprint"],
             sha256_file(paths.train_groups),
             sha256_file(paths.dev),
             # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
             *code_hashes(__file__),
             f"world={world}",
         )
-        resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)
-        if resume:
-            console.print(f"[bold]Resuming[/] from {resume}")
-        callbacks = dvclive_callbacks(live, resume=bool(resume), before=dev_before) if rank0 else []
+        resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)  # warns of incomplete ones it removed
+        if resume.checkpoint:
+            console.print(f"[bold]Resuming[/] from {resume.checkpoint}")
+        callbacks = dvclive_callbacks(live, resume=bool(resume.checkpoint), before=dev_before) if rank0 else []
     trainer = build_trainer(
         model,
         cfg,
@@ -233,7 +241,7 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     if trains:
         first_epoch = first_epoch_report(trainer, train_ds, batch_keys, cfg, world)
         t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
+        result = trainer.train(resume_from_checkpoint=resume.checkpoint)
         seconds = time.perf_counter() - t0
         samples_per_second = result.metrics.get("train_samples_per_second", 0.0)
         if not rank0:
@@ -243,13 +251,15 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     metrics = run_metrics(
         trainer, cfg, world=world, counts=counts, dev_before=dev_before, dev_after=dev_after, leaked_queries=leaked
     )
+    metrics["effective"]["base_model"] = base_source
     metrics["train"] |= {
         "groups": len(groups) - dropped,
         "rows": len(train_ds),  # one per trained positive: more than groups with positives: all
         "groups_dropped_short_of_negatives": dropped,
         "seconds": round(seconds, 1),
         "samples_per_second": round(samples_per_second, 2),
-        "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+        "resumed_from_step": resume.step,
+        "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
     }
     # labeled positives left out of training (positives: first) are counted, never dropped silently
     every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
@@ -279,7 +289,7 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         base = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
         base.max_seq_length = cfg.max_seq_length
         metrics["dev"]["evidence"] = dev_evidence(
-            model, base, dev, chunks, qp, pp, base_fingerprint=model_fingerprint(base_path), seed=cfg.seed
+            model, base, dev, chunks, qp, pp, base_fingerprint=base_source["fingerprint"], seed=cfg.seed
         )
     if ship_base(cfg, metrics):
         # Never ship what dev cannot tell from a regression: the base model goes out, and every report says so.

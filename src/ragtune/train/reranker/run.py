@@ -15,11 +15,17 @@ from typing import Any
 from ragtune import rerank
 from ragtune.console import console, warn
 from ragtune.io import read_jsonl, sha256_file, write_json, write_jsonl
-from ragtune.models import model_fingerprint, resolve_model
+from ragtune.models import model_source, resolve_model
 from ragtune.paths import Paths
 from ragtune.retrieval import DenseIndex, load_dense
 from ragtune.train.card import write_model_card
-from ragtune.train.checkpoints import clear_checkpoints, code_hashes, prepare_checkpoint_dir, untrained_outputs
+from ragtune.train.checkpoints import (
+    ResumePoint,
+    clear_checkpoints,
+    code_hashes,
+    prepare_checkpoint_dir,
+    untrained_outputs,
+)
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.guards import unchecked_warning, untrained_reason
 from ragtune.train.reranker.config import RerankerTrainConfig
@@ -92,12 +98,11 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
         raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
     del embedder
 
-    # embedder: the fine-tuned encoder; base: model.embedder; anything else: a reranker name or path
-    base_path = (
-        embedder_dir
-        if cfg.base == "embedder"
-        else resolve_model(model_p["embedder"] if cfg.base == "base" else cfg.base)
-    )
+    # embedder: the fine-tuned encoder; base: model.embedder (at model.revision); anything else: a reranker name or path
+    base_name = {"embedder": embedder_dir, "base": model_p["embedder"]}.get(cfg.base, cfg.base)
+    revision = model_p.get("revision") if cfg.base == "base" else None
+    base_path = embedder_dir if cfg.base == "embedder" else resolve_model(base_name, revision=revision)
+    base_source = model_source(base_name, base_path, revision=revision)  # for the metrics and the model card
     new_head = head_is_new(base_path)
     model = load_reranker(base_path, cfg.max_length, cfg.head, seed=cfg.seed)
     attention, attention_warnings = apply_attention_dropout(model, cfg.attention_dropout, cfg.SECTION)
@@ -114,22 +119,23 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     pairs_before = pair_summary(model, dev_groups, cfg.batch_size)
 
     fingerprint = cfg.fingerprint(
-        model_fingerprint(base_path),
+        base_source["fingerprint"],
         sha256_file(paths.reranker_train_groups),
         sha256_file(paths.dev),
         # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
         *code_hashes(__file__),
     )
-    resume = prepare_checkpoint_dir(ckpt, fingerprint) if untrained is None else None
-    if resume:
-        console.print(f"[bold]Resuming[/] from {resume}")
-    callbacks = dvclive_callbacks(live, resume=bool(resume)) if untrained is None else []
+    # warns of incomplete checkpoints (a killed run's) it removed
+    resume = prepare_checkpoint_dir(ckpt, fingerprint) if untrained is None else ResumePoint()
+    if resume.checkpoint:
+        console.print(f"[bold]Resuming[/] from {resume.checkpoint}")
+    callbacks = dvclive_callbacks(live, resume=bool(resume.checkpoint)) if untrained is None else []
     # untrained: built, never run, so the metrics hold the values this run would have used, with 0 steps
     trainer = build_trainer(
         model, cfg, train_ds, evaluator, ckpt, new_head=new_head, pos_weight=pos_weight, callbacks=callbacks
     )
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume) if untrained is None else None
+    result = trainer.train(resume_from_checkpoint=resume.checkpoint) if untrained is None else None
     seconds = time.perf_counter() - t0 if untrained is None else 0.0
 
     dev_after = evaluator(model) if evaluator else {}
@@ -170,6 +176,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
         "effective": {
             "base": cfg.base,
             "base_path": str(base_path),
+            "base_model": base_source,
             "new_head": new_head,
             "head": cfg.head if new_head else "pretrained",
             "loss": type(trainer.loss).__name__,
@@ -193,7 +200,8 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
             "first_loss": round(losses[0], 4) if losses else None,
             "seconds": round(seconds, 1),
             "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2) if result else 0.0,
-            "resumed_from_step": int(resume.rsplit("-", 1)[-1]) if resume else 0,
+            "resumed_from_step": resume.step,
+            "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
         },
         "dev": {
             "n_queries": len(samples),
