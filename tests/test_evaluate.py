@@ -160,7 +160,9 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
         "convex",
         "reranker",
         "out_of_domain",
+        "base_model",  # name, revision, commit, fingerprint of model.embedder
     }
+    assert metrics["base_model"]["commit"] == "local"  # the tiny embedder is a local folder
     assert set(metrics["test"]) == set(metrics["dev"]) == BASE_SYSTEMS | FT_SYSTEMS | reranked
     assert metrics["n_queries"] == {"dev": 8, "test": 8}
     assert set(metrics["test_gain_vs_base_dense"]) == (BASE_SYSTEMS | FT_SYSTEMS | reranked) - {"bm25", "base_dense"}

@@ -332,7 +332,7 @@ def check_section(name: str, data: dict[str, Any], *, partial: bool = False) -> 
     return problems
 
 
-ANY = Key("any")
+ANY = Key("any", null=True)  # unions (float | None, float | str): the config's validate() checks them
 
 
 def annotation_key(annotation: Any) -> Key:
