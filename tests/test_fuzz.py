@@ -22,6 +22,7 @@ from ragtune.errors import UserError
 from ragtune.ingest import run_ingest
 from ragtune.io import read_json, read_jsonl
 from ragtune.pairs.run import run_pairs
+from ragtune.params import section
 from ragtune.paths import Paths
 
 SEEDS = range(24)
@@ -37,27 +38,37 @@ BROKEN_PARAMS = [
     ("querys", []),  # a typo of `queries`
     ("tone_style", "modern"),
 ]
+# the same for the sections chunk and pairs read, checked as a stage checks them (params.section)
+BROKEN_STAGE_PARAMS = [
+    ("pairs", "dev_ratio", -0.1),
+    ("pairs", "test_ratio", 0.95),  # with dev_ratio, above 1
+    ("pairs", "seed", "bảy"),
+    ("chunk", "max_tokens", "256 tokens"),
+    ("chunk", "overlap_tokens", 500),
+    ("chunk", "max_token", 256),
+    ("model", "max_seq_length", None),
+]
 
 
 def _ingest(seed: int, tmp_path: Path) -> tuple[dict, Paths]:
-    section = {**shipped_params("ingest"), **build_corpus(seed, tmp_path / "corpus")}
-    return section, Paths(tmp_path / "work")
+    ingest_section = {**shipped_params("ingest"), **build_corpus(seed, tmp_path / "corpus")}
+    return ingest_section, Paths(tmp_path / "work")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_corpora_end_in_success_or_a_clear_error(seed, tmp_path, tiny_embedder_path):
-    section, paths = _ingest(seed, tmp_path)
+    ingest_section, paths = _ingest(seed, tmp_path)
     try:
-        run_ingest(section, paths)
+        run_ingest(ingest_section, paths)
     except UserError as exc:
         assert str(exc).strip(), f"seed {seed}: an error without a message"
         return
     _check_ingest_balances(seed, paths)
 
-    model = {**shipped_params("model"), "embedder": str(tiny_embedder_path), "max_seq_length": 64}
+    params = _stage_params(tiny_embedder_path)
     try:
-        run_chunk(model, shipped_params("chunk", max_tokens=48, overlap_tokens=8), 64, paths)
-        run_pairs(shipped_params("pairs"), model, shipped_params("bm25"), paths)
+        run_chunk(section(params, "model"), section(params, "chunk"), 64, paths)
+        run_pairs(section(params, "pairs"), section(params, "model"), section(params, "bm25"), paths)
     except UserError as exc:
         assert str(exc).strip(), f"seed {seed}: an error without a message"
         return
@@ -69,6 +80,16 @@ def test_random_corpora_end_in_success_or_a_clear_error(seed, tmp_path, tiny_emb
     set_aside = {r["record"]["query_id"] for r in read_jsonl(paths.pairs_quarantine)}
     assert len(split_ids) == len(set(split_ids)), f"seed {seed}: a question in two splits"
     assert set(split_ids) | set_aside == kept, f"seed {seed}: a kept question is in no split"
+
+
+def _stage_params(tiny_embedder_path: Path) -> dict:
+    """The shipped model, chunk, pairs and bm25 sections, with the tiny embedder and chunks that fit it."""
+    return {
+        "model": shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=64),
+        "chunk": shipped_params("chunk", max_tokens=48, overlap_tokens=8),
+        "pairs": shipped_params("pairs"),
+        "bm25": shipped_params("bm25"),
+    }
 
 
 def _check_ingest_balances(seed: int, paths: Paths) -> None:
@@ -83,7 +104,10 @@ def _check_ingest_balances(seed: int, paths: Paths) -> None:
         m = metrics[name]
         assert m["kept"] == len(kept), f"seed {seed}: {name} kept"
         assert m["read"] == m["kept"] + m["quarantined"], f"seed {seed}: {name} do not balance: {m}"
-    assert metrics["documents"]["quarantined"] <= by_kind["document"]
+    assert metrics["documents"]["quarantined"] == by_kind["document"]
+    files = metrics["files"]  # every entry of a document folder: read, skipped (read elsewhere) or quarantined
+    assert files["quarantined"] == by_kind["file"], f"seed {seed}: files quarantined"
+    assert files["seen"] == files["read"] + files["quarantined"] + files["skipped"], f"seed {seed}: files {files}"
     ids = [d["doc_id"] for d in docs]
     assert len(ids) == len(set(ids)), f"seed {seed}: two kept documents share an id"
     known = set(ids)
@@ -92,13 +116,22 @@ def _check_ingest_balances(seed: int, paths: Paths) -> None:
 
 @pytest.mark.parametrize(("key", "value"), BROKEN_PARAMS)
 def test_broken_ingest_params_are_refused_with_their_key(key, value, tmp_path):
-    section, paths = _ingest(0, tmp_path)
-    section = copy.deepcopy(section)
-    section[key] = value
+    ingest_section, paths = _ingest(0, tmp_path)
+    ingest_section = copy.deepcopy(ingest_section)
+    ingest_section[key] = value
     with pytest.raises(UserError) as err:
-        run_ingest(section, paths)
+        run_ingest(ingest_section, paths)
     assert key.rstrip("s") in str(err.value) or key in str(err.value)
     assert not paths.documents.exists()
+
+
+@pytest.mark.parametrize(("name", "key", "value"), BROKEN_STAGE_PARAMS)
+def test_broken_stage_params_are_refused_with_their_key_path(name, key, value, tiny_embedder_path):
+    params = _stage_params(tiny_embedder_path)
+    params[name][key] = value
+    with pytest.raises(UserError) as err:
+        section(params, name)
+    assert name in str(err.value) and (key in str(err.value) or "ratio" in str(err.value))
 
 
 def test_the_fuzz_draws_every_class(tmp_path):
