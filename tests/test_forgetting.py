@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import TOPICS
 
+from ragtune.errors import UserError
 from ragtune.evaluation.forgetting import forgetting_report, load_set
 from ragtune.evaluation.report import render_report
 from ragtune.io import write_jsonl
@@ -68,8 +69,12 @@ def test_the_set_that_is_your_corpus_is_skipped_and_a_missing_file_is_a_clear_er
     assert isinstance(skipped, str) and "in domain" in skipped
     report, _ = forgetting_report([skipped], None, None)
     assert report == {"faq": {"skipped": "the same folder as ingest.root, so it is in domain, not out of it"}}
-    with pytest.raises(ValueError, match=r"out_of_domain\[nope\].*not found"):
+    with pytest.raises(UserError, match=r"out_of_domain\[nope\].*not found"):  # one red line, no traceback
         load_set({"name": "nope", "ingest": str(tmp_path / "missing.yaml")}, chunker, in_domain_root=tmp_path)
+    broken = tmp_path / "tab.yaml"
+    broken.write_text("root: .\ndocuments:\n\t- path: docs\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"tab\.yaml:3.*spaces"):
+        load_set({"name": "tab", "ingest": str(broken)}, chunker, in_domain_root=tmp_path)
 
 
 def test_the_shipped_sample_ingest_file_reads_the_sample(tiny_embedder_path: Path, chunker):

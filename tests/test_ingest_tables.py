@@ -356,3 +356,14 @@ def test_balance_counts_quarantined_queries_from_the_records(tmp_path: Path) -> 
     # q1 is kept with a record (its unknown ZZZ); the other three records are three questions set aside
     assert (m["read"], m["kept"], m["quarantined"]) == (5, 2, 3)
     assert len([q for q in out["quarantine"] if q["kind"] == "query"]) == 4
+
+
+@pytest.mark.parametrize(("magic", "what"), [(b"PK\x03\x04", "ZIP package"), (b"\xd0\xcf\x11\xe0", "old Excel .xls")])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_spreadsheet_named_csv_or_jsonl_is_refused_with_the_fix(tmp_path: Path, magic: bytes, what: str, suffix: str):
+    """Decoded as text, an .xlsx renamed .csv gave 'has only a header' (a header of binary garbage)."""
+    path = tmp_path / "src" / f"bang{suffix}"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(magic + bytes(range(256)) * 4)
+    with pytest.raises(IngestError, match=rf"bang{suffix}: this {suffix} file is an? {what}.*not text"):
+        ingest(tmp_path, [{"path": f"bang{suffix}"}])

@@ -216,6 +216,7 @@ def test_trainer_configs_keep_what_they_read_before():
         ("negatives.bm25_max_ratio", 0, "negatives.bm25_max_ratio = 0 is out of range: set it to a number > 0"),
         ("bm25.b", float("nan"), "bm25.b = NaN is not a number"),
         ("evaluate.ks", [1, 0], "evaluate.ks[1] = 0 is out of range"),
+        ("evaluate.plot_ks", [500, 1000], "evaluate.plot_ks ([500, 1000]) has no cutoff ≤ evaluate.candidate_k"),
         ("evaluate.out_of_domain", [{"name": "x", "ingst": "y"}], "evaluate.out_of_domain[0]: unknown key ingst"),
     ],
 )

@@ -68,7 +68,19 @@ def _syntax_error(path: Path, text: str, err: yaml.YAMLError) -> ParamsError:
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """params.yaml as a dict of sections; a syntax error names the file, line and column and the fix."""
+    """params.yaml as a dict of sections; a syntax error names the file, line and column and the fix, and a
+    section nobody reads (a typo of one) is refused."""
+    data = read_yaml(path)
+    known = [*SECTIONS, *TRAINER_SECTIONS]
+    unknown = [unknown_key(str(path), k, known, what="section") for k in data if k not in known]
+    if unknown:
+        raise ParamsError("; ".join(unknown) + ".")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from a file the user writes (params.yaml, an out-of-domain set's ingest file); a syntax error
+    names the file, line and column and the fix (a tab: indent with spaces)."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found. Run stages from the repository root (where dvc.yaml is).")
@@ -81,11 +93,7 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise _syntax_error(path, text, err) from None
     if not isinstance(data, dict):
-        raise ParamsError(f"{path}: the top level must be a mapping of stage sections.")
-    known = [*SECTIONS, *TRAINER_SECTIONS]
-    unknown = [unknown_key(str(path), k, known, what="section") for k in data if k not in known]
-    if unknown:
-        raise ParamsError("; ".join(unknown) + ".")
+        raise ParamsError(f"{path}: the top level must be a mapping of keys (`name: value`, one per line).")
     return data
 
 

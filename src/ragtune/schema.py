@@ -191,11 +191,21 @@ def _rule_dense_range(p: dict[str, Any]) -> str | None:
     return None
 
 
+def _rule_plot_ks(p: dict[str, Any]) -> str | None:
+    if not any(int(k) <= p["candidate_k"] for k in p["plot_ks"]):
+        return (
+            f"evaluate.plot_ks ({p['plot_ks']}) has no cutoff ≤ evaluate.candidate_k ({p['candidate_k']}): the recall "
+            "curve would be empty; add a smaller cutoff or raise candidate_k"
+        )
+    return None
+
+
 # Checks across keys of one section, run once every key has passed its own check.
 RULES: dict[str, tuple[Callable[[dict[str, Any]], str | None], ...]] = {
     "pairs": (_rule_ratios,),
     "chunk": (_rule_overlap,),
     "negatives": (_rule_dense_range,),
+    "evaluate": (_rule_plot_ks,),
 }
 
 

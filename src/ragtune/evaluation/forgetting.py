@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ragtune.evaluation.metrics import dense_doc_metrics, paired_bootstrap
 from ragtune.retrieval import DenseIndex, Embedder
 
@@ -37,14 +35,15 @@ def load_set(spec: dict[str, Any], chunker: Any, in_domain_root: str | Path) -> 
     """Read and chunk one ``{"name", "ingest": <file>}`` set; a string says why the set was skipped instead."""
     from ragtune.chunking import chunk_corpus
     from ragtune.ingest import ingest, load_config
+    from ragtune.params import ParamsError, read_yaml
 
     name, path = str(spec["name"]), Path(spec["ingest"])
     if not path.is_file():
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml evaluate.out_of_domain[{name}]: ingest file {path} not found. It holds an `ingest:`-style "
             "section (root, documents, queries) with root relative to the file's folder."
         )
-    section = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    section = read_yaml(path)  # a YAML mistake in the set's file names its line, as in params.yaml
     section = section.get("ingest", section)
     root = (path.parent / str(section.get("root", "."))).resolve()
     if root == Path(in_domain_root).resolve():

@@ -60,6 +60,7 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
     fmt = path.suffix.lower().lstrip(".")
     if fmt == "xlsx":
         return _read_xlsx(path, sheet)
+    _refuse_spreadsheet_named_as_text(path, fmt)
     text = decode_file(path)
     if fmt == "csv":
         return _read_csv(text, path)
@@ -92,6 +93,24 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
             f"(now {max_bad_fraction}) to quarantine the bad lines instead."
         )
     return Table(rows, list(keys), bad)
+
+
+# first bytes of the spreadsheet files people rename or export by mistake: decoded as text they give garbage rows
+_SPREADSHEET_MAGIC = {
+    b"PK\x03\x04": "a ZIP package (an .xlsx, or another Office file)",
+    b"\xd0\xcf\x11\xe0": "an old Excel .xls",
+}
+
+
+def _refuse_spreadsheet_named_as_text(path: Path, fmt: str) -> None:
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    for magic, what in _SPREADSHEET_MAGIC.items():
+        if head.startswith(magic):
+            raise IngestError(
+                f"{path}: this .{fmt} file is {what}, not text. Export it as .{fmt} (UTF-8), or name an .xlsx "
+                "file .xlsx (an old .xls: open it and save it as .xlsx)."
+            )
 
 
 class _DuplicateKey(ValueError):
