@@ -7,12 +7,9 @@ server's ``retry-after-ms`` makes the client's backoff short), and the server st
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,6 +19,7 @@ from ragtune.io import dumps
 from ragtune.pairs import query_key
 from ragtune.questions import AnswerCache, ChatClient, GenerationConfig, generate, load_prompt
 from ragtune.questions.filters import is_vietnamese
+from ragtune.questions.loopback import LoopbackLLM
 
 CHUNKS = [
     {
@@ -54,80 +52,10 @@ def _default_answer(user: str) -> str:
     return json.dumps({"questions": GOOD[topic]}, ensure_ascii=False)
 
 
-class FakeLLM:
-    """Scripted actions, one per request in arrival order; after the script, a good answer for the chunk asked."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def next_action(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[str, Any]:
-        with self.lock:
-            self.requests.append({"body": body, "headers": headers})
-            return self.script.pop(0) if self.script else ("ok", None)
-
-
-def _handler(llm: FakeLLM) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep pytest output clean
-            pass
-
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("retry-after-ms", "10")  # the client's backoff, shortened for the test
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            action, value = llm.next_action(body, {k.lower(): v for k, v in self.headers.items()})
-            if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": {"message": "not found"}})
-            if action == "status":
-                return self._send(value, {"error": {"message": f"scripted {value}"}})
-            if action == "sleep":
-                time.sleep(value)
-                action = "ok"
-            content = value if action == "content" else _default_answer(body["messages"][-1]["content"])
-            with contextlib.suppress(OSError):  # the client gave up (timeout) and closed the socket
-                self._send(
-                    200,
-                    {
-                        "id": "x",
-                        "object": "chat.completion",
-                        "created": 0,
-                        "model": body["model"],
-                        "choices": [
-                            {
-                                "index": 0,
-                                "message": {"role": "assistant", "content": content},
-                                "finish_reason": "stop",
-                            }
-                        ],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
-                    },
-                )
-
-    return Handler
-
-
 @pytest.fixture
 def llm():
-    fake = FakeLLM()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
-    server.daemon_threads = True
-    server.block_on_close = False
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    yield fake
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with LoopbackLLM(lambda body: _default_answer(body["messages"][-1]["content"])) as server:
+        yield server
 
 
 def _config(base_url: str, **overrides: Any) -> GenerationConfig:
@@ -143,7 +71,7 @@ def _config(base_url: str, **overrides: Any) -> GenerationConfig:
     return GenerationConfig(**{**knobs, **overrides})
 
 
-def _run(llm: FakeLLM, tmp_path, chunks=CHUNKS, held_out=frozenset(), **overrides: Any):
+def _run(llm: LoopbackLLM, tmp_path, chunks=CHUNKS, held_out=frozenset(), **overrides: Any):
     config = _config(llm.base_url, **overrides)
     cache = AnswerCache(tmp_path / "cache.jsonl")
     return generate(chunks, config, client=ChatClient(config), cache=cache, held_out=held_out, progress=False)

@@ -40,6 +40,20 @@ class Paths:
     def chunks(self) -> Path:
         return self._p("data", "chunks", "chunks.jsonl")
 
+    @property
+    def questions(self) -> Path:
+        """LLM-generated questions that passed every filter (the questions stage; empty when it is off)."""
+        return self._p("data", "questions", "questions.jsonl")
+
+    @property
+    def questions_quarantine(self) -> Path:
+        return self._p("data", "questions", "quarantine.jsonl")
+
+    @property
+    def answer_cache(self) -> Path:
+        """The LLM's raw answers, appended as they arrive (a DVC ``persist`` output: repro never deletes it)."""
+        return self._p("data", "questions", "answers.jsonl")
+
     def split(self, name: str) -> Path:
         """``train``, ``dev``, ``test`` or ``synthetic`` question pairs, or ``quarantine``."""
         return self._p("data", "pairs", f"{name}.jsonl")
@@ -132,7 +146,7 @@ class Paths:
         props = [
             name for name, value in vars(type(self)).items() if isinstance(value, property) and not name.startswith("_")
         ]
-        stages = ("ingest", "chunk", "pairs", "negatives", "train_embedder", "train_reranker", "evaluate", "models")
+        stages = ("ingest", "chunk", "questions", "pairs", "negatives", "train_embedder", "train_reranker", "evaluate", "models")
         return (
             [getattr(self, name) for name in props]
             + [self.metrics(s) for s in stages]
