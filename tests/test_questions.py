@@ -83,7 +83,7 @@ def _bytes(records: list[dict[str, Any]]) -> bytes:
 
 def test_generates_questions_in_a_stable_order(llm, tmp_path):
     questions, quarantine, counts = _run(llm, tmp_path, price_per_1k_tokens=0.5)
-    assert [q["question"] for q in questions] == [q["question"] for topic in ("leave", "marriage") for q in GOOD[topic]]
+    assert [q["query"] for q in questions] == [q["question"] for topic in ("leave", "marriage") for q in GOOD[topic]]
     assert [q["chunk_id"] for q in questions] == ["leave#0000"] * 2 + ["marriage#0000"] * 2
     assert quarantine == [] and counts["asked"] == 2 and counts["questions"] == 4
     assert counts["tokens"] == {"prompt_tokens": 200, "completion_tokens": 40}
@@ -160,7 +160,7 @@ def test_bad_answers_and_bad_questions_are_quarantined_with_their_reason(llm, tm
         ("marriage#0000", "copied"),
         ("marriage#0000", "too_short"),
     }
-    assert [q["question"] for q in questions] == ["Đăng ký kết hôn cần chuẩn bị giấy tờ gì?"]
+    assert [q["query"] for q in questions] == ["Đăng ký kết hôn cần chuẩn bị giấy tờ gì?"]
     assert counts["quarantined"] == {
         "malformed_json": 1,
         "wrong_shape": 0,
@@ -182,7 +182,7 @@ def test_near_duplicates_and_held_out_questions_are_dropped(llm, tmp_path):
     held_out = frozenset({query_key("Có cần báo trưởng phòng trước khi nghỉ phép KHÔNG")})
     questions, _, counts = _run(llm, tmp_path, concurrency=1, held_out=held_out)
     assert counts["dropped"] == {"duplicate": 2, "held_out": 1}
-    assert [q["question"] for q in questions] == [
+    assert [q["query"] for q in questions] == [
         "Mỗi năm nhân viên được nghỉ phép bao nhiêu ngày?",
         *[q["question"] for q in GOOD["marriage"]],
     ]

@@ -159,12 +159,15 @@ class QuestionFilter:
             else:
                 self.seen.add(words)
                 local.append(words)
+                kind = KINDS[kind_index]
+                nth = sum(1 for q in kept if q["kind"] == kind)
                 kept.append(
                     {
+                        "question_id": f"llm:{chunk['chunk_id']}:{kind}:{nth}",
+                        "query": question,
+                        "kind": kind,
                         "chunk_id": chunk["chunk_id"],
                         "doc_id": chunk.get("doc_id", ""),
-                        "kind": KINDS[kind_index],
-                        "question": question,
                     }
                 )
         return kept, quarantine
