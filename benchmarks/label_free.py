@@ -242,6 +242,12 @@ def arm_report(paths: Paths, seconds: dict[str, float], changed: dict[str, Any],
     }
 
 
+def per_query_path(out: str | Path, mode: str) -> Path:
+    """Where the per-query test NDCG@10 goes: a folder beside ``out`` (report.py reads only the top level)."""
+    out = Path(out)
+    return out.parent / out.stem / f"per_query_{mode}.json"
+
+
 def summary_line(out: dict[str, Any]) -> str:
     def pts(g: dict[str, float]) -> str:
         return f"{100 * g['gain']:+.1f} pts [{100 * g['ci_low']:+.1f}, {100 * g['ci_high']:+.1f}]"
@@ -310,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
         "ingest_file": args.ingest,
         "overrides": args.set,
         "bounds": {"max_synthetic_pairs": args.max_synthetic_pairs, "max_steps": args.max_steps},
-        "corpus": {"root": ingest_p["root"], "documents": docs["documents"], "chunks": docs["chunks"]},
+        "corpus": {"root": os.path.relpath(ingest_p["root"]), "documents": docs["documents"], "chunks": docs["chunks"]},
         "test": {"queries": len(test), "base": base["mean"]},
         "arms": report,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -320,8 +326,11 @@ def main(argv: list[str] | None = None) -> None:
             {q: {"ndcg@10": v} for q, v in report[ARM_LLM]["per_query_ndcg@10"].items()},
             {q: {"ndcg@10": v} for q, v in report[ARM_SS]["per_query_ndcg@10"].items()},
         )
-    out["base_per_query_ndcg@10"] = {q: round(m["ndcg@10"], 4) for q, m in base["per_query"].items()}
+    # per query in a file of its own: benchmarks/report.py renders every key of the main JSON into the docs
+    per_query = {"base": {q: round(m["ndcg@10"], 4) for q, m in base["per_query"].items()}}
+    per_query |= {arm: r.pop("per_query_ndcg@10") for arm, r in report.items()}
     write_json(args.out, out)
+    write_json(per_query_path(args.out, out["mode"]), {"ndcg@10": per_query})
     print(summary_line(out), flush=True)
     print(json.dumps({k: out[k] for k in ("test", "bounds")} | {a: r["gain_over_base"] for a, r in report.items()}))
 
