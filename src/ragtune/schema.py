@@ -118,7 +118,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
             yes_no=Int("yes/no questions per chunk", low=0),
             multi_sentence=Int("questions needing several sentences per chunk", low=0),
         ),
-        "max_chunks": Int("ask about the first N chunks only (0 = all)", low=0),
+        "max_chunks": Int("ask about N chunks only, spread by id hash (0 = all)", low=0),
         "concurrency": Int("requests in flight", low=1),
         "requests_per_second": Float("request starts per second (0 = no limit)", low=0),
         "timeout_s": Float("seconds to wait for one answer", low=0, low_open=True),
