@@ -12,7 +12,7 @@ RESULTS: dict[str, Any] = {
         "n_queries": 40,
         "doc": {"ft_dense": {"ndcg@10": 0.8}, "base_dense": {"ndcg@10": 0.7}},
         "chunk": {},
-    }
+    },
 }
 GAINS = {"ft_dense": {"gain": 0.1, "ci_low": 0.02, "ci_high": 0.2, "n_queries": 40}}
 LLM_TEST = [{"query_id": f"llm:c{i}:factual:0", "source": "llm"} for i in range(40)]
