@@ -1,5 +1,6 @@
 """pairs: labeled queries → train/dev/test split (fixed by ingest, else seeded) with aligned positive chunks; plus
-self-supervised pairs. Nothing is written until the leak check has passed."""
+self-supervised and LLM-generated pairs (questions.mix), and, with no labeled dev/test, a synthetic held-out split.
+Nothing is written until the leak check has passed."""
 
 from ragtune.console import stage
 from ragtune.pairs.run import run_pairs
@@ -10,7 +11,10 @@ from ragtune.paths import Paths
 def main() -> None:
     with stage("pairs") as summary:
         params = load_params()
-        summary.update(run_pairs(section(params, "pairs"), section(params, "model"), section(params, "bm25"), Paths()))
+        mix = section(params, "questions")["mix"]
+        summary.update(
+            run_pairs(section(params, "pairs"), mix, section(params, "model"), section(params, "bm25"), Paths())
+        )
 
 
 if __name__ == "__main__":
