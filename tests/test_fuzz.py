@@ -70,7 +70,6 @@ def test_random_corpora_end_in_success_or_a_clear_error(seed, tmp_path, tiny_emb
         run_chunk(section(params, "model"), section(params, "chunk"), 64, paths)
         run_pairs(
             section(params, "pairs"),
-            shipped_params("questions")["mix"],
             section(params, "model"),
             section(params, "bm25"),
             paths,

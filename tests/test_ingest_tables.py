@@ -175,7 +175,7 @@ def test_chunk_pairs_and_negatives_refuse_an_empty_input(tmp_path: Path) -> None
     with pytest.raises(EmptyInputError, match=r"documents.jsonl: no records.*ingest"):
         run_chunk(model, shipped_params("chunk"), 256, paths)
     with pytest.raises(EmptyInputError, match=r"documents\.jsonl: no records"):
-        run_pairs(shipped_params("pairs"), shipped_params("questions")["mix"], model, shipped_params("bm25"), paths)
+        run_pairs(shipped_params("pairs"), model, shipped_params("bm25"), paths)
     with pytest.raises(EmptyInputError, match=r"chunks\.jsonl: no records"):
         run_negatives(shipped_params("negatives"), model, shipped_params("bm25"), paths)
     jsonl(paths.chunks, [{"chunk_id": "A#0", "doc_id": "A", "text": BODY}])

@@ -308,7 +308,6 @@ def test_synthetic_pairs_are_capped_per_labeled_question():
     assert cap_synthetic(syn, 10, 0, seed=0) == (syn, 0)  # 0 = no cap
 
 
-MIX = shipped_params("questions")["mix"]
 SYNTHETIC_OFF = {"enabled": False, "min_labeled_train": 100, "per_doc": {"title": 1}, "max_pairs": 10,
                  "ict_keep_sentence": 0.1, "max_per_labeled": 2.0}  # fmt: skip
 OUTPUTS = ("data/pairs/train.jsonl", "data/pairs/dev.jsonl", "data/pairs/test.jsonl", "data/pairs/synthetic.jsonl",
@@ -336,7 +335,7 @@ def one_chunk_inputs(root):
 def run_one_chunk_pairs(root):
     pairs = shipped_params("pairs", seed=0, dev_ratio=0.2, test_ratio=0.5, synthetic=SYNTHETIC_OFF)
     # "unused": every relevant document has one chunk, so no model may be loaded
-    return run_pairs(pairs, MIX, shipped_params("model", embedder="unused"), shipped_params("bm25"), Paths(root))
+    return run_pairs(pairs, shipped_params("model", embedder="unused"), shipped_params("bm25"), Paths(root))
 
 
 def test_run_pairs_writes_fixed_splits_quarantine_and_split_sources(tmp_path):
@@ -422,7 +421,7 @@ def test_run_pairs_on_a_tiny_corpus(tmp_path, tiny_embedder_path):
     model = shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=64)
     # shipped synthetic params: "auto" adds synthetic pairs (12 labeled training questions < min_labeled_train)
     pairs = shipped_params("pairs", dev_ratio=0.2, test_ratio=0.3)
-    summary = run_pairs(pairs, MIX, model, shipped_params("bm25"), Paths(tmp_path))
+    summary = run_pairs(pairs, model, shipped_params("bm25"), Paths(tmp_path))
 
     splits = {s: read_jsonl(tmp_path / f"data/pairs/{s}.jsonl") for s in ("train", "dev", "test")}
     synthetic = read_jsonl(tmp_path / "data/pairs/synthetic.jsonl")

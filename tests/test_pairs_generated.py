@@ -58,9 +58,9 @@ def labeled(prefix: str, n: int, split: str | None, doc: int = 0) -> list[dict[s
 def run(root: Path, *, synthetic: bool | str = False, **mix: Any) -> dict[str, str]:
     pairs = shipped_params("pairs", seed=0, dev_ratio=0.1, test_ratio=0.2)
     pairs["synthetic"] = {**pairs["synthetic"], "enabled": synthetic}
-    mix_params = {**shipped_params("questions")["mix"], **mix}
+    pairs["generated"] = {**pairs["generated"], **mix}
     model = shipped_params("model", embedder="unused")  # every relevant document has one chunk: no model is loaded
-    return run_pairs(pairs, mix_params, model, shipped_params("bm25"), Paths(root))
+    return run_pairs(pairs, model, shipped_params("bm25"), Paths(root))
 
 
 def outputs(root: Path) -> dict[str, list[dict[str, Any]]]:
@@ -170,7 +170,7 @@ def test_held_out_size():
     assert held_out_size(0.2, 300, 10) == 2
     assert held_out_size(0.01, 300, 10) == 1  # at least one chunk with two or more
     assert held_out_size(0.01, 300, 1) == 0 and held_out_size(0.6, 300, 1) == 1
-    assert held_out_size(0.5, 3, 100) == 3  # mix.held_out_chunks caps it
+    assert held_out_size(0.5, 3, 100) == 3  # pairs.generated.held_out_chunks caps it
     assert held_out_size(0.0, 300, 10) == 0 and held_out_size(0.2, 0, 10) == 0
 
 

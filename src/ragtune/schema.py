@@ -129,11 +129,6 @@ SECTIONS: dict[str, dict[str, Key]] = {
             retriever=Choice("the retriever asked: embedder | bm25 | none", "embedder", "bm25", "none"),
             top_k=Int("rank the question's chunk must reach", low=1),
         ),
-        "mix": Map(
-            "how generated questions join the pairs (read by pairs)",
-            max_per_labeled=Float("generated pairs per labeled training question (0 = no cap)", low=0),
-            held_out_chunks=Int("with no labeled dev/test: chunks whose questions form each held-out split", low=0),
-        ),
     },
     "pairs": {
         "seed": Int("seed of the split draw and the synthetic pairs"),
@@ -152,6 +147,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
             max_pairs=Int("cap on synthetic pairs in all", low=0),
             max_per_labeled=Float("synthetic pairs per labeled training question (0 = no cap)", low=0),
             ict_keep_sentence=Float("probability that the ICT query sentence stays in its passage", **PROBABILITY),
+        ),
+        "generated": Map(
+            "how LLM-written questions (the questions stage) join the pairs",
+            max_per_labeled=Float("generated pairs per labeled training question (0 = no cap)", low=0),
+            held_out_chunks=Int("with no labeled dev/test: chunks whose questions form each held-out split", low=0),
         ),
     },
     "negatives": {

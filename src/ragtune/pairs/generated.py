@@ -7,7 +7,7 @@ Three rules keep them honest:
 - **Synthetic held-out sets**: with no labeled dev (or test) question, evaluate would have nothing to measure on. The
   questions of a few seeded chunks then form that split (``"source": "llm"``), and no training question, generated
   or self-supervised, may come from those chunks: the model must never have seen a held-out chunk as a positive.
-- **Their own cap**: at most ``questions.mix.max_per_labeled`` generated training pairs per labeled training
+- **Their own cap**: at most ``pairs.generated.max_per_labeled`` generated training pairs per labeled training
   question, so labels (the task) are not outvoted, as with the self-supervised pairs' cap. With no labels they are
   the main source: no cap.
 """

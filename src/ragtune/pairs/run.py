@@ -17,7 +17,6 @@ from ragtune.paths import Paths
 
 def run_pairs(
     pairs_params: dict[str, Any],
-    mix_params: dict[str, Any],
     model_params: dict[str, Any],
     bm25_params: dict[str, Any],
     paths: Paths,
@@ -25,7 +24,7 @@ def run_pairs(
     """Read ingest's queries and documents, the chunks and the generated questions, write the splits, synthetic
     pairs, quarantine and ``metrics/pairs.json``; returns the stage summary (``read``, ``wrote``).
 
-    ``mix_params`` is ``questions.mix``: how generated questions join (:func:`~ragtune.pairs.generated.mix_generated`).
+    ``pairs_params["generated"]`` says how generated questions join (:func:`~ragtune.pairs.generated.mix_generated`).
     A labeled dev or test split that comes out empty is filled with the generated questions of held-out chunks.
 
     The stage's previous outputs are removed first and nothing is written until :func:`validate` has passed: after
@@ -60,7 +59,7 @@ def run_pairs(
     n_labeled = {name: len(rows) for name, rows in splits.items()}
     generated = read_generated(paths.questions)
     chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    mixed = mix_generated(generated, splits, chunk_docs, mix_params, pairs_params, paths.questions)
+    mixed = mix_generated(generated, splits, chunk_docs, pairs_params["generated"], pairs_params, paths.questions)
     splits.update(mixed.heldout)
     synthetic, syn_counts = training_synthetic(docs, chunks, splits, pairs_params, mixed.held_out_chunks)
     mixed.counts["dropped_self_supervised_from_held_out_chunks"] = syn_counts.get("dropped_from_held_out_chunk", 0)
