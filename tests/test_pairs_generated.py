@@ -174,12 +174,15 @@ def test_held_out_size():
     assert held_out_size(0.0, 300, 10) == 0 and held_out_size(0.2, 0, 10) == 0
 
 
+NO_CAP = {"held_out_chunks": 100, "max_per_labeled": 0}
+
+
 def test_a_held_out_question_equal_to_a_labeled_training_question_is_dropped():
     splits = {"train": [{"query": "Câu hỏi factual về văn bản 1 là gì", "positive_chunk_ids": ["other"]}],
               "dev": [], "test": []}  # fmt: skip
     chunk_docs = {chunk_id(i): f"d{i}" for i in range(N_DOCS)}
-    params = {"seed": 0, "dev_ratio": 1.0, "test_ratio": 0.0}  # every chunk is held out (dev)
-    mixed = mix_generated(generated(), splits, chunk_docs, {"held_out_chunks": 100, "max_per_labeled": 0}, params)
+    params = {"seed": 0, "dev_ratio": 1.0, "test_ratio": 0.0, "generated": NO_CAP}  # every chunk is held out (dev)
+    mixed = mix_generated(generated(), splits, chunk_docs, params)
     assert mixed.counts["dropped_heldout_equal_to_train_query"] == 1
     assert len(mixed.heldout["dev"]) == 2 * N_DOCS - 1 and mixed.train == []
     assert query_key(splits["train"][0]["query"]) not in {query_key(q["query"]) for q in mixed.heldout["dev"]}
@@ -189,8 +192,8 @@ def test_a_labeled_training_positive_is_never_a_held_out_chunk():
     splits = {"train": [{"query": "nhãn", "positive_chunk_ids": [chunk_id(i)]} for i in range(8)],
               "dev": [], "test": []}  # fmt: skip
     chunk_docs = {chunk_id(i): f"d{i}" for i in range(N_DOCS)}
-    params = {"seed": 0, "dev_ratio": 0.5, "test_ratio": 0.5}
-    mixed = mix_generated(generated(), splits, chunk_docs, {"held_out_chunks": 100, "max_per_labeled": 0}, params)
+    params = {"seed": 0, "dev_ratio": 0.5, "test_ratio": 0.5, "generated": NO_CAP}
+    mixed = mix_generated(generated(), splits, chunk_docs, params)
     assert mixed.held_out_chunks == {chunk_id(8), chunk_id(9)}  # the only chunks no labeled question points to
 
 

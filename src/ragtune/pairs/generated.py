@@ -60,7 +60,6 @@ def mix_generated(
     generated: list[dict[str, Any]],
     splits: dict[str, list[dict[str, Any]]],
     chunk_docs: dict[str, str],
-    mix_params: dict[str, Any],
     pairs_params: dict[str, Any],
     questions_path: str | Path = "questions.jsonl",
 ) -> Mixed:
@@ -96,7 +95,10 @@ def mix_generated(
         if splits[name]:  # a labeled split stays as it is
             continue
         taken = sum(len(c) for c in held.values())
-        n = min(held_out_size(ratio, int(mix_params["held_out_chunks"]), len(candidates)), len(candidates) - taken)
+        n = min(
+            held_out_size(ratio, int(pairs_params["generated"]["held_out_chunks"]), len(candidates)),
+            len(candidates) - taken,
+        )
         held[name] = candidates[taken : taken + n]
 
     mixed = Mixed(counts=counts)
@@ -127,7 +129,7 @@ def mix_generated(
             continue
         train.append(_row(q, chunk_docs, query_id=q["question_id"], kind="llm", question_kind=q.get("kind", "")))
     mixed.train, counts["dropped_over_max_per_labeled"] = cap_synthetic(
-        train, len(splits["train"]), float(mix_params["max_per_labeled"]), int(pairs_params["seed"])
+        train, len(splits["train"]), float(pairs_params["generated"]["max_per_labeled"]), int(pairs_params["seed"])
     )
     counts["train_kept"] = len(mixed.train)
     return mixed

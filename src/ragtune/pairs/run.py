@@ -59,7 +59,7 @@ def run_pairs(
     n_labeled = {name: len(rows) for name, rows in splits.items()}
     generated = read_generated(paths.questions)
     chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks}
-    mixed = mix_generated(generated, splits, chunk_docs, pairs_params["generated"], pairs_params, paths.questions)
+    mixed = mix_generated(generated, splits, chunk_docs, pairs_params, paths.questions)
     splits.update(mixed.heldout)
     synthetic, syn_counts = training_synthetic(docs, chunks, splits, pairs_params, mixed.held_out_chunks)
     mixed.counts["dropped_self_supervised_from_held_out_chunks"] = syn_counts.get("dropped_from_held_out_chunk", 0)
