@@ -137,10 +137,13 @@ def test_only_the_empty_labeled_split_gets_synthetic_questions(tmp_path):
     assert summary["wrote"].endswith(f"; dev: {len(out['dev'])} LLM-generated questions (synthetic)")
 
 
-def test_generated_pairs_have_their_own_seeded_cap_and_ignore_the_self_supervised_switch(tmp_path):
+def test_generated_pairs_have_their_own_seeded_cap_and_ignore_the_self_supervised_switch(tmp_path, monkeypatch):
     corpus(tmp_path, labeled("tr", 4, "train") + labeled("te", 2, "test") + labeled("dv", 2, "dev"))
     write_jsonl(Paths(tmp_path).questions, generated())
+    warnings: list[str] = []
+    monkeypatch.setattr("ragtune.pairs.generated.warn", warnings.append)
     run(tmp_path, synthetic=False, max_per_labeled=1.5)  # 4 labeled training questions → at most 6 of 20
+    assert any("14 generated pairs were dropped" in w and "questions.max_chunks" in w for w in warnings)
     first = outputs(tmp_path)["synthetic"]
     assert len(first) == 6 and {p["kind"] for p in first} == {"llm"}
     metrics = read_json(tmp_path / "metrics/pairs.json")

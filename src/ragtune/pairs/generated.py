@@ -142,8 +142,15 @@ def split_source(n_labeled: int, mixed: Mixed, name: str) -> str:
 
 def describe_generated(mixed: Mixed) -> str:
     """The generated part of the stage summary (`` + 120 generated pairs; test: 80 LLM-generated questions
-    (synthetic)``); warns for each synthetic held-out split, whose scores say little about real users."""
+    (synthetic)``); warns for each synthetic held-out split, whose scores say little about real users, and when
+    the cap threw away most of the generated pairs (questions paid for and not used)."""
     text = f" + {len(mixed.train)} generated pairs"
+    capped = mixed.counts["dropped_over_max_per_labeled"]
+    if capped > len(mixed.train):  # most of what was paid for is thrown away
+        warn(
+            f"{capped} generated pairs were dropped by pairs.generated.max_per_labeled and {len(mixed.train)} kept: "
+            "ask about fewer chunks (questions.max_chunks) to pay for fewer questions, or raise the cap"
+        )
     for name in HELD_OUT:
         if mixed.heldout.get(name):
             text += f"; {name}: {len(mixed.heldout[name])} LLM-generated questions (synthetic)"
