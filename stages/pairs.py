@@ -1,5 +1,6 @@
 """pairs: labeled queries → train/dev/test split (fixed by ingest, else seeded) with aligned positive chunks; plus
-self-supervised pairs. Nothing is written until the leak check has passed."""
+self-supervised and LLM-generated pairs (pairs.generated), and, with no labeled dev/test, a synthetic held-out split.
+Nothing is written until the leak check has passed."""
 
 from ragtune.console import stage
 from ragtune.pairs.run import run_pairs

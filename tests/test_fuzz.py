@@ -68,7 +68,12 @@ def test_random_corpora_end_in_success_or_a_clear_error(seed, tmp_path, tiny_emb
     params = _stage_params(tiny_embedder_path)
     try:
         run_chunk(section(params, "model"), section(params, "chunk"), 64, paths)
-        run_pairs(section(params, "pairs"), section(params, "model"), section(params, "bm25"), paths)
+        run_pairs(
+            section(params, "pairs"),
+            section(params, "model"),
+            section(params, "bm25"),
+            paths,
+        )
     except UserError as exc:
         assert str(exc).strip(), f"seed {seed}: an error without a message"
         return

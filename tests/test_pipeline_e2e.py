@@ -15,7 +15,7 @@ from conftest import write_params
 
 from ragtune.io import read_json, read_jsonl
 
-STAGES = {"ingest", "chunk", "pairs", "negatives", "train_embedder", "index", "train_reranker", "evaluate"}
+STAGES = {"ingest", "chunk", "questions", "pairs", "negatives", "train_embedder", "index", "train_reranker", "evaluate"}
 
 
 def tree_hash(root: Path, rels: list[str]) -> dict[str, str]:

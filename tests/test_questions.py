@@ -220,3 +220,16 @@ def test_language_check():
     assert not is_vietnamese("What is the deadline for the leave request?")
     assert not is_vietnamese("Quelle est la durée du préavis de départ?")
     assert not is_vietnamese("请问申请休假的期限是多久？")
+
+
+def test_max_chunks_spreads_over_the_corpus_and_is_stable_when_documents_are_added():
+    from ragtune.questions.generate import select_chunks
+
+    chunks = [{"chunk_id": f"doc{d}#{i:04d}", "text": "x"} for d in range(20) for i in range(10)]
+    picked = select_chunks(chunks, 40)
+    assert len(picked) == 40 and picked == [c for c in chunks if c in picked]  # chunk order kept
+    assert len({c["chunk_id"].split("#")[0] for c in picked}) >= 10  # not the first four documents
+    more = chunks + [{"chunk_id": f"new{d}#0000", "text": "x"} for d in range(20)]
+    again = select_chunks(more, 40)
+    assert len({c["chunk_id"] for c in picked} & {c["chunk_id"] for c in again}) >= 30
+    assert select_chunks(chunks, None) == chunks and select_chunks(chunks, 500) == chunks

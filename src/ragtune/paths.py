@@ -146,7 +146,17 @@ class Paths:
         props = [
             name for name, value in vars(type(self)).items() if isinstance(value, property) and not name.startswith("_")
         ]
-        stages = ("ingest", "chunk", "questions", "pairs", "negatives", "train_embedder", "train_reranker", "evaluate", "models")
+        stages = (
+            "ingest",
+            "chunk",
+            "questions",
+            "pairs",
+            "negatives",
+            "train_embedder",
+            "train_reranker",
+            "evaluate",
+            "models",
+        )
         return (
             [getattr(self, name) for name in props]
             + [self.metrics(s) for s in stages]

@@ -118,7 +118,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
             yes_no=Int("yes/no questions per chunk", low=0),
             multi_sentence=Int("questions needing several sentences per chunk", low=0),
         ),
-        "max_chunks": Int("ask about the first N chunks only (0 = all)", low=0),
+        "max_chunks": Int("ask about N chunks only, spread by id hash (0 = all)", low=0),
         "concurrency": Int("requests in flight", low=1),
         "requests_per_second": Float("request starts per second (0 = no limit)", low=0),
         "timeout_s": Float("seconds to wait for one answer", low=0, low_open=True),
@@ -128,11 +128,6 @@ SECTIONS: dict[str, dict[str, Key]] = {
             "round-trip filter: keep a question whose own chunk ranks in the top_k",
             retriever=Choice("the retriever asked: embedder | bm25 | none", "embedder", "bm25", "none"),
             top_k=Int("rank the question's chunk must reach", low=1),
-        ),
-        "mix": Map(
-            "how generated questions join the pairs (read by pairs)",
-            max_per_labeled=Float("generated pairs per labeled training question (0 = no cap)", low=0),
-            held_out_chunks=Int("with no labeled dev/test: chunks whose questions form each held-out split", low=0),
         ),
     },
     "pairs": {
@@ -152,6 +147,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
             max_pairs=Int("cap on synthetic pairs in all", low=0),
             max_per_labeled=Float("synthetic pairs per labeled training question (0 = no cap)", low=0),
             ict_keep_sentence=Float("probability that the ICT query sentence stays in its passage", **PROBABILITY),
+        ),
+        "generated": Map(
+            "how LLM-written questions (the questions stage) join the pairs",
+            max_per_labeled=Float("generated pairs per labeled training question (0 = no cap)", low=0),
+            held_out_chunks=Int("with no labeled dev/test: chunks whose questions form each held-out split", low=0),
         ),
     },
     "negatives": {

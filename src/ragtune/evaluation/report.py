@@ -69,6 +69,23 @@ def per_query_records(
     return out
 
 
+SYNTHETIC_TEST = (
+    "the test questions were written by an LLM from held-out chunks (questions stage): the scores measure agreement "
+    "with the generator, not with real users; add labeled test questions for a real test"
+)
+
+
+def question_sources(queries: Sequence[dict[str, Any]]) -> dict[str, int] | None:
+    """Test questions by source (``labeled``, ``llm``) when any was written by an LLM (pairs' synthetic held-out
+    split); None when all are labeled, so a labeled run's metrics and report stay as they were."""
+    llm = sum(1 for q in queries if q.get("source") == "llm")
+    return {"labeled": len(queries) - llm, "llm": llm} if llm else None
+
+
+def synthetic_test(test_questions: dict[str, int] | None) -> bool:
+    return bool(test_questions and test_questions.get("llm"))
+
+
 def evaluation_warnings(
     results: dict[str, dict[str, Any]],
     *,
@@ -78,6 +95,7 @@ def evaluation_warnings(
     reranker: dict[str, Any],
     trained: Sequence[str] = (),
     forgetting: Sequence[str] = (),
+    test_questions: dict[str, int] | None = None,
 ) -> list[str]:
     """The warnings of metrics/evaluate.json and the report, in the order a reader should meet them.
 
@@ -85,9 +103,12 @@ def evaluation_warnings(
     warnings (prefixed with the stage), ``forgetting`` the out-of-domain check's. The rules: a served reranker that
     alone makes its retriever worse on test; a reranker that puts one document first for over 20% of test queries;
     no dev split; a fine-tuned embedder that does not beat its base on test, or whose gain's interval contains 0;
-    fewer than 30 test queries.
+    fewer than 30 test queries; LLM-written test questions (``test_questions``: counts by source,
+    :func:`question_sources`).
     """
     warnings = list(trained)
+    if synthetic_test(test_questions):
+        warnings.append(SYNTHETIC_TEST)
     for retr, r in reranker.items():
         t = r["test_ndcg@10"]
         if t["reranker"] < t["retriever"] and pipeline == f"{retr}+rerank":
@@ -133,14 +154,17 @@ def evaluate_metrics(
     convex: dict[str, Any] | None = None,
     reranker: dict[str, Any] | None = None,
     out_of_domain: dict[str, Any] | None = None,
+    test_questions: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """metrics/evaluate.json: document-level metrics per split (``<split>_chunk`` at chunk level), query counts,
     test gains over the base model, the warnings, and when present the served pipeline (``selection``, its
     :meth:`~ragtune.evaluation.selection.Selection.to_json`), the convex alpha, the reranker and the forgetting
-    check."""
+    check, and ``test_questions`` by source when some were LLM-written."""
     metrics: dict[str, Any] = {split: res["doc"] for split, res in results.items()}
     metrics.update({f"{split}_chunk": res["chunk"] for split, res in results.items()})
     metrics["n_queries"] = {split: res["n_queries"] for split, res in results.items()}
+    if test_questions:
+        metrics["test_questions"] = dict(test_questions)
     metrics["test_gain_vs_base_dense"] = gains
     metrics["warnings"] = list(warnings)
     if selection:
@@ -170,6 +194,19 @@ def _table(metrics: dict[str, dict[str, float]], columns: Sequence[str]) -> list
     return lines
 
 
+def _synthetic_test_line(test_questions: dict[str, int] | None) -> list[str]:
+    """The bold line that opens the headline when test questions were LLM-written; none otherwise."""
+    if not synthetic_test(test_questions):
+        return []
+    llm, total = test_questions["llm"], test_questions["llm"] + test_questions.get("labeled", 0)
+    which = f"All {total}" if llm == total else f"{llm} of the {total}"
+    return [
+        f"**{which} test questions were written by an LLM from held-out chunks, not by users: these scores measure "
+        "agreement with the question generator, not with real users. Add labeled test questions for a real test.**",
+        "",
+    ]
+
+
 def render_report(
     results: dict[str, dict[str, Any]],
     records: list[dict[str, Any]],
@@ -183,6 +220,7 @@ def render_report(
     reranker: dict[str, Any] | None = None,
     gains: dict[str, dict[str, float]] | None = None,
     out_of_domain: dict[str, Any] | None = None,
+    test_questions: dict[str, int] | None = None,
 ) -> str:
     """Markdown report: the chosen pipeline first, then tables per split, then the worst test queries."""
     lines = ["# ragtune evaluation report", ""]
@@ -192,6 +230,7 @@ def render_report(
         "a document scores as its best chunk."
     )
     lines.append("")
+    synthetic = _synthetic_test_line(test_questions)
     if pipeline and "test" in results:
         test = results["test"]["doc"]
         shown = {pipeline: test[pipeline]}
@@ -199,6 +238,7 @@ def render_report(
         lines += [
             f"## Headline: `{pipeline}`, the pipeline chosen on dev ({results['test']['n_queries']} test queries)",
             "",
+            *synthetic,
             "`ragtune search` uses this pipeline by default. Each component beyond the fine-tuned embedder alone "
             "had to beat the simpler pipeline on dev with a 95% paired-bootstrap interval above 0; the test numbers "
             "below played no part in the choice.",
@@ -206,6 +246,8 @@ def render_report(
             *_table(shown, HEADLINE),
             "",
         ]
+    else:
+        lines += synthetic
     if selection:
         lines += ["## How the pipeline was chosen", "", selection["reason"], ""]
         if selection["steps"]:

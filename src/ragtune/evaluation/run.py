@@ -18,6 +18,7 @@ from ragtune.evaluation.report import (
     evaluate_metrics,
     evaluation_warnings,
     per_query_records,
+    question_sources,
     recall_curve,
     render_report,
     write_curve_csv,
@@ -123,6 +124,7 @@ def run_evaluate(
         if paths.metrics(name).exists()
         for w in read_json(paths.metrics(name)).get("warnings", [])
     ]
+    test_sources = question_sources(splits["test"])  # set only when some test questions are LLM-written
     warnings = evaluation_warnings(
         results,
         fine_tuned=r.tuned is not None,
@@ -131,6 +133,7 @@ def run_evaluate(
         reranker=reranker_report,
         trained=trained,
         forgetting=ood_warnings,
+        test_questions=test_sources,
     )
     for w in warnings:
         warn(w)
@@ -144,6 +147,7 @@ def run_evaluate(
         "selection": selection.to_json() if pipeline else None,
         "reranker": reranker_report,
         "out_of_domain": forgetting,
+        "test_questions": test_sources,
     }
     base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
     base = model_source(model_p["embedder"], base_path, revision=model_p.get("revision"))  # its Hub commit

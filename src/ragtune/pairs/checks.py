@@ -29,6 +29,14 @@ def validate(
     leaked = sorted({query_key(q["query"]) for q in splits["dev"]} & test_keys)
     if leaked:  # model selection on dev would then be selection on test
         raise AssertionError(f"{len(leaked)} test query texts also appear in dev, e.g. {leaked[:3]}")
+    # A synthetic ("source": "llm") held-out question was written from its chunk: no training pair may have it as a
+    # positive, or the held-out score would measure recall of a chunk the model was trained on.
+    held_chunks = {
+        c for s in ("dev", "test") for q in splits[s] if q.get("source") == "llm" for c in q["positive_chunk_ids"]
+    }
+    trained = sorted({c for p in [*splits["train"], *synthetic] for c in p["positive_chunk_ids"]} & held_chunks)
+    if trained:
+        raise AssertionError(f"{len(trained)} held-out chunks are positives of training pairs, e.g. {trained[:3]}")
 
     def lengths(items):
         return [len(x["query"].split()) for x in items]

@@ -1,4 +1,5 @@
-"""The pairs stage: labeled queries → train/dev/test splits with aligned positive chunks, plus synthetic pairs."""
+"""The pairs stage: labeled queries → train/dev/test splits with aligned positive chunks, plus synthetic pairs
+(self-supervised and LLM-generated, :mod:`~ragtune.pairs.generated`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,23 @@ from ragtune.console import warn
 from ragtune.io import read_jsonl, read_nonempty_jsonl, write_json, write_jsonl
 from ragtune.pairs.align import positive_chunks
 from ragtune.pairs.checks import validate
+from ragtune.pairs.generated import describe_generated, mix_generated, read_generated, split_source
 from ragtune.pairs.split import SPLITS, split_queries
 from ragtune.pairs.synthetic import training_synthetic
 from ragtune.paths import Paths
 
 
 def run_pairs(
-    pairs_params: dict[str, Any], model_params: dict[str, Any], bm25_params: dict[str, Any], paths: Paths
+    pairs_params: dict[str, Any],
+    model_params: dict[str, Any],
+    bm25_params: dict[str, Any],
+    paths: Paths,
 ) -> dict[str, str]:
-    """Read ingest's queries and documents and the chunks, write the splits, synthetic pairs, quarantine and
-    ``metrics/pairs.json``; returns the stage summary (``read``, ``wrote``).
+    """Read ingest's queries and documents, the chunks and the generated questions, write the splits, synthetic
+    pairs, quarantine and ``metrics/pairs.json``; returns the stage summary (``read``, ``wrote``).
+
+    ``pairs_params["generated"]`` says how generated questions join (:func:`~ragtune.pairs.generated.mix_generated`).
+    A labeled dev or test split that comes out empty is filled with the generated questions of held-out chunks.
 
     The stage's previous outputs are removed first and nothing is written until :func:`validate` has passed: after
     a refused (leaked) split no pair file is on disk, neither a new one nor a stale one from an earlier run that a
@@ -48,13 +56,24 @@ def run_pairs(
         ]
         for name in SPLITS
     }
-    synthetic, syn_counts = training_synthetic(docs, chunks, splits, pairs_params)
+    n_labeled = {name: len(rows) for name, rows in splits.items()}
+    generated = read_generated(paths.questions)
+    chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks}
+    mixed = mix_generated(generated, splits, chunk_docs, pairs_params, paths.questions)
+    splits.update(mixed.heldout)
+    synthetic, syn_counts = training_synthetic(docs, chunks, splits, pairs_params, mixed.held_out_chunks)
+    mixed.counts["dropped_self_supervised_from_held_out_chunks"] = syn_counts.get("dropped_from_held_out_chunk", 0)
+    n_self_supervised = len(synthetic)
+    synthetic += mixed.train
 
     # The leak check raises before anything is written: a leaked split never reaches the training stages.
     report = validate(splits, synthetic, {c["chunk_id"]: c for c in chunks}, {d["doc_id"]: d for d in docs})
     report["synthetic"]["by_kind_and_drops"] = dict(sorted(syn_counts.items()))
     report["split_sources"] = plan.sources
     report["quarantined"] = plan.quarantined
+    report["generated"] = mixed.counts
+    for name in ("dev", "test"):
+        report[f"{name}_source"] = split_source(n_labeled[name], mixed, name)
     for name in SPLITS:
         write_jsonl(paths.split(name), splits[name])
     write_jsonl(paths.synthetic, synthetic)
@@ -72,8 +91,12 @@ def run_pairs(
         warn(f"no question is fixed to dev: {carved} fixed-train question(s) were moved to dev (pairs.dev_ratio)")
     if not splits["dev"] and float(pairs_params["dev_ratio"]) > 0:
         warn("dev is empty: nothing can check the fine-tune; fix some questions to dev or add training questions")
+    wrote = (
+        f"train {n_labeled['train']} / dev {n_labeled['dev']} / test {n_labeled['test']} "
+        f"labeled + {n_self_supervised} synthetic pairs"
+    )
     return {
-        "read": f"{len(queries)} labeled queries, {len(chunks)} chunks",
-        "wrote": f"train {len(splits['train'])} / dev {len(splits['dev'])} / test {len(splits['test'])} "
-        f"labeled + {len(synthetic)} synthetic pairs",
+        "read": f"{len(queries)} labeled queries, {len(chunks)} chunks"
+        + (f", {len(generated)} generated questions" if generated else ""),
+        "wrote": wrote + describe_generated(mixed) if generated else wrote,
     }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from ragtune.pairs.split import query_key
@@ -182,11 +182,14 @@ def training_synthetic(
     chunks: Sequence[dict[str, Any]],
     splits: dict[str, list[dict[str, Any]]],
     pairs_params: dict[str, Any],
+    held_out_chunks: Collection[str] = frozenset(),
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """The synthetic pairs the pairs stage writes, and their counts (drops by reason, kept pairs by kind).
 
     None when ``pairs.synthetic.enabled`` says not to (:func:`use_synthetic`); else :func:`synthetic_pairs`, minus
-    any pair whose question is a dev or test question, capped by :func:`cap_synthetic`.
+    any pair whose question is a dev or test question, minus any pair whose positive is one of ``held_out_chunks``
+    (the chunks of a synthetic held-out split: the model must not see them as positives), capped by
+    :func:`cap_synthetic`.
     """
     syn_p = pairs_params["synthetic"]
     if not use_synthetic(syn_p["enabled"], len(splits["train"]), int(syn_p["min_labeled_train"])):
@@ -204,6 +207,10 @@ def training_synthetic(
     before = len(synthetic)
     synthetic = [s for s in synthetic if query_key(s["query"]) not in heldout]
     syn_counts["dropped_equal_to_heldout_query"] = before - len(synthetic)
+    if held_out_chunks:
+        before, held = len(synthetic), set(held_out_chunks)
+        synthetic = [s for s in synthetic if held.isdisjoint(s["positive_chunk_ids"])]
+        syn_counts["dropped_from_held_out_chunk"] = before - len(synthetic)
     synthetic, capped = cap_synthetic(
         synthetic, len(splits["train"]), float(syn_p["max_per_labeled"]), int(pairs_params["seed"])
     )

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from ragtune.console import progress as progress_bar
-from ragtune.questions.cache import AnswerCache, cache_key
+from ragtune.questions.cache import AnswerCache, cache_key, text_sha
 from ragtune.questions.client import Completion
 from ragtune.questions.config import GenerationConfig
 from ragtune.questions.filters import QuestionFilter
@@ -53,6 +53,19 @@ def _description(tokens: int, price_per_1k: float | None) -> str:
     return f"questions · {tokens:,} tokens{cost}"
 
 
+def select_chunks(chunks: Sequence[dict[str, Any]], max_chunks: int | None) -> list[dict[str, Any]]:
+    """The ``max_chunks`` chunks with the lowest sha256 of their id, in chunk order; all when ``max_chunks`` is None.
+
+    Not the first N: those are the first documents' chunks, one corner of the corpus, and a held-out set drawn from
+    them would test one topic. Hash order spreads the budget evenly over documents, needs no seed, and is stable
+    when documents are added: a new chunk enters only by beating a selected one's hash, so most answers stay cached.
+    """
+    if max_chunks is None or max_chunks >= len(chunks):
+        return list(chunks)
+    ranked = sorted(range(len(chunks)), key=lambda i: text_sha(str(chunks[i]["chunk_id"])))
+    return [chunks[i] for i in sorted(ranked[:max_chunks])]
+
+
 def generate(
     chunks: Sequence[dict[str, Any]],
     config: GenerationConfig,
@@ -63,13 +76,14 @@ def generate(
     prompt: tuple[str, str] | None = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
-    """``(questions, quarantine, counts)`` for the first ``max_chunks`` chunks; only uncached chunks are asked.
+    """``(questions, quarantine, counts)`` for up to ``max_chunks`` chunks (:func:`select_chunks`); only uncached
+    chunks are asked.
 
     ``held_out`` holds :func:`ragtune.pairs.query_key` of every dev/test question (the leak guard). Questions come
     out by chunk order, then kind, then text. ``counts`` never holds the key or the endpoint's answers.
     """
     system, prompt_sha = prompt or load_prompt()
-    selected = list(chunks[: config.max_chunks] if config.max_chunks is not None else chunks)
+    selected = select_chunks(chunks, config.max_chunks)
     params = config.generation_params()
     keys = [cache_key(chunk["text"], prompt_sha, config.model, params) for chunk in selected]
     todo = {key: chunk for key, chunk in zip(keys, selected, strict=True) if key not in cache}
