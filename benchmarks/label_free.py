@@ -32,7 +32,6 @@ Writes metrics/benchmarks/label_free.json and prints a one-line summary. docs/be
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -57,6 +56,7 @@ from ragtune.pairs import query_key
 from ragtune.pairs.run import run_pairs
 from ragtune.params import key, load_params, read_yaml, section, with_overrides
 from ragtune.paths import Paths
+from ragtune.questions.run import run_questions
 from ragtune.retrieval import model_prompt
 from ragtune.train.embedder.run import run_train_embedder
 
@@ -145,41 +145,20 @@ def labeled_test(ingest_p: dict[str, Any], root: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _pairs(params: dict[str, Any], paths: Paths) -> dict[str, str]:
-    """The pairs stage; it takes the questions' ``mix`` section once the questions stage is wired into it."""
-    args = [section(params, "pairs"), section(params, "model"), section(params, "bm25"), paths]
-    if "mix_params" in inspect.signature(run_pairs).parameters:
-        args.insert(1, params["questions"]["mix"])
-    return run_pairs(*args)
-
-
-def _questions_stage() -> Any:
-    """``run_questions``, or None in a checkout without the questions stage."""
-    try:
-        from ragtune.questions.run import run_questions
-    except ImportError:
-        return None
-    return run_questions
-
-
 def run_arm(params: dict[str, Any], ingest_p: dict[str, Any], root: Path) -> tuple[Paths, dict[str, float]]:
     """ingest (documents only) → chunk → questions → pairs → negatives → train_embedder under ``root``, as
     ``dvc repro`` runs them; returns the arm's paths and each stage's seconds."""
     paths, seconds = Paths(root), {}
     model_p, bm25_p = section(params, "model"), section(params, "bm25")
-    run_questions = _questions_stage()
-    if params["questions"]["generator"] != "none" and run_questions is None:
-        raise SystemExit("label_free --llm: this checkout has no questions stage (ragtune.questions.run)")
     chunk_p, max_seq = section(params, "chunk"), key(params, "train_embedder.max_seq_length")
     steps = [
         ("ingest", lambda: run_ingest({**ingest_p, "queries": []}, paths)),
         ("chunk", lambda: run_chunk(model_p, chunk_p, max_seq, paths)),
-        ("pairs", lambda: _pairs(params, paths)),
+        ("questions", lambda: run_questions(section(params, "questions"), model_p, bm25_p, paths)),
+        ("pairs", lambda: run_pairs(section(params, "pairs"), model_p, bm25_p, paths)),
         ("negatives", lambda: run_negatives(section(params, "negatives"), model_p, bm25_p, paths)),
         ("train_embedder", lambda: run_train_embedder(model_p, section(params, "train_embedder"), paths)),
     ]
-    if run_questions is not None:  # every run, as in dvc repro: with generator none it writes an empty file
-        steps.insert(2, ("questions", lambda: run_questions(section(params, "questions"), model_p, bm25_p, paths)))
     for name, fn in steps:
         t0 = time.perf_counter()
         with stage(name) as summary:
@@ -222,12 +201,12 @@ class Scorer:
 def arm_report(paths: Paths, seconds: dict[str, float], changed: dict[str, Any], test: list[dict]) -> dict[str, Any]:
     """What one arm did: pair counts, questions, training schedule, what shipped, seconds."""
     train = read_json(paths.metrics("train_embedder"))
-    q_metrics = paths.metrics("questions")
     return {
         "params_changed": changed,
         "pairs": pair_counts(paths),
+        "pairs_generated": read_json(paths.metrics("pairs")).get("generated"),  # how LLM questions were mixed in
         "training_questions_equal_to_a_test_question": leaked(paths, test),
-        "questions": read_json(q_metrics) if q_metrics.exists() else None,
+        "questions": read_json(paths.metrics("questions")),
         "negatives_groups": read_json(paths.metrics("negatives"))["groups"],
         "train": {
             "rows": train["train"]["rows"],
