@@ -38,12 +38,25 @@ from ragtune.paths import Paths
 from ragtune.questions import AnswerCache, ChatClient, GenerationConfig, generate
 from ragtune.questions.config import KINDS
 
-# Question templates, one per kind; {n} makes each request's questions distinct (the duplicate filter is run-wide).
+# Question templates by kind (two each: a kind asked twice must not be its own near-duplicate); {n} makes each
+# request's questions distinct, since the duplicate filter is run-wide.
 TEMPLATES = {
-    "factual": "Theo quy định này, thời hạn xử lý hồ sơ số {n} là bao nhiêu ngày làm việc?",
-    "how_to": "Nhân viên cần làm những bước nào để hoàn tất thủ tục số {n}?",
-    "yes_no": "Người lao động có được nộp hồ sơ số {n} qua mạng không?",
-    "multi_sentence": "Tôi mới chuyển sang phòng ban khác. Tôi có phải làm lại thủ tục số {n} từ đầu không?",
+    "factual": (
+        "Theo quy định này, thời hạn xử lý hồ sơ số {n} là bao nhiêu ngày làm việc?",
+        "Ai là người phê duyệt đề nghị mã {n} của nhân viên trong công ty?",
+    ),
+    "how_to": (
+        "Nhân viên cần làm những bước nào để hoàn tất thủ tục số {n}?",
+        "Làm sao để gửi yêu cầu hỗ trợ mã {n} cho bộ phận phụ trách?",
+    ),
+    "yes_no": (
+        "Người lao động có được nộp hồ sơ số {n} qua mạng không?",
+        "Trưởng phòng có phải ký xác nhận đơn mã {n} trước khi gửi đi không?",
+    ),
+    "multi_sentence": (
+        "Tôi mới chuyển sang phòng ban khác. Tôi có phải làm lại thủ tục số {n} từ đầu không?",
+        "Tôi đã nộp đơn mã {n} tuần trước. Bao lâu nữa thì tôi nhận được kết quả?",
+    ),
 }
 _counter = itertools.count(1)
 
@@ -57,7 +70,7 @@ def canned_answer(body: dict[str, Any]) -> str:
         marker = f'câu "{kind}"'
         if marker in user:
             count = int(user.split(marker)[0].rsplit(" ", 2)[-2])
-            questions += [{"kind": kind, "question": TEMPLATES[kind].format(n=f"{n}.{i}")} for i in range(count)]
+            questions += [{"kind": kind, "question": TEMPLATES[kind][i % 2].format(n=f"{n}.{i}")} for i in range(count)]
     return json.dumps({"questions": questions}, ensure_ascii=False)
 
 
