@@ -33,6 +33,17 @@ VI_SENTENCES = [
 ]
 
 
+def load_benchmark(name: str) -> Any:
+    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package), for tests of their pure parts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the module look themselves up here
+    spec.loader.exec_module(module)
+    return module
+
+
 def shipped_params(name: str, **overrides: Any) -> dict[str, Any]:
     """The shipped params.yaml's ``name`` section with ``overrides`` applied: a complete section, as
     ``StageConfig.from_params`` requires (a missing key is an error), so a test names only the keys it is about and

@@ -3,11 +3,10 @@ runs, and each arm's params change only what the protocol says (labels never ent
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from ragtune.params import load_params
 
@@ -16,11 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def label_free():
-    spec = importlib.util.spec_from_file_location("label_free", REPO_ROOT / "benchmarks" / "label_free.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["label_free"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("label_free")
 
 
 @pytest.mark.parametrize(

@@ -7,13 +7,13 @@ import json
 import shutil
 import socket
 import struct
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import load_benchmark
 
 from ragtune import models
 from ragtune.models import (
@@ -365,11 +365,7 @@ def test_bundled_e5s1_header_describes_multilingual_e5_small():
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("e5_faithfulness", REPO_ROOT / "benchmarks" / "e5_faithfulness.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["e5_faithfulness"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("e5_faithfulness")
 
 
 @pytest.mark.slow
