@@ -23,6 +23,7 @@ from ragtune.train.reranker.llm import (  # noqa: E402
     dev_rerank_metrics,
     pair_rows,
     train_llm_reranker,
+    training_warnings,
 )
 
 SENTENCES = [
@@ -213,3 +214,13 @@ def test_settings_have_no_defaults_and_refuse_bad_values(tiny_qwen3: Path) -> No
     with pytest.raises(LLMRerankerConfigError, match="target_modules"):
         settings(tiny_qwen3, target_modules=[])
     assert replace(settings(tiny_qwen3), lr=2.0).lr == 2.0  # frozen dataclass: replace, not assignment
+
+
+def test_warnings_quiet_for_a_run_that_learned_and_loud_for_one_that_learned_the_prior() -> None:
+    learned = {"input": {"ndcg@10": 0.5}, "before": {"ndcg@10": 0.6}, "after": {"ndcg@10": 0.7}}
+    assert training_warnings(steps=MIN_STEPS, loss_last=0.3, prior=0.6365, dev=learned) == []
+    got = training_warnings(steps=MIN_STEPS, loss_last=0.62, prior=0.6365, dev=learned)
+    assert len(got) == 1 and "yes/no share" in got[0]  # below ln 2, but no better than the class balance
+    worse = {"input": {"ndcg@10": 0.8}, "before": {"ndcg@10": 0.75}, "after": {"ndcg@10": 0.7}}
+    got = training_warnings(steps=MIN_STEPS, loss_last=0.3, prior=0.6365, dev=worse)
+    assert len(got) == 2 and "worse" in got[0] and "than the retriever" in got[1]

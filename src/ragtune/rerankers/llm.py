@@ -138,8 +138,9 @@ class LLMReranker:
             head, budget = head[:budget], 0
         return self._prefix + head + self._ids(f" {document}")[:budget] + self._suffix
 
-    def encode(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """A left-padded batch (``input_ids``, ``attention_mask``) on the model's device."""
+    def encode(self, pairs: Sequence[tuple[str, str]], device: Any = None) -> dict[str, Any]:
+        """A left-padded batch (``input_ids``, ``attention_mask``) on ``device`` (None: the model's). The training
+        collator asks for the CPU: the Trainer's DataLoader pins batches in memory, which CUDA tensors refuse."""
         import torch
 
         ids = [self.pair_ids(q, d) for q, d in pairs]
@@ -149,7 +150,7 @@ class LLMReranker:
         for i, x in enumerate(ids):
             input_ids[i, width - len(x) :] = torch.tensor(x, dtype=torch.long)
             mask[i, width - len(x) :] = 1
-        device = next(self.model.parameters()).device
+        device = next(self.model.parameters()).device if device is None else device
         return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
 
     def yes_no_logits(self, model: Any, batch: dict[str, Any]) -> Any:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from ragtune.errors import UserError
 from ragtune.evaluation.metrics import mean_metrics, query_metrics
+from ragtune.models import resolve_model
 from ragtune.params import StageConfig
 from ragtune.rerankers.llm import LLMReranker
 from ragtune.train.common import precision_flags
@@ -192,11 +193,8 @@ def build_trainer(
             return (loss, {"logits": logits}) if return_outputs else loss
 
     def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        enc = reranker.encode([(r["query"], r["document"]) for r in batch])
-        return {
-            **enc,
-            "labels": torch.tensor([r["label"] for r in batch], dtype=torch.long, device=enc["input_ids"].device),
-        }
+        enc = reranker.encode([(r["query"], r["document"]) for r in batch], device="cpu")  # the Trainer moves it
+        return {**enc, "labels": torch.tensor([r["label"] for r in batch], dtype=torch.long)}
 
     cuda = torch.cuda.is_available()
     args = TrainingArguments(
@@ -246,8 +244,13 @@ def train_llm_reranker(
     if not rows:
         raise LLMRerankerConfigError("train_reranker.llm: no training rows (every group is empty)")
     # fp32 weights; the Trainer's bf16/fp16 autocast does the mixed precision (LoRA in bf16 weights loses updates)
+    # a folder, the HF cache or the hub, as every base model resolves (docs/models.md)
     reranker = LLMReranker.from_pretrained(
-        settings.base, instruction=settings.instruction, max_length=settings.max_length, dtype=torch.float32
+        resolve_model(settings.base),
+        instruction=settings.instruction,
+        max_length=settings.max_length,
+        base=settings.base,
+        dtype=torch.float32,
     )
     dev = {"input": dev_rerank_metrics(dev_samples, None, settings.batch_size)}
     dev["before"] = dev_rerank_metrics(dev_samples, reranker, settings.batch_size)
