@@ -1,0 +1,1 @@
+"""Reranker kinds beyond the cross-encoder: inference classes with load/predict/save."""
