@@ -1,5 +1,7 @@
-"""Rerankers other than the cross-encoder of :mod:`ragtune.rerank`, one module per kind (``train_reranker.kind``).
+"""Reranker kinds beyond the cross-encoder: inference classes with ``load`` / ``predict`` / ``save``.
 
-Each saves a ``ragtune_reranker.json`` marker (``{"kind": ...}``) beside its weights, so a loader can tell the
-kinds apart from the folder alone.
+``late_interaction`` (ColBERT-style MaxSim over the fine-tuned embedder's token vectors) and ``llm`` (a yes/no
+causal LM, Qwen3-Reranker's recipe). Each saved folder holds ``ragtune_reranker.json`` naming its kind, which is
+what :func:`ragtune.rerank.load_reranker` dispatches on; a folder without it is a sentence-transformers
+CrossEncoder.
 """

@@ -1,0 +1,139 @@
+"""The late-interaction reranker: MaxSim as hand-computed, a meaningful untrained start, training and save/load."""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import VI_SENTENCES
+
+from ragtune.rerankers.late_interaction import MARKER, LateInteractionError, LateInteractionReranker
+from ragtune.train.reranker.late_interaction import (
+    LateInteractionConfigError,
+    LateInteractionSettings,
+    dev_rerank_metrics,
+    train_late_interaction,
+)
+
+QUERY = "nghỉ phép năm bao nhiêu ngày"
+DOCS = ["Nhân viên được nghỉ phép năm 12 ngày.", "Sao lưu cơ sở dữ liệu, hằng đêm lúc hai giờ sáng."]
+
+
+def settings(**overrides: Any) -> LateInteractionSettings:
+    values = dict(
+        seed=0,
+        lr=7.0e-5,
+        epochs=1.0,
+        max_steps=3,
+        batch_size=4,
+        n_negatives=2,
+        max_query_length=16,
+        max_doc_length=48,
+        scale=20.0,
+        warmup_ratio=0.0,
+        scheduler="linear",
+        weight_decay=0.01,
+        bf16=False,
+        logging_steps=1,
+    )
+    return LateInteractionSettings.from_params({**values, **overrides})
+
+
+def hand_maxsim(path: Path, query: str, doc: str, q_len: int, d_len: int) -> float:
+    """MeanMaxSim from the raw transformer: e5 prompts, L2-normalised token vectors, padding out (one text per
+    call: no padding), single-token punctuation out of the passage, max over passage tokens, mean over query ones."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = AutoModel.from_pretrained(path).eval()
+
+    def vectors(text: str, n: int, skip_punct: bool) -> torch.Tensor:
+        t = tok(text, truncation=True, max_length=n, return_tensors="pt")
+        with torch.no_grad():
+            h = torch.nn.functional.normalize(enc(**t).last_hidden_state[0], dim=-1)
+        tokens = tok.convert_ids_to_tokens(t["input_ids"][0])
+        keep = [i for i, x in enumerate(tokens) if not (skip_punct and x in string.punctuation)]
+        return h[keep]
+
+    q, d = vectors("query: " + query, q_len, False), vectors("passage: " + doc, d_len, True)
+    return float((q @ d.T).max(dim=1).values.mean())
+
+
+def test_scores_match_hand_computed_maxsim(tiny_embedder_path: Path) -> None:
+    reranker = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
+    assert reranker.prompts == {"query": "query: ", "document": "passage: "}
+    got = reranker.predict([(QUERY, d) for d in DOCS])
+    want = [hand_maxsim(tiny_embedder_path, QUERY, d, 16, 48) for d in DOCS]
+    assert got.shape == (2,)
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+    # a batch with padding scores as each pair alone (padding never matches)
+    mixed = reranker.predict([(QUERY, DOCS[0]), ("ngày", DOCS[1]), (QUERY, DOCS[1])], batch_size=2)
+    assert mixed[[0, 2]].tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_untrained_reranker_ranks_identical_passage_first(tiny_embedder_path: Path) -> None:
+    reranker = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=48, max_doc_length=48)
+    text = VI_SENTENCES[0]
+    scores = reranker.predict([(text, text), (text, VI_SENTENCES[4])])
+    assert all(math.isfinite(s) for s in scores)
+    assert scores[0] > scores[1]
+
+
+def test_save_load_round_trip_and_kind_marker(tiny_embedder_path: Path, tmp_path: Path) -> None:
+    reranker = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
+    reranker.save(tmp_path / "li")
+    marker = json.loads((tmp_path / "li" / MARKER).read_text(encoding="utf-8"))
+    assert marker["kind"] == "late_interaction"
+    assert (marker["max_query_length"], marker["max_doc_length"]) == (16, 48)
+    loaded = LateInteractionReranker.load(tmp_path / "li")
+    pairs = [(QUERY, d) for d in DOCS]
+    assert loaded.predict(pairs).tolist() == reranker.predict(pairs).tolist()
+    with pytest.raises(LateInteractionError, match="kind"):
+        LateInteractionReranker.load(tiny_embedder_path)  # an embedder, not a saved reranker
+
+
+def tiny_groups() -> list[dict[str, Any]]:
+    return [
+        {"query": s.split(" ", 4)[-1], "pos": [s], "neg": [VI_SENTENCES[(i + 3) % 10], VI_SENTENCES[(i + 6) % 10]]}
+        for i, s in enumerate(VI_SENTENCES)
+    ]
+
+
+def test_training_runs_reaches_optimizer_and_ships_what_it_measured(tiny_embedder_path: Path, tmp_path: Path) -> None:
+    dev = [
+        {"query": s.split(" ", 4)[-1], "positive": [s], "documents": [VI_SENTENCES[(i + 1) % 10], s]}
+        for i, s in enumerate(VI_SENTENCES[:4])
+    ]
+    out = tmp_path / "reranker"
+    metrics = train_late_interaction(
+        tiny_groups(), dev, settings(), out, tmp_path / "ckpt", embedder_dir=tiny_embedder_path
+    )
+    eff = metrics["effective"]
+    assert eff["learning_rate"] == pytest.approx(7.0e-5)  # read back from the optimizer, not the settings
+    assert eff["optimizer_steps"] == 3
+    assert eff["negatives_per_group"] == 2
+    assert math.isfinite(metrics["train"]["first_loss"]) and math.isfinite(metrics["train"]["final_loss"])
+    assert any("barely trained" in w for w in metrics["warnings"])
+    assert set(metrics["dev"]["before"]) >= {"ndcg@10", "recall@1", "base_ndcg@10", "base_recall@1"}
+    # the positive is second in retrieval order: base recall@1 is 0, ndcg@10 is 1/log2(3)
+    assert metrics["dev"]["before"]["base_recall@1"] == 0.0
+    assert metrics["dev"]["before"]["base_ndcg@10"] == pytest.approx(1 / math.log2(3), abs=1e-4)
+    # what was saved is what was measured after training
+    loaded = LateInteractionReranker.load(out)
+    assert dev_rerank_metrics(loaded, dev, batch_size=4) == metrics["dev"]["after"]
+    untrained = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
+    pairs = [(QUERY, d) for d in DOCS]
+    assert loaded.predict(pairs).tolist() != untrained.predict(pairs).tolist()  # the weights moved
+
+
+def test_settings_refuse_missing_and_bad_keys() -> None:
+    with pytest.raises(LateInteractionConfigError, match="scale"):
+        settings(scale=0.0)
+    good = {k: v for k, v in settings().__dict__.items() if k != "scale"}
+    with pytest.raises(LateInteractionConfigError, match="scale"):
+        LateInteractionSettings.from_params(good)
