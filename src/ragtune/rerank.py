@@ -10,8 +10,10 @@ worse on dev, and the report shows the weight it got.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ragtune.retrieval import Ranking
@@ -40,6 +42,37 @@ def fuse(
     ]
     fused.sort(key=lambda t: (-t[1], t[2]))
     return [(cid, round(s, 6)) for cid, s, _ in fused]
+
+
+MARKER = "ragtune_reranker.json"  # a reranker kind's folder names its kind here; a CrossEncoder folder has none
+
+
+def reranker_kind(path: str | Path) -> str:
+    """``cross_encoder`` for a sentence-transformers CrossEncoder folder, else the kind its marker names."""
+    marker = Path(path, MARKER)
+    return json.loads(marker.read_text(encoding="utf-8")).get("kind", "?") if marker.exists() else "cross_encoder"
+
+
+def load_reranker(path: str | Path, device: str | None = "cpu") -> Any:
+    """Any reranker the train_reranker stage ships, by its kind; each answers ``predict(pairs, batch_size)``.
+
+    The kinds' modules are imported only when their kind is loaded: search with a cross-encoder never imports
+    ``peft`` or the multi-vector encoder.
+    """
+    kind = reranker_kind(path)
+    if kind == "cross_encoder":
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(str(path), device=device)
+    if kind == "late_interaction":
+        from ragtune.rerankers.late_interaction import LateInteractionReranker
+
+        return LateInteractionReranker.load(path, device=device)
+    if kind == "llm":
+        from ragtune.rerankers.llm import LLMReranker
+
+        return LLMReranker.load(path)
+    raise ValueError(f"{path}: {MARKER} names an unknown reranker kind {kind!r} (cross_encoder, late_interaction, llm)")
 
 
 def predict(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 32, bf16: bool = False) -> list[float]:

@@ -125,9 +125,9 @@ class Searcher:
                 raise SearchSetupError(
                     f"pipeline {pipeline.name} needs the reranker at {reranker_dir}: run `dvc repro train_reranker`"
                 )
-            from sentence_transformers import CrossEncoder
+            from ragtune.rerank import load_reranker
 
-            reranker = CrossEncoder(str(reranker_dir), device="cpu")
+            reranker = load_reranker(reranker_dir, device="cpu")
         bm25 = None
         if pipeline.retriever in ("ft_hybrid", "ft_convex", "bm25"):
             bm25 = build_bm25(chunks, manifest.get("bm25", {}))

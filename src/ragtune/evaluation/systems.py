@@ -17,7 +17,7 @@ from typing import Any
 from ragtune.evaluation.metrics import dense_ranking, ndcg_per_query
 from ragtune.evaluation.selection import PerQuery, tune_weight
 from ragtune.paths import Paths
-from ragtune.rerank import apply_rerank, rerank_scores, top1_concentration
+from ragtune.rerank import apply_rerank, load_reranker, rerank_scores, top1_concentration
 from ragtune.retrieval import (
     BM25Index,
     DenseIndex,
@@ -162,14 +162,12 @@ def add_reranked_systems(
     """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (its cross-validated
     per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever. Reranker
     scores are computed once per (query, chunk): the retrievers' candidate lists overlap."""
-    from sentence_transformers import CrossEncoder
-
     e = evaluate_p
     k = int(e["rerank_k"])
     grid = [float(w) for w in e["fusion_weights"]]
     retrievers = [r for r in RETRIEVERS if r in systems_by_split["test"]]
     scores = rerank_scores(
-        CrossEncoder(str(reranker)), systems_by_split, splits, retrievers, chunks, k, bool(e["rerank_bf16"])
+        load_reranker(reranker, device=None), systems_by_split, splits, retrievers, chunks, k, bool(e["rerank_bf16"])
     )
 
     def reranked(split: str, retr: str, w: float) -> Ranking:

@@ -160,8 +160,16 @@ class LLMReranker:
         last = out.logits[:, -1, :]
         return last[:, [self.no_id, self.yes_id]].float()
 
-    def predict(self, pairs: Sequence[tuple[str, str]], batch_size: int = 8) -> np.ndarray:
-        """P(yes) for each (query, document) pair, in input order; higher = more relevant."""
+    @property
+    def device(self) -> Any:
+        """The model's device (what :func:`ragtune.rerank.predict` checks before CPU bf16 autocast)."""
+        return next(self.model.parameters()).device
+
+    def predict(
+        self, pairs: Sequence[tuple[str, str]], batch_size: int = 8, show_progress_bar: bool = False
+    ) -> np.ndarray:
+        """P(yes) for each (query, document) pair, in input order; higher = more relevant. ``show_progress_bar`` is
+        accepted (and ignored) so :func:`ragtune.rerank.predict` calls every kind alike."""
         import torch
 
         if not pairs:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ragtune.errors import UserError
 from ragtune.train.config import TrainerConfig
 
 LOSSES = ("bce", "lambda", "mnrl")
+KINDS = ("cross_encoder", "late_interaction", "llm")
 
 
 class RerankerConfigError(UserError, ValueError):
@@ -25,6 +27,9 @@ class RerankerTrainConfig(TrainerConfig):
     SECTION = "train_reranker"
     ERROR = RerankerConfigError
 
+    kind: str  # cross_encoder | late_interaction | llm (ragtune.train.reranker.kinds)
+    late_interaction: dict[str, Any]  # kind: late_interaction only: its own keys (the shared ones come from here)
+    llm: dict[str, Any]  # kind: llm only: its own keys
     # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
     # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
     base: str
@@ -44,6 +49,11 @@ class RerankerTrainConfig(TrainerConfig):
     rerank_k: int  # dev evaluator: rerank this many embedder candidates per query
 
     def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise RerankerConfigError(f"train_reranker.kind={self.kind!r}: choose one of {KINDS}")
+        for name in ("late_interaction", "llm"):
+            if not isinstance(getattr(self, name), dict):
+                raise RerankerConfigError(f"train_reranker.{name} must be a mapping of its keys (see params.yaml)")
         if self.loss not in LOSSES:
             raise RerankerConfigError(f"train_reranker.loss={self.loss!r}: choose one of {LOSSES}")
         if self.n_hard + self.n_random < 1:

@@ -30,6 +30,7 @@ from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.guards import unchecked_warning, untrained_reason
 from ragtune.train.reranker.config import RerankerTrainConfig
 from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
+from ragtune.train.reranker.kinds import kind_settings, run_kind
 from ragtune.train.reranker.trainer import (
     build_evaluator,
     build_trainer,
@@ -71,6 +72,8 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     """Train the reranker the ``model:`` and ``train_reranker:`` params describe; write its groups, the model, its
     card, the metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``)."""
     cfg = RerankerTrainConfig.from_params(section)
+    if cfg.kind != "cross_encoder":  # refuse a bad sub-section before minutes of mining
+        kind_settings(cfg, dict(getattr(cfg, cfg.kind)), 1.0, -1)
     embedder_dir, out = str(paths.embedder), str(paths.reranker)
     ckpt, live = str(paths.reranker_checkpoints), str(paths.live("train_reranker"))
     chunks = read_jsonl(paths.chunks)
@@ -90,6 +93,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     candidates = Candidates(ranking, chunk_text, chunk_to_doc)
     groups, counts = mine_rerank_groups(pairs, candidates, cfg)
     dev_groups, _ = mine_rerank_groups([q for q in dev if q["positive_chunk_ids"]], candidates, cfg)
+    summary_read = f"{len(pairs)} training pairs ({sum(capped.values())} capped), {len(dev)} dev queries"
     write_jsonl(paths.reranker_train_groups, groups)
     write_jsonl(paths.reranker_dev_groups, dev_groups)
     # None: train. "no dev questions: unchecked": save the start model untrained (ship_unchecked: false)
@@ -97,6 +101,8 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     if untrained is None and len(groups) < cfg.batch_size:
         raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
     del embedder
+    if cfg.kind != "cross_encoder":  # late_interaction / llm: same groups and dev, their own trainer
+        return _run_other_kind(cfg, groups, dev, candidates, paths, untrained, summary_read)
 
     # embedder: the fine-tuned encoder; base: model.embedder (at model.revision); anything else: a reranker name or path
     base_name = {"embedder": embedder_dir, "base": model_p["embedder"]}.get(cfg.base, cfg.base)
@@ -222,11 +228,51 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     else:
         untrained_outputs(live, ckpt)
     return {
-        "read": f"{len(pairs)} training pairs ({sum(capped.values())} capped), {len(dev)} dev queries",
+        "read": summary_read,
         "wrote": (
             f"{out} ({shipped}, {steps} steps, "
             f"dev ndcg@10 input {dev_after.get('dev_base_ndcg@10', float('nan')):.3f} → "
             f"reranked {dev_after.get('dev_ndcg@10', float('nan')):.3f}), "
             f"{paths.reranker_train_groups.parent}/*.jsonl, {paths.metrics('train_reranker')}"
         ),
+    }
+
+
+def _run_other_kind(
+    cfg: RerankerTrainConfig,
+    groups: list[dict[str, Any]],
+    dev: list[dict[str, Any]],
+    candidates: Candidates,
+    paths: Paths,
+    untrained: str | None,
+    summary_read: str,
+) -> dict[str, str]:
+    """The stage for ``kind: late_interaction`` / ``llm``: train on the mined groups, score dev reranking before and
+    after with the same candidates, write the metrics (same top-level keys as the cross-encoder's)."""
+    live, ckpt = str(paths.live("train_reranker")), str(paths.reranker_checkpoints)
+    callbacks = dvclive_callbacks(live, resume=False) if untrained is None else []
+    metrics = run_kind(cfg, groups, dev_samples(dev, candidates, cfg.rerank_k), paths, untrained, callbacks)
+    start = f"the untrained {cfg.kind} start"
+    if untrained is not None:
+        metrics["warnings"] = [unchecked_warning(cfg.SECTION, str(paths.reranker), trained=False, start=start)]
+        shipped = f"untrained start model ({untrained})"
+    elif not dev:
+        metrics["warnings"].append(unchecked_warning(cfg.SECTION, str(paths.reranker), trained=True, start=start))
+        shipped = "fine-tuned (no dev questions: unchecked)"
+    else:
+        shipped = "fine-tuned"
+    metrics["shipped"] = shipped
+    for w in metrics["warnings"]:
+        warn(w)
+    write_json(paths.metrics("train_reranker"), metrics)
+    if untrained is None:
+        clear_checkpoints(ckpt)
+    else:
+        untrained_outputs(live, ckpt)
+    after = metrics.get("dev", {}).get("after", {}).get("ndcg@10")
+    return {
+        "read": summary_read,
+        "wrote": f"{paths.reranker} ({cfg.kind}, {shipped}, {metrics['effective']['optimizer_steps']} steps"
+        + (f", dev ndcg@10 reranked {after:.3f}" if after is not None else "")
+        + f"), {paths.metrics('train_reranker')}",
     }
