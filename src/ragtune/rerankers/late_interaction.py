@@ -7,7 +7,7 @@ scores with what the retriever learned, and training only sharpens it.
 
 Built on sentence-transformers' own ``MultiVectorEncoder`` (ST ≥ 6), not PyLate: PyLate 1.6 pins
 sentence-transformers==5.3.0, transformers≤5.3.0 and, through fast-plaid, torch 2.11, so installing it would move
-every pin of this project (docs/rerankers-late.md has the evidence). The modules:
+every pin of this project (docs/rerankers.md has the evidence). The modules:
 
 * the embedder's ``Transformer`` (its fine-tuned weights; ``query_length`` / ``document_length`` cap each side);
 * ``MultiVectorMask``: padding never scores; punctuation is skipped on the passage side (ColBERT's skiplist);
