@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.rerankers import MARKER  # a CrossEncoder folder has none
 from ragtune.retrieval import Ranking
 
 
@@ -42,9 +43,6 @@ def fuse(
     ]
     fused.sort(key=lambda t: (-t[1], t[2]))
     return [(cid, round(s, 6)) for cid, s, _ in fused]
-
-
-MARKER = "ragtune_reranker.json"  # a reranker kind's folder names its kind here; a CrossEncoder folder has none
 
 
 def reranker_kind(path: str | Path) -> str:

@@ -5,3 +5,5 @@ causal LM, Qwen3-Reranker's recipe). Each saved folder holds ``ragtune_reranker.
 what :func:`ragtune.rerank.load_reranker` dispatches on; a folder without it is a sentence-transformers
 CrossEncoder.
 """
+
+MARKER = "ragtune_reranker.json"  # {"kind": ..., ...} in a shipped reranker's folder: what loaders dispatch on

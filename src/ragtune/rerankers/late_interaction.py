@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 
 from ragtune.errors import UserError
+from ragtune.rerankers import MARKER
 
 KIND = "late_interaction"
-MARKER = "ragtune_reranker.json"  # {"kind": ..., ...}: what a reranker loader dispatches on
 SIMILARITY = "meanmaxsim"
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-MARKER = "ragtune_reranker.json"
+from ragtune.rerankers import MARKER
+
 KIND = "llm"
 YES, NO = "yes", "no"
 SYSTEM = (

@@ -58,7 +58,7 @@ def kind_settings(cfg: RerankerTrainConfig, sub: dict[str, Any], epochs: float, 
     return Settings.from_params({**shared, **sub})
 
 
-def training_rows(kind: str, groups: Sequence[dict[str, Any]], sub: dict[str, Any]) -> int:
+def rows_per_epoch(kind: str, groups: Sequence[dict[str, Any]]) -> int:
     """Rows per epoch as the kind's trainer counts them, which is what ``epochs: auto`` sizes: a group for late
     interaction (query, positive, its negatives), a (query, passage) pair for the pointwise yes/no LLM."""
     if kind == "late_interaction":
@@ -123,14 +123,14 @@ def run_kind(
 ) -> dict[str, Any]:
     """Schedule, train (or save the untrained start) and return the metrics of a kind other than the cross-encoder.
 
-    ``epochs: auto`` is sized to the kind's own rows (:func:`training_rows`), as the cross-encoder's is to its.
+    ``epochs: auto`` is sized to the kind's own rows (:func:`rows_per_epoch`), as the cross-encoder's is to its.
     """
     from dataclasses import asdict
 
     from ragtune.train.schedule import resolve_schedule
 
     sub = dict(getattr(cfg, cfg.kind))
-    resolved, plan = resolve_schedule(cfg, training_rows(cfg.kind, groups, sub))
+    resolved, plan = resolve_schedule(cfg, rows_per_epoch(cfg.kind, groups))
     settings = kind_settings(cfg, sub, float(resolved.epochs), int(resolved.max_steps))
     if untrained is not None:
         save_start(cfg, settings, paths.reranker, paths.embedder)
