@@ -91,6 +91,10 @@ class Paths:
     def reranker_dev_groups(self) -> Path:
         return self._p("data", "reranker", "dev_groups.jsonl")
 
+    @property
+    def reranker_distill_lists(self) -> Path:
+        return self._p("data", "reranker", "distill_lists.jsonl")
+
     # -------------------------------------------------------------------------------------------- models
     @property
     def embedder(self) -> Path:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragtune.errors import UserError
+from ragtune.params import StageConfig
 from ragtune.train.config import TrainerConfig
 
 LOSSES = ("bce", "lambda", "mnrl")
@@ -19,6 +20,37 @@ class RerankerConfigError(UserError, ValueError):
 HEAD_PATTERNS = {"cls": r"classifier", "mean": r"(^|\.)2\.linear\."}  # new-head parameters, for learning_rate_mapping
 
 
+class DistillConfigError(RerankerConfigError):
+    """A ``train_reranker.distill`` setting is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillSettings(StageConfig):
+    """``train_reranker.distill``: how many lists, how long, how sharp the teacher; no defaults (params.yaml)."""
+
+    SECTION = "train_reranker.distill"
+    ERROR = DistillConfigError
+
+    lists: int  # (query, candidates) lists to distill; 0 = off; more than there are queries = all of them
+    list_size: int  # candidates per list: the teacher's top list_size chunks for the query
+    temperature: float  # teacher softmax temperature on its cosine scores
+    epochs: float  # passes over the lists
+    batch_size: int  # lists per optimizer step (each is list_size (query, passage) pairs)
+
+    def validate(self) -> None:
+        sec, err = self.SECTION, self.ERROR
+        if self.lists < 0:
+            raise err(f"{sec}.lists={self.lists}: use 0 (off) or a positive number of lists")
+        if self.list_size < 2:
+            raise err(f"{sec}.list_size={self.list_size}: a list needs at least 2 candidates to rank")
+        if not self.temperature > 0:
+            raise err(f"{sec}.temperature={self.temperature}: must be > 0 (the embedder's: 1 / train_embedder.scale)")
+        if not self.epochs > 0:
+            raise err(f"{sec}.epochs={self.epochs}: must be > 0")
+        if self.batch_size < 1:
+            raise err(f"{sec}.batch_size={self.batch_size}: must be ≥ 1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RerankerTrainConfig(TrainerConfig):
     """``train_reranker:``: the shared trainer keys (:class:`TrainerConfig`) plus the start model and its head, the
@@ -30,6 +62,7 @@ class RerankerTrainConfig(TrainerConfig):
     kind: str  # cross_encoder | late_interaction | llm (ragtune.train.reranker.kinds)
     late_interaction: dict[str, Any]  # kind: late_interaction only: its own keys (the shared ones come from here)
     llm: dict[str, Any]  # kind: llm only: its own keys
+    distill: dict[str, Any]  # kind: cross_encoder: the distillation warm start's own keys (train/reranker/distill.py)
     # embedder: the fine-tuned embedder's encoder + a new head | base: model.embedder + a new head |
     # any other value: a model name or path (e.g. BAAI/bge-reranker-v2-m3), loaded with its own head
     base: str
@@ -51,9 +84,10 @@ class RerankerTrainConfig(TrainerConfig):
     def validate(self) -> None:
         if self.kind not in KINDS:
             raise RerankerConfigError(f"train_reranker.kind={self.kind!r}: choose one of {KINDS}")
-        for name in ("late_interaction", "llm"):
+        for name in ("late_interaction", "llm", "distill"):
             if not isinstance(getattr(self, name), dict):
                 raise RerankerConfigError(f"train_reranker.{name} must be a mapping of its keys (see params.yaml)")
+        DistillSettings.from_params(self.distill)  # refuses a missing, unknown or bad key before minutes of mining
         if self.loss not in LOSSES:
             raise RerankerConfigError(f"train_reranker.loss={self.loss!r}: choose one of {LOSSES}")
         if self.n_hard + self.n_random < 1:

@@ -4,7 +4,8 @@
 rate, warmup, weight decay, precision, logging) drive every kind, so there is one learning rate in params and it is
 the one the optimizer gets; a kind's sub-section (``late_interaction:`` / ``llm:``) holds only what no other kind
 has. Keys only the cross-encoder reads (``base``, ``head``, ``loss``, ``pos_weight``, ``mnrl_scale``, ``head_lr``,
-``max_length``) are listed in :data:`CROSS_ENCODER_ONLY`, and the metrics of another kind say they were not used.
+``max_length``, ``distill``) are listed in :data:`CROSS_ENCODER_ONLY`, and the metrics of another kind say they were
+not used.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from typing import Any
 
 from ragtune.train.reranker.config import KINDS, RerankerConfigError, RerankerTrainConfig
 
-CROSS_ENCODER_ONLY = ("base", "head", "loss", "pos_weight", "mnrl_scale", "head_lr", "max_length", "attention_dropout")
+CROSS_ENCODER_ONLY = (
+    "base",
+    "head",
+    "loss",
+    "pos_weight",
+    "mnrl_scale",
+    "head_lr",
+    "max_length",
+    "attention_dropout",
+    "distill",
+)
 
 
 def _bf16(cfg: RerankerTrainConfig) -> bool:

@@ -28,8 +28,9 @@ from ragtune.train.checkpoints import (
 )
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.guards import unchecked_warning, untrained_reason
-from ragtune.train.reranker.config import RerankerTrainConfig
+from ragtune.train.reranker.config import DistillSettings, RerankerTrainConfig
 from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
+from ragtune.train.reranker.distill import distill, distill_lists
 from ragtune.train.reranker.kinds import kind_settings, run_kind
 from ragtune.train.reranker.trainer import (
     build_evaluator,
@@ -80,22 +81,32 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
     chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
     train = read_jsonl(paths.train)
-    synthetic = read_jsonl(paths.synthetic) if cfg.use_synthetic else []
+    all_synthetic = read_jsonl(paths.synthetic)
+    synthetic = all_synthetic if cfg.use_synthetic else []
     dev = read_jsonl(paths.dev)
+    warm = DistillSettings.from_params(cfg.distill)
+    warm_on = cfg.kind == "cross_encoder" and warm.lists > 0
 
     # Candidates as the reranker will see them: the fine-tuned embedder's ranking of the whole corpus.
     embedder = load_dense(model_p, name=embedder_dir)
     index = DenseIndex(list(chunk_text), embedder.encode_passages(list(chunk_text.values())))
-    depth = max(cfg.rank_max, cfg.rerank_k)
+    depth = max(cfg.rank_max, cfg.rerank_k, warm.list_size if warm_on else 0)
     pairs, capped = cap_per_document(train + synthetic, cfg.max_pos_per_doc, cfg.seed)
-    qtext = {p["query_id"]: p["query"] for p in pairs + dev}
+    # the warm start's queries need no label, so none is capped or left out: every training and synthetic query
+    qtext = {p["query_id"]: p["query"] for p in pairs + dev + ((train + all_synthetic) if warm_on else [])}
     ranking = index.search_vectors(list(qtext), embedder.encode_queries(list(qtext.values())), depth)
     candidates = Candidates(ranking, chunk_text, chunk_to_doc)
     groups, counts = mine_rerank_groups(pairs, candidates, cfg)
     dev_groups, _ = mine_rerank_groups([q for q in dev if q["positive_chunk_ids"]], candidates, cfg)
     summary_read = f"{len(pairs)} training pairs ({sum(capped.values())} capped), {len(dev)} dev queries"
+    lists, list_counts = (
+        distill_lists({"train": train, "synthetic": all_synthetic}, ranking, chunk_text, warm, cfg.seed)
+        if warm_on
+        else ([], {})
+    )
     write_jsonl(paths.reranker_train_groups, groups)
     write_jsonl(paths.reranker_dev_groups, dev_groups)
+    write_jsonl(paths.reranker_distill_lists, lists)
     # None: train. "no dev questions: unchecked": save the start model untrained (ship_unchecked: false)
     untrained = untrained_reason(cfg, has_dev=bool(dev))
     if untrained is None and len(groups) < cfg.batch_size:
@@ -127,6 +138,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     fingerprint = cfg.fingerprint(
         base_source["fingerprint"],
         sha256_file(paths.reranker_train_groups),
+        sha256_file(paths.reranker_distill_lists),
         sha256_file(paths.dev),
         # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
         *code_hashes(__file__),
@@ -135,6 +147,15 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     resume = prepare_checkpoint_dir(ckpt, fingerprint) if untrained is None else ResumePoint()
     if resume.checkpoint:
         console.print(f"[bold]Resuming[/] from {resume.checkpoint}")
+    warm_metrics: dict[str, Any] = {"lists": 0, **list_counts}
+    # the warm start runs before the label stage's first step; a resumed run's checkpoint already holds its result
+    if lists and untrained is None and not resume.checkpoint:
+        console.print(f"warm start: distilling the embedder's ranking of {len(lists)} lists", soft_wrap=True)
+        warm_metrics = {**list_counts, **distill(model, lists, cfg, warm, ckpt, new_head=new_head)}
+        after_warm = evaluator(model) if evaluator else {}
+        warm_metrics["dev_after"] = {
+            k.replace("dev_", ""): round(float(v), 4) for k, v in after_warm.items() if k.startswith("dev_")
+        }
     callbacks = dvclive_callbacks(live, resume=bool(resume.checkpoint)) if untrained is None else []
     # untrained: built, never run, so the metrics hold the values this run would have used, with 0 steps
     trainer = build_trainer(
@@ -216,6 +237,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
             "top1_most_common_doc": popular_doc,
             "top1_most_common_share": round(share, 4),
         },
+        "distill": warm_metrics,
         "plan": asdict(plan),
         "shipped": shipped,
         "warnings": warnings,
