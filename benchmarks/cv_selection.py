@@ -4,6 +4,13 @@ Usage (repo root, venv active, after `dvc repro pairs`):
     python benchmarks/cv_selection.py --name default [--folds 5] [--set train_embedder.KEY=VALUE ...]
     python benchmarks/cv_selection.py --compare metrics/benchmarks/cv_selection/default.json \
         metrics/benchmarks/cv_selection/<name>.json
+    python benchmarks/cv_selection.py --pipeline --name default [--set train_reranker.kind=late_interaction]
+
+``--pipeline`` (issue 18) cross-validates the whole served pipeline, reranker and evaluate's dev choice included:
+fold i is the test split, fold i+1 the dev split the pipeline is chosen on, the rest train; see
+:func:`cross_validate_pipeline`. It writes metrics/benchmarks/cv_selection/pipeline_<name>.json with the paired
+out-of-fold gain of the served pipeline over ft_dense and over its own retriever, and of every ``X+rerank`` over
+``X``. The rest of this docstring is about the default mode, which compares train_embedder configs.
 
 Why: the sample's dev split has 46 questions, so dev NDCG@10 cannot separate two configs that differ by a point or
 two, and test (77 questions) must not be used to choose. Cross-validation scores every one of the 230 train + dev
@@ -41,19 +48,23 @@ import platform
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
+from ragtune.console import stage
 from ragtune.evaluation.metrics import paired_bootstrap
+from ragtune.evaluation.run import run_evaluate
 from ragtune.experiment import copy_inputs, doc_scores, train_embedder
-from ragtune.io import read_jsonl, write_json, write_jsonl
+from ragtune.io import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.models import load_embedder, resolve_model
 from ragtune.params import load_params, section, with_overrides
 from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.merge import merge_lost_on_dev, merge_with_base
+from ragtune.train.reranker.run import run_train_reranker
 
 POLICIES = ("unmerged", "merged", "checked")
 
@@ -165,6 +176,85 @@ def cross_validate(args: argparse.Namespace) -> None:
     print(json.dumps({k: out[k] for k in ("out_of_fold_ndcg@10", "gain_over_base")}, indent=2))
 
 
+def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path) -> tuple[list[dict], dict, float]:
+    """negatives, train_embedder, train_reranker and evaluate in ``workdir`` on these splits, with the params as
+    shipped; returns evaluate's per-query test records, the served pipeline record and the seconds."""
+    paths = Paths(workdir)
+    copy_inputs(Paths(), paths, ("documents", "chunks", "synthetic"))
+    for name, queries in splits.items():
+        write_jsonl(getattr(paths, name), [{**q, "split": name} for q in queries])
+    t0 = time.perf_counter()
+    train_embedder(params, paths, negatives=True)
+    model_p = section(params, "model")
+    with stage("train_reranker") as summary:
+        summary.update(run_train_reranker(model_p, section(params, "train_reranker"), paths))
+    with stage("evaluate") as summary:
+        summary.update(
+            run_evaluate(
+                model_p,
+                section(params, "bm25"),
+                section(params, "chunk"),
+                section(params, "ingest"),
+                section(params, "evaluate"),
+                paths,
+            )
+        )
+    return read_jsonl(paths.per_query_test), read_json(paths.pipeline), time.perf_counter() - t0
+
+
+def cross_validate_pipeline(args: argparse.Namespace) -> None:
+    """``--pipeline``: the whole chain per fold, fold i as test, fold i+1 as dev (the pipeline is chosen on it, as
+    evaluate chooses), the rest as train. Every train + dev question is scored once by a pipeline that neither
+    trained nor chose on it, so the served pipeline's out-of-fold score is honest, unlike the fold-as-dev mode."""
+    params = with_overrides(load_params(), args.set)
+    paths = Paths()
+    pool = read_jsonl(paths.train) + read_jsonl(paths.dev)
+    folds = folds_of(pool, args.folds, args.fold_seed)
+    oof: dict[str, dict[str, float]] = {}
+    fold_rows = []
+    for i, fold in enumerate(folds):
+        dev = folds[(i + 1) % len(folds)]
+        held = {q["query_id"] for q in fold + dev}
+        splits = {"train": [q for q in pool if q["query_id"] not in held], "dev": dev, "test": fold}
+        with tempfile.TemporaryDirectory(prefix=f"ragtune-cvp{i}-") as tmp:
+            records, pipeline, seconds = run_pipeline_fold(params, splits, Path(tmp))
+        served, retriever = pipeline["system"], pipeline["retriever"]
+        for rec in records:
+            systems = {name: v["ndcg@10"] for name, v in rec["systems"].items()}
+            systems["served"] = systems[served]
+            systems["served_retriever"] = systems[retriever]
+            for name, v in systems.items():
+                oof.setdefault(name, {})[rec["query_id"]] = v
+        row = {
+            "fold": i,
+            "train": len(splits["train"]),
+            "dev": len(dev),
+            "test": len(fold),
+            "served": served,
+            "fusion_weight": pipeline["fusion_weight"] if pipeline["rerank"] else None,
+            "seconds": round(seconds, 1),
+            **{n: mean({r["query_id"]: r["systems"][n]["ndcg@10"] for r in records}) for n in records[0]["systems"]},
+        }
+        fold_rows.append(row)
+        print(json.dumps(row), flush=True)
+    pairs = {"served vs ft_dense": ("served", "ft_dense"), "served vs its retriever": ("served", "served_retriever")}
+    pairs |= {f"{n} vs {n.partition('+')[0]}": (n, n.partition("+")[0]) for n in oof if n.endswith("+rerank")}
+    out = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, CPU",
+        "protocol": f"{args.folds}-fold CV over train+dev (fold seed {args.fold_seed}): fold i test, fold i+1 dev, "
+        "the rest train; per fold negatives, train_embedder, train_reranker and evaluate as dvc repro runs them; "
+        "document-level NDCG@10 of each fold's test questions",
+        "overrides": args.set,
+        "queries": len(oof.get("served", {})),
+        "folds": fold_rows,
+        "out_of_fold_ndcg@10": {n: mean(v) for n, v in sorted(oof.items())},
+        "paired_gain": {k: paired_bootstrap(_wrap(oof[a]), _wrap(oof[b])) for k, (a, b) in pairs.items()},
+        "per_query": oof,
+    }
+    write_json(args.out or f"metrics/benchmarks/cv_selection/pipeline_{args.name}.json", out)
+    print(json.dumps({k: out[k] for k in ("out_of_fold_ndcg@10", "paired_gain")}, indent=2))
+
+
 def _wrap(scores: dict[str, float]) -> dict[str, dict[str, float]]:
     return {q: {"ndcg@10": v} for q, v in scores.items()}
 
@@ -189,9 +279,16 @@ def main() -> None:
     ap.add_argument("--alphas", default="", help="extra WiSE-FT merge weights to score, e.g. 0.7,0.85")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="param override")
     ap.add_argument("--compare", nargs=2, metavar=("A_JSON", "B_JSON"))
+    ap.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="the whole chain per fold (embedder, reranker, evaluate's dev choice): the served pipeline out of fold",
+    )
     args = ap.parse_args()
     if args.compare:
         compare(*args.compare)
+    elif args.pipeline:
+        cross_validate_pipeline(args)
     else:
         cross_validate(args)
 

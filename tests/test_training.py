@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 from conftest import REPO, shipped_params
 
+from ragtune.precision import cpu_has_fast_bf16
 from ragtune.train.checkpoints import prepare_checkpoint_dir
 from ragtune.train.common import apply_attention_dropout, precision_flags
 from ragtune.train.embedder.config import EmbedderTrainConfig, TrainConfigError
@@ -441,8 +442,11 @@ def test_precision_defaults():
     assert precision_flags(cfg, cuda=True, bf16_supported=True) == {"fp16": False, "bf16": True}
     assert precision_flags(cfg, cuda=True, bf16_supported=False) == {"fp16": True, "bf16": False}
     assert precision_flags(cfg, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": False}
-    cpu_bf16 = dataclasses.replace(cfg, cpu_bf16=True)  # the shipped setting: bf16 autocast on CPU
+    cpu_bf16 = dataclasses.replace(cfg, cpu_bf16=True)  # forced: bf16 autocast on any CPU
     assert precision_flags(cpu_bf16, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": True}
+    auto = dataclasses.replace(cfg, cpu_bf16="auto")  # the shipped setting: only where the CPU has native bf16
+    assert precision_flags(auto, cuda=False, bf16_supported=False) == {"fp16": False, "bf16": cpu_has_fast_bf16()}
+    assert precision_flags(auto, cuda=True, bf16_supported=True) == {"fp16": False, "bf16": True}  # CUDA: unaffected
     with pytest.raises(TrainConfigError):
         precision_flags(dataclasses.replace(cfg, precision="fp16"), cuda=False, bf16_supported=False)
 

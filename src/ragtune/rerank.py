@@ -76,8 +76,9 @@ def load_reranker(path: str | Path, device: str | None = "cpu") -> Any:
 def predict(model: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 32, bf16: bool = False) -> list[float]:
     """Reranker scores for (query, passage) pairs; ``bf16`` runs the encoder under bf16 autocast on CPU.
 
-    Cross-encoder inference is the slow part of reranking on CPU (every candidate is a full forward pass), and this
-    machine's bf16 matmul is ~4× its fp32 peak; the one-logit head stays fp32, so only the encoder is rounded.
+    Cross-encoder inference is the slow part of reranking on CPU (every candidate is a full forward pass), and on a
+    CPU with native bf16 the bf16 matmul is ~4× the fp32 peak (without it, bf16 is far slower: callers decide with
+    :func:`ragtune.precision.use_cpu_bf16`); the one-logit head stays fp32, so only the encoder is rounded.
     """
     import contextlib
 

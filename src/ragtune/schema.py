@@ -167,7 +167,12 @@ SECTIONS: dict[str, dict[str, Key]] = {
     },
     "evaluate": {
         "rerank_k": Int("candidates the reranker scores per query", low=1),
-        "rerank_bf16": Bool("reranker inference under bf16 autocast on CPU"),
+        "rerank_bf16": Choice(
+            "reranker inference under bf16 autocast on CPU: auto (where the CPU has native bf16) | true | false",
+            "auto",
+            True,
+            False,
+        ),
         "fusion_weights": List("reranker weight grid", Float("a reranker weight", **PROBABILITY), nonempty=True),
         "convex_alphas": List("convex hybrid weight grid", Float("a dense weight", **PROBABILITY), nonempty=True),
         "select_folds": Int("folds over dev that judge a tuned weight", low=1),

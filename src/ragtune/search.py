@@ -24,6 +24,7 @@ import numpy as np
 from ragtune.errors import UserError
 from ragtune.io import read_jsonl
 from ragtune.paths import Paths
+from ragtune.precision import use_cpu_bf16
 from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class Pipeline:
     candidate_k: int = 100
     rrf_k: int = 60
     alpha: float = 0.5  # ft_convex: weight of the dense score (1 − alpha for BM25), chosen on dev
-    rerank_bf16: bool = True  # bf16 autocast for the reranker on CPU (as measured in evaluate)
+    rerank_bf16: bool | str = "auto"  # bf16 autocast for the reranker on CPU; auto: where the CPU has native bf16
 
     @property
     def name(self) -> str:
@@ -180,7 +181,8 @@ class Searcher:
         final: list[tuple[str, float | None]] = list(candidates)
         if p.rerank and self.reranker is not None:
             top = candidates[: p.rerank_k]
-            scores = predict(self.reranker, [(query, self.by_id[cid]["text"]) for cid, _ in top], bf16=p.rerank_bf16)
+            pairs = [(query, self.by_id[cid]["text"]) for cid, _ in top]
+            scores = predict(self.reranker, pairs, bf16=use_cpu_bf16(p.rerank_bf16))
             rerank_score = {cid: float(s) for (cid, _), s in zip(top, scores, strict=True)}
             # past the reranked head, candidates keep retrieval order and have no fused score (final: null)
             final = fuse(top, [rerank_score[c] for c, _ in top], p.fusion_weight)

@@ -220,7 +220,7 @@ def pipeline_record(
         "alpha": alpha,
         "candidate_k": int(evaluate_p["candidate_k"]),
         "rrf_k": int(evaluate_p["rrf_k"]),
-        "rerank_bf16": bool(evaluate_p["rerank_bf16"]),
+        "rerank_bf16": evaluate_p["rerank_bf16"],  # the setting (auto resolves on the machine that serves)
         "chosen_on": "dev" if chosen_on_dev else "nothing (no dev split): the simplest pipeline",
         "reason": selection.reason,
     }

@@ -17,6 +17,7 @@ from typing import Any
 from ragtune.evaluation.metrics import dense_ranking, ndcg_per_query
 from ragtune.evaluation.selection import PerQuery, tune_weight
 from ragtune.paths import Paths
+from ragtune.precision import use_cpu_bf16
 from ragtune.rerank import apply_rerank, load_reranker, rerank_scores, top1_concentration
 from ragtune.retrieval import (
     BM25Index,
@@ -166,9 +167,8 @@ def add_reranked_systems(
     k = int(e["rerank_k"])
     grid = [float(w) for w in e["fusion_weights"]]
     retrievers = [r for r in RETRIEVERS if r in systems_by_split["test"]]
-    scores = rerank_scores(
-        load_reranker(reranker, device=None), systems_by_split, splits, retrievers, chunks, k, bool(e["rerank_bf16"])
-    )
+    model, bf16 = load_reranker(reranker, device=None), use_cpu_bf16(e["rerank_bf16"])
+    scores = rerank_scores(model, systems_by_split, splits, retrievers, chunks, k, bf16)
 
     def reranked(split: str, retr: str, w: float) -> Ranking:
         ranking = systems_by_split[split][retr]

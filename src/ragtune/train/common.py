@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ragtune.precision import use_cpu_bf16
 from ragtune.train.schedule import require_resolved
 
 
 def precision_flags(cfg: Any, cuda: bool, bf16_supported: bool) -> dict[str, bool]:
-    """fp16/bf16 flags for TrainingArguments: mixed precision on CUDA by default, bf16 autocast on CPU if asked."""
+    """fp16/bf16 flags for TrainingArguments: mixed precision on CUDA by default; on CPU, bf16 autocast as
+    ``cpu_bf16`` says (``auto``: where the CPU computes bf16 natively, :mod:`ragtune.precision`)."""
     if cfg.precision == "fp32":
         return {"fp16": False, "bf16": False}
     if cfg.precision == "bf16":
@@ -24,7 +26,7 @@ def precision_flags(cfg: Any, cuda: bool, bf16_supported: bool) -> dict[str, boo
         return {"fp16": True, "bf16": False}
     if cuda:
         return {"fp16": not bf16_supported, "bf16": bf16_supported}
-    return {"fp16": False, "bf16": cfg.cpu_bf16}
+    return {"fp16": False, "bf16": use_cpu_bf16(cfg.cpu_bf16)}
 
 
 def set_attention_dropout(model: Any, p: float | None) -> int:

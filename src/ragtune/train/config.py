@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ragtune.params import StageConfig
+from ragtune.precision import bf16_setting_problem
 from ragtune.train.schedule import check_schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -53,7 +54,7 @@ class TrainerConfig(StageConfig):
     gradient_accumulation_steps: int
     gradient_checkpointing: bool
     precision: str  # auto: fp16/bf16 on CUDA (bf16 if supported), cpu_bf16 setting on CPU
-    cpu_bf16: bool  # bf16 autocast on CPU (see benchmarks/train_throughput.py)
+    cpu_bf16: bool | str  # bf16 autocast on CPU: auto (where the CPU has native bf16, ragtune.precision) | true | false
     attention_dropout: float | None  # None: the model's own; 0 lets SDPA use its fused kernel (~2× faster steps)
     logging_steps: int
     dataloader_num_workers: int
@@ -66,4 +67,7 @@ class TrainerConfig(StageConfig):
         if self.lr <= 0 or self.lr > 1e-2:
             raise self.ERROR(f"{sec}.lr={self.lr} is outside (0, 1e-2]; typical: 1e-5 … 1e-4")
         check_attention_dropout(self.attention_dropout, self.ERROR, sec)
+        problem = bf16_setting_problem(f"{sec}.cpu_bf16", self.cpu_bf16)
+        if problem:
+            raise self.ERROR(problem)
         check_schedule(self, self.ERROR)

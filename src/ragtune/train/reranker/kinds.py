@@ -15,6 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from ragtune.precision import use_cpu_bf16
 from ragtune.train.reranker.config import KINDS, RerankerConfigError, RerankerTrainConfig
 
 CROSS_ENCODER_ONLY = (
@@ -32,7 +33,13 @@ CROSS_ENCODER_ONLY = (
 
 def _bf16(cfg: RerankerTrainConfig) -> bool:
     """What ``precision`` means for a kind whose trainer takes one bf16 switch (CPU or CUDA autocast)."""
-    return cfg.precision == "bf16" or (cfg.precision == "auto" and cfg.cpu_bf16)
+    if cfg.precision != "auto":
+        return cfg.precision == "bf16"
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return use_cpu_bf16(cfg.cpu_bf16)
 
 
 def kind_settings(cfg: RerankerTrainConfig, sub: dict[str, Any], epochs: float, max_steps: int) -> Any:
