@@ -176,6 +176,20 @@ def cross_validate(args: argparse.Namespace) -> None:
     print(json.dumps({k: out[k] for k in ("out_of_fold_ndcg@10", "gain_over_base")}, indent=2))
 
 
+def pipeline_splits(pool: list[dict], k: int, seed: int) -> list[dict[str, list[dict]]]:
+    """Per fold i: test = fold i, dev = fold i+1 (mod k), train = the other k − 2 folds. Every question is a test
+    question exactly once, and no fold's pipeline trains or chooses on its test questions."""
+    if k < 3:
+        raise SystemExit("--pipeline needs --folds ≥ 3 (a test fold, a dev fold and at least one training fold)")
+    folds = folds_of(pool, k, seed)
+    out = []
+    for i, test in enumerate(folds):
+        dev = folds[(i + 1) % k]
+        held = {q["query_id"] for q in test + dev}
+        out.append({"train": [q for q in pool if q["query_id"] not in held], "dev": dev, "test": test})
+    return out
+
+
 def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path) -> tuple[list[dict], dict, float]:
     """negatives, train_embedder, train_reranker and evaluate in ``workdir`` on these splits, with the params as
     shipped; returns evaluate's per-query test records, the served pipeline record and the seconds."""
@@ -209,13 +223,10 @@ def cross_validate_pipeline(args: argparse.Namespace) -> None:
     params = with_overrides(load_params(), args.set)
     paths = Paths()
     pool = read_jsonl(paths.train) + read_jsonl(paths.dev)
-    folds = folds_of(pool, args.folds, args.fold_seed)
     oof: dict[str, dict[str, float]] = {}
     fold_rows = []
-    for i, fold in enumerate(folds):
-        dev = folds[(i + 1) % len(folds)]
-        held = {q["query_id"] for q in fold + dev}
-        splits = {"train": [q for q in pool if q["query_id"] not in held], "dev": dev, "test": fold}
+    for i, splits in enumerate(pipeline_splits(pool, args.folds, args.fold_seed)):
+        fold, dev = splits["test"], splits["dev"]
         with tempfile.TemporaryDirectory(prefix=f"ragtune-cvp{i}-") as tmp:
             records, pipeline, seconds = run_pipeline_fold(params, splits, Path(tmp))
         served, retriever = pipeline["system"], pipeline["retriever"]
