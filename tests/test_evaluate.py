@@ -141,7 +141,7 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
         4,
         6,
         60,
-        False,
+        False,  # the setting as given (auto would stay "auto", resolved on the machine that serves)
     )
     assert pipeline["chosen_on"] == "dev"
     assert Pipeline.load(paths.pipeline).name == system  # search serves what evaluate chose
@@ -159,6 +159,7 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
         "selection",
         "convex",
         "reranker",
+        "reranker_2x2",
         "out_of_domain",
         "base_model",  # name, revision, commit, fingerprint of model.embedder
     }
@@ -170,6 +171,14 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
     assert set(metrics["reranker"]) == set(RETRIEVERS)
     for r in metrics["reranker"].values():
         assert (r["weight"], r["weight_chosen_on"], list(r["dev_curve"]), r["rerank_k"]) == (0.3, "dev", ["0.30"], 4)
+    # the 2×2: each embedder's own ranking as scored above, and the reranker alone over its top rerank_k
+    grid = metrics["reranker_2x2"]
+    assert grid["rerank_k"] == 4 and set(grid) == {"rerank_k", "dev", "test"}
+    for split in ("dev", "test"):
+        assert grid[split]["base"]["retriever"] == round(metrics[split]["base_dense"]["ndcg@10"], 4)
+        assert grid[split]["fine-tuned"]["retriever"] == round(metrics[split]["ft_dense"]["ndcg@10"], 4)
+        assert grid[split]["fine-tuned"]["reranked"] == metrics["reranker"]["ft_dense"][f"{split}_ndcg@10"]["reranker"]
+        assert 0 <= grid[split]["base"]["reranked"] <= 1
     # the dev scores the ladder compared: tuned systems are judged out of fold
     steps = {s["candidate"]: s for s in metrics["selection"]["steps"]}
     assert {c for c, s in steps.items() if s["tuned"]} <= {"ft_convex"} | reranked
@@ -194,6 +203,7 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
     assert (
         f"## Headline: `{system}`" in report and "## Reranker" in report and "## How the pipeline was chosen" in report
     )
+    assert "### Embedder × reranker" in report and f"| base | {grid['dev']['base']['retriever']:.4f} |" in report
     assert summary["read"] == "8 chunks, 8 dev queries, 8 test queries"
     assert summary["wrote"].startswith(f"{paths.metrics('evaluate')}, {paths.report} (serving {system}; test ndcg@10: ")
 

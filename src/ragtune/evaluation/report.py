@@ -153,6 +153,7 @@ def evaluate_metrics(
     selection: dict[str, Any] | None = None,
     convex: dict[str, Any] | None = None,
     reranker: dict[str, Any] | None = None,
+    reranker_2x2: dict[str, Any] | None = None,
     out_of_domain: dict[str, Any] | None = None,
     test_questions: dict[str, int] | None = None,
 ) -> dict[str, Any]:
@@ -175,6 +176,8 @@ def evaluate_metrics(
         metrics["convex"] = convex
     if reranker:
         metrics["reranker"] = reranker
+    if reranker_2x2:
+        metrics["reranker_2x2"] = reranker_2x2
     if out_of_domain:
         metrics["out_of_domain"] = out_of_domain
     return metrics
@@ -207,6 +210,25 @@ def _synthetic_test_line(test_questions: dict[str, int] | None) -> list[str]:
     ]
 
 
+def _two_by_two(table: dict[str, Any]) -> list[str]:
+    """Base vs fine-tuned embedder × without vs with the reranker (alone, over the embedder's top k), per split:
+    the table users ask for first (FlagEmbedding #296), so the embedder's gain and the reranker's can be read apart."""
+    splits = [s for s in ("dev", "test") if s in table]
+    lines = [
+        "### Embedder × reranker",
+        "",
+        "Document-level NDCG@10; *reranked* is the reranker alone (w = 1) over the embedder's top "
+        f"{table['rerank_k']}.",
+        "",
+        "| embedder | " + " | ".join(f"{s} no reranker | {s} reranked" for s in splits) + " |",
+        "|---|" + "---:|---:|" * len(splits),
+    ]
+    for embedder in ("base", "fine-tuned"):
+        cells = [f"{table[s][embedder]['retriever']:.4f} | {table[s][embedder]['reranked']:.4f}" for s in splits]
+        lines.append(f"| {embedder} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render_report(
     results: dict[str, dict[str, Any]],
     records: list[dict[str, Any]],
@@ -218,6 +240,7 @@ def render_report(
     pipeline: str | None = None,
     selection: dict[str, Any] | None = None,
     reranker: dict[str, Any] | None = None,
+    reranker_2x2: dict[str, Any] | None = None,
     gains: dict[str, dict[str, float]] | None = None,
     out_of_domain: dict[str, Any] | None = None,
     test_questions: dict[str, int] | None = None,
@@ -336,6 +359,8 @@ def render_report(
                 f"{d['fused']:.4f} | {t['retriever']:.4f} → {t['reranker']:.4f} → {t['fused']:.4f} |"
             )
         lines.append("")
+    if reranker_2x2:
+        lines += _two_by_two(reranker_2x2)
     for split, res in results.items():
         lines += [f"## {split} split — document level ({res['n_queries']} queries)", ""]
         lines += [*_table(res["doc"], HEADLINE), ""]

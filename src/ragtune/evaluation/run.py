@@ -77,8 +77,11 @@ def run_evaluate(
     r = Retrievers.load(chunks, model_p, bm25_p, paths)
     systems_by_split, dev = rank_splits(r, splits, e)
     reranker_report: dict[str, Any] = {}
+    two_by_two: dict[str, Any] = {}  # base vs fine-tuned embedder × without vs with the reranker
     if r.tuned is not None and paths.reranker.exists():
-        reranker_report = add_reranked_systems(systems_by_split, splits, chunks, r.chunk_to_doc, e, dev, paths.reranker)
+        reranker_report, two_by_two = add_reranked_systems(
+            systems_by_split, splits, chunks, r.chunk_to_doc, e, dev, paths.reranker
+        )
     selection = choose_pipeline(
         dev.scores if r.tuned is not None else None,
         proxy=hybrid_proxy(r, read_jsonl(paths.train), splits, systems_by_split, depth, int(e["rrf_k"])),
@@ -146,6 +149,7 @@ def run_evaluate(
         "warnings": warnings,
         "selection": selection.to_json() if pipeline else None,
         "reranker": reranker_report,
+        "reranker_2x2": two_by_two,
         "out_of_domain": forgetting,
         "test_questions": test_sources,
     }

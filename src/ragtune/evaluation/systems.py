@@ -159,16 +159,19 @@ def add_reranked_systems(
     evaluate_p: dict[str, Any],
     dev: DevChoices,
     reranker: str | Path,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (its cross-validated
-    per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever. Reranker
-    scores are computed once per (query, chunk): the retrievers' candidate lists overlap."""
+    per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever and the
+    2×2 table (:func:`two_by_two`). Reranker scores are computed once per (query, chunk): the retrievers' candidate
+    lists overlap."""
     e = evaluate_p
     k = int(e["rerank_k"])
     grid = [float(w) for w in e["fusion_weights"]]
     retrievers = [r for r in RETRIEVERS if r in systems_by_split["test"]]
     model, bf16 = load_reranker(reranker, device=None), use_cpu_bf16(e["rerank_bf16"])
-    scores = rerank_scores(model, systems_by_split, splits, retrievers, chunks, k, bf16)
+    # base_dense's candidates too, for the 2×2 table only (never served: search has no base-model pipeline)
+    scored = [*retrievers, "base_dense"]
+    scores = rerank_scores(model, systems_by_split, splits, scored, chunks, k, bf16)
 
     def reranked(split: str, retr: str, w: float) -> Ranking:
         ranking = systems_by_split[split][retr]
@@ -208,4 +211,10 @@ def add_reranked_systems(
             "top1_doc": doc,
             "top1_share": round(share, 4),
         }
-    return report
+
+    def cell(split: str, retr: str) -> dict[str, float]:
+        alone = reranked(split, retr, 1.0)
+        return {"retriever": ndcg(split, systems_by_split[split][retr]), "reranked": ndcg(split, alone)}
+
+    table = {split: {"base": cell(split, "base_dense"), "fine-tuned": cell(split, "ft_dense")} for split in splits}
+    return report, {"rerank_k": k, **table}
