@@ -33,6 +33,10 @@ VI_SENTENCES = [
 ]
 
 
+# the default reranker kind's token lengths, within the tiny embedder's positions
+TINY_LATE_INTERACTION = {"max_query_length": 32, "max_doc_length": 64}
+
+
 def load_benchmark(name: str) -> Any:
     """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not a package), for tests of their pure parts."""
     import importlib.util
@@ -179,6 +183,7 @@ def make_tiny_repo(tmp_path: Path, tiny_embedder_path: Path) -> tuple[Path, dict
     params["train_reranker"].update(
         {"max_steps": 8, "batch_size": 4, "eval_steps": 4, "save_steps": 4, "max_length": 64, "rank_max": 10}
     )
+    params["train_reranker"]["late_interaction"].update(TINY_LATE_INTERACTION)
     params["evaluate"]["rerank_k"] = 5
     write_params(work, params)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
@@ -257,6 +262,7 @@ def make_stage_dir(tmp_path: Path, tiny_embedder_path: Path, *, dev: bool = True
     # max_seq_length 80: the longest chunk is 57 tiny-tokenizer tokens, 67 with the 8-token prompt and 2 specials
     params["train_embedder"].update({"batch_size": 4, "max_seq_length": 80, "lr": 1e-3, "auto_min_steps": 6})
     params["train_reranker"].update({"batch_size": 4, "max_length": 64, "rank_max": 6, "auto_min_steps": 6})
+    params["train_reranker"]["late_interaction"].update(TINY_LATE_INTERACTION)
     for name, values in sections.items():
         params[name].update(values)
     write_params(work, params)

@@ -87,7 +87,11 @@ def test_the_stage_distills_before_the_label_stage_with_the_configured_rates(tmp
     """Lists written, the warm start's trainer built with train_reranker.lr / head_lr and the distill keys, its
     steps counted, dev scored after it, and the label stage then trains the warmed model."""
     warm = {"lists": 5, "list_size": 3, "temperature": 0.05, "epochs": 2, "batch_size": 2}
-    work = make_stage_dir(tmp_path, tiny_embedder_path, train_reranker={"distill": warm, "lr": 2e-5, "head_lr": 3e-3})
+    work = make_stage_dir(
+        tmp_path,
+        tiny_embedder_path,
+        train_reranker={"kind": "cross_encoder", "distill": warm, "lr": 2e-5, "head_lr": 3e-3},
+    )
     paths = Paths(work)
     params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
     trainers: list = []
@@ -121,7 +125,8 @@ def test_the_stage_distills_before_the_label_stage_with_the_configured_rates(tmp
 
 
 def test_off_writes_an_empty_list_file_and_builds_one_trainer(tmp_path, tiny_embedder_path, monkeypatch):
-    work = make_stage_dir(tmp_path, tiny_embedder_path, train_reranker={"distill": {**SETTINGS, "lists": 0}})
+    off = {"kind": "cross_encoder", "distill": {**SETTINGS, "lists": 0}}
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_reranker=off)
     paths = Paths(work)
     params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
     run_train_reranker(params["model"], params["train_reranker"], paths)

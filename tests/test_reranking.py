@@ -357,7 +357,12 @@ def test_reranker_stage_without_dev(tmp_path, tiny_embedder_path, ship_unchecked
 
     from ragtune.io import read_json
 
-    work = make_stage_dir(tmp_path, tiny_embedder_path, dev=False, train_reranker={"ship_unchecked": ship_unchecked})
+    work = make_stage_dir(
+        tmp_path,
+        tiny_embedder_path,
+        dev=False,
+        train_reranker={"kind": "cross_encoder", "ship_unchecked": ship_unchecked},
+    )
     out = run_stage(work, "train_reranker")
     m = read_json(work / "metrics/train_reranker.json")
     shipped = CrossEncoder(str(work / "models/reranker"), device="cpu")

@@ -146,7 +146,9 @@ def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
 def test_run_train_reranker_mines_trains_and_writes(tmp_path, tiny_embedder_path, monkeypatch):
     """The reranker stage's wiring: groups mined from models/embedder's ranking, the new head's learning rate in
     the optimizer, the metrics and the card."""
-    work = make_stage_dir(tmp_path, tiny_embedder_path, train_reranker={"head_lr": 3e-3, "lr": 2e-5})
+    work = make_stage_dir(
+        tmp_path, tiny_embedder_path, train_reranker={"kind": "cross_encoder", "head_lr": 3e-3, "lr": 2e-5}
+    )
     paths = Paths(work)
     built = _spy(monkeypatch, reranker_run)
     params = _params(work)
