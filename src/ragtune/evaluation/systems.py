@@ -162,8 +162,8 @@ def add_reranked_systems(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (its cross-validated
     per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever and the
-    2×2 table (:func:`two_by_two`). Reranker scores are computed once per (query, chunk): the retrievers' candidate
-    lists overlap."""
+    2×2 table (base vs fine-tuned embedder, each alone and reranked alone at w = 1, per split). Reranker scores are
+    computed once per (query, chunk): the retrievers' candidate lists overlap."""
     e = evaluate_p
     k = int(e["rerank_k"])
     grid = [float(w) for w in e["fusion_weights"]]

@@ -15,7 +15,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ragtune.precision import use_cpu_bf16
+from ragtune.train.common import precision_flags
 from ragtune.train.reranker.config import KINDS, RerankerConfigError, RerankerTrainConfig
 
 CROSS_ENCODER_ONLY = (
@@ -32,14 +32,13 @@ CROSS_ENCODER_ONLY = (
 
 
 def _bf16(cfg: RerankerTrainConfig) -> bool:
-    """What ``precision`` means for a kind whose trainer takes one bf16 switch (CPU or CUDA autocast)."""
-    if cfg.precision != "auto":
-        return cfg.precision == "bf16"
+    """What ``precision`` means for a kind whose trainer takes one bf16 switch (CPU or CUDA autocast): the bf16 flag
+    of :func:`ragtune.train.common.precision_flags`, the rule the cross-encoder and the embedder use (fp16 asked for
+    on a CPU is refused there, for every kind)."""
     import torch
 
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return use_cpu_bf16(cfg.cpu_bf16)
+    cuda = torch.cuda.is_available()
+    return precision_flags(cfg, cuda, bool(cuda and torch.cuda.is_bf16_supported()))["bf16"]
 
 
 def kind_settings(cfg: RerankerTrainConfig, sub: dict[str, Any], epochs: float, max_steps: int) -> Any:
