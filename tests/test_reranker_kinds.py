@@ -16,6 +16,7 @@ from ragtune.io import read_json
 from ragtune.paths import Paths
 from ragtune.rerankers.late_interaction import LateInteractionReranker
 from ragtune.rerankers.llm import LLMReranker
+from ragtune.train.reranker import kinds
 from ragtune.train.reranker.config import RerankerConfigError, RerankerTrainConfig
 from ragtune.train.reranker.kinds import kind_settings
 from ragtune.train.reranker.run import run_train_reranker
@@ -58,7 +59,8 @@ def _stage(tmp_path, tiny_embedder_path, **reranker):
 def test_late_interaction_kind_trains_ships_and_loads_through_the_common_loader(tmp_path, tiny_embedder_path):
     lengths = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1}
     paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=7e-5, late_interaction=lengths)
-    assert m["kind"] == "late_interaction" and m["shipped"] == "fine-tuned"
+    assert m["kind"] == "late_interaction" and m["kept"] == kinds.kept_model(m["dev"])
+    assert m["shipped"] == ("fine-tuned" if m["kept"] == "trained" else "untrained start (training made dev worse)")
     assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 2
     assert "ndcg@10" in m["dev"]["after"] and "head" in m["not_read"]
     assert rerank.reranker_kind(paths.reranker) == "late_interaction" and "late_interaction" in summary["wrote"]
@@ -66,6 +68,34 @@ def test_late_interaction_kind_trains_ships_and_loads_through_the_common_loader(
     assert isinstance(model, LateInteractionReranker)
     scores = rerank.predict(model, PAIRS, batch_size=2, bf16=True)  # what evaluate and search call
     assert len(scores) == 2 and np.isfinite(scores).all()
+
+
+def test_a_kind_that_dev_says_got_worse_ships_its_untrained_start(tmp_path, tiny_embedder_path, monkeypatch):
+    real, trained = kinds.train_kind, []
+
+    def worse_on_dev(*args, **kwargs):  # the real training and save, then dev reports a loss
+        metrics = real(*args, **kwargs)
+        trained.extend(rerank.load_reranker(args[4]).predict(PAIRS, batch_size=2))  # args[4]: the out dir
+        metrics["dev"]["after"]["ndcg@10"] = metrics["dev"]["before"]["ndcg@10"] - 0.1
+        return metrics
+
+    monkeypatch.setattr(kinds, "train_kind", worse_on_dev)
+    lengths = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1}
+    # lr high enough that two steps move the weights: the shipped scores must be the start's, not the trained ones
+    paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=1e-3, late_interaction=lengths)
+    assert m["kept"] == "start" and m["shipped"] == "untrained start (training made dev worse)"
+    assert any("holds the untrained start" in w for w in m["warnings"]) and "untrained start" in summary["wrote"]
+    start = LateInteractionReranker.from_embedder(paths.embedder, max_query_length=32, max_doc_length=64)
+    shipped = rerank.load_reranker(paths.reranker)
+    np.testing.assert_allclose(shipped.predict(PAIRS, batch_size=2), start.predict(PAIRS, batch_size=2), atol=1e-6)
+    assert np.abs(np.array(trained) - start.predict(PAIRS, batch_size=2)).max() > 1e-4  # what it replaced differed
+
+
+def test_kept_model_is_the_start_only_when_dev_got_worse():
+    assert kinds.kept_model({"before": {"ndcg@10": 0.6}, "after": {"ndcg@10": 0.59}}) == "start"
+    assert kinds.kept_model({"before": {"ndcg@10": 0.6}, "after": {"ndcg@10": 0.6}}) == "trained"  # a tie: trained
+    assert kinds.kept_model({"before": {}, "after": {}}) == "trained"  # no dev question: ship_unchecked decided
+    assert kinds.kept_model({}) == "trained"
 
 
 def test_llm_kind_trains_ships_and_loads_through_the_common_loader(tmp_path, tiny_embedder_path, tiny_qwen3):  # noqa: F811

@@ -155,4 +155,23 @@ def run_kind(
     metrics = train_kind(
         cfg, settings, groups, samples, paths.reranker, paths.reranker_checkpoints, paths.embedder, callbacks
     )
+    metrics["kept"] = kept_model(metrics.get("dev", {}))
+    if metrics["kept"] == "start":  # dev says training hurt: the start ships, loudly
+        import shutil
+
+        shutil.rmtree(paths.reranker)  # an LLM's trained adapter must not stay beside the start's files
+        save_start(cfg, settings, paths.reranker, paths.embedder)
+        before, after = metrics["dev"]["before"]["ndcg@10"], metrics["dev"]["after"]["ndcg@10"]
+        metrics["warnings"].append(
+            f"training made the {cfg.kind} reranker worse on dev (ndcg@10 {before:.4f} untrained → {after:.4f} "
+            f"trained): {paths.reranker} holds the untrained start instead"
+        )
     return {**metrics, "plan": asdict(plan)}
+
+
+def kept_model(dev: dict[str, Any]) -> str:
+    """``"start"`` when dev reranking got worse with training (``after`` below ``before`` on NDCG@10), else
+    ``"trained"``. Both are scored on the same dev lists by the trainer, so the comparison is like for like; without
+    dev scores (no dev question) the trained model ships, as ``ship_unchecked`` already decided."""
+    before, after = dev.get("before", {}).get("ndcg@10"), dev.get("after", {}).get("ndcg@10")
+    return "start" if before is not None and after is not None and after < before else "trained"

@@ -281,6 +281,8 @@ def _run_other_kind(
     elif not dev:
         metrics["warnings"].append(unchecked_warning(cfg.SECTION, str(paths.reranker), trained=True, start=start))
         shipped = "fine-tuned (no dev questions: unchecked)"
+    elif metrics.get("kept") == "start":
+        shipped = "untrained start (training made dev worse)"
     else:
         shipped = "fine-tuned"
     metrics["shipped"] = shipped
