@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+
 @cache
 def cpu_has_fast_bf16() -> bool:
     """True when oneDNN runs bf16 natively on this CPU (x86: AVX-512 BW/VL/DQ or AMX; ARM: the bf16 extension),
