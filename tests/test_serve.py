@@ -306,7 +306,7 @@ def test_bad_requests_get_a_4xx_naming_the_field(server: Running, path: str, bod
 
 def test_malformed_and_oversized_bodies(server: Running):
     status, answer = call(server.port, "/v1/embeddings", raw=b'{"input": ["a",')
-    assert status == 422 and "JSON" in answer["error"]["message"]
+    assert status == 422 and answer["error"]["message"].startswith("body[15]: JSON decode error")
     status, answer = call(server.port, "/v1/embeddings", raw=json.dumps({"input": ["a" * 150] * 60}).encode())
     assert status == 413 and "max_body_bytes" in answer["error"]["message"]
     status, answer = call(server.port, "/v1/nothing", {})
@@ -378,6 +378,30 @@ def test_without_index_embeddings_work_and_search_says_what_to_run(tmp_path: Pat
         assert status == 503 and "dvc repro train_reranker" in answer["error"]["message"]
         _, health = call(running.port, "/health")
         assert (health["index"], health["reranker"], health["pipeline"]) == (False, False, None)
+
+
+def test_a_pipeline_needing_an_absent_reranker_is_refused(tmp_path: Path, repo: Path):
+    shutil.copytree(repo / "models", tmp_path / "models", ignore=shutil.ignore_patterns("reranker"))
+    write_json(tmp_path / "models/pipeline.json", {"system": "ft_dense", "retriever": "ft_dense"})
+    with Running(create_app(Service.load(Paths(tmp_path)), LIMITS)) as running:
+        status, body = call(running.port, "/v1/search", {"query": "mật khẩu", "top_k": 2})
+        assert status == 200 and body["pipeline"] == "ft_dense"
+        status, answer = call(running.port, "/v1/search", {"query": "mật khẩu", "pipeline": "ft_dense+rerank"})
+        assert status == 422 and answer["error"]["param"] == "pipeline" and "reranker" in answer["error"]["message"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="existing bug outside serve: retrieval.BM25Index.scores passes an empty token list to bm25s, which raises "
+    "IndexError for a query with no BM25 tokens ('!!!', an emoji), so /v1/search answers 500 and `ragtune search` "
+    "fails alike. Checked on the Searcher, not over HTTP: on Python 3.11 the server thread's traceback formatting and "
+    "pytest's race on the ast module (an INTERNALERROR)",
+)
+def test_a_query_without_words_is_answered(repo: Path):
+    paths = Paths(repo)
+    searcher = Searcher.load(paths.index, Pipeline.load(paths.pipeline), reranker_dir=paths.reranker)
+    assert len(searcher.search("!!!", k=2)) == 2
 
 
 def test_cli_refuses_a_missing_embedder_and_a_bad_limit(tmp_path: Path, capsys):

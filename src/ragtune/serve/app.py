@@ -40,9 +40,11 @@ from ragtune.serve.service import EMBEDDER_ID, RERANKER_ID, Refused, Service, Un
 
 # ------------------------------------------------------------------------------------------------------ errors
 def _field(loc: Sequence[Any]) -> str:
-    """``("body", "input", 3)`` → ``input[3]``: the field as the client wrote it."""
-    parts = list(loc[1:] if loc and loc[0] == "body" else loc) or ["body"]
-    out = str(parts[0])
+    """``("body", "input", 3)`` → ``input[3]``: the field as the client wrote it (``body`` for the body as a whole)."""
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    if not parts or not isinstance(parts[0], str):  # the body itself; an int is a JSON decode error's position
+        parts = ["body", *parts]
+    out = parts[0]
     for p in parts[1:]:
         out += f"[{p}]" if isinstance(p, int) else f".{p}"
     return out
