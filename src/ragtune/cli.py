@@ -4,6 +4,7 @@
     ragtune search "..." --json            # for scripts
     ragtune search "..." --pipeline ft_dense   # override the pipeline evaluate chose on dev
     ragtune compare                            # base-model bake-off: one row per DVC experiment
+    ragtune serve --port 8000                  # HTTP API: /v1/embeddings, /v1/rerank, /v1/search (docs/serving.md)
 
 It works offline from the repository's ``models/`` folder alone (index, embedder, reranker, pipeline.json).
 """
@@ -15,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from ragtune.paths import Paths
@@ -37,7 +39,41 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="one table of quality, speed and memory across DVC experiments (bake-off)")
     c.add_argument("--system", default="ft_dense", help="which dense system to show: ft_dense (default) or base_dense")
     c.add_argument("--json-file", help="read `dvc exp show --json` output from this file instead of running it")
+    v = sub.add_parser("serve", help="serve the embedder, reranker and pipeline over HTTP (docs/serving.md)")
+    v.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    v.add_argument("--root", default=".", help="repository root holding models/ and metrics/ (default: current folder)")
+    v.add_argument("--pipeline", help="serve this pipeline instead of the one evaluate chose on dev")
+    v.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
+    from ragtune.serve.limits import Limits
+
+    for f in fields(Limits):  # one option per limit; the defaults stay in Limits
+        v.add_argument(
+            "--" + f.name.replace("_", "-"), type=int, default=None, help=f"default {getattr(Limits(), f.name)}"
+        )
     return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Load the models once, then answer HTTP requests until interrupted."""
+    os.environ.setdefault("RAGTUNE_QUIET", "1")  # a progress bar per request is noise in a server's log
+    import uvicorn
+
+    from ragtune.serve.app import create_app
+    from ragtune.serve.limits import Limits
+    from ragtune.serve.service import Service
+
+    paths = Paths(Path(args.root))
+    try:
+        limits = Limits().with_overrides(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+        chosen = Pipeline.load(paths.pipeline)
+        pipeline = Pipeline.parse(args.pipeline, chosen) if args.pipeline else chosen
+        service = Service.load(paths, pipeline)
+    except (SearchSetupError, ValueError) as exc:
+        print(f"ragtune serve: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(create_app(service, limits), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -89,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compare":
         return _compare(args)
-    root = Path(args.root)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.command == "serve":
+        return _serve(args)
+    root = Path(args.root)
     try:
         paths = Paths(root)
         chosen = Pipeline.load(paths.pipeline)
