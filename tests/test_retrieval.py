@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from ragtune.retrieval import BM25Index, DenseEncoder, bm25_tokenize, model_prompt, rrf, to_doc_ranking, top_k
 
@@ -23,6 +24,15 @@ def test_bm25_backends_agree_on_top_result():
         idx = BM25Index(ids, backend=backend).fit(TEXTS)
         ranking = idx.search({"q": "cai nghiện ma túy"}, k=2)
         assert ranking["q"][0][0] == "c2", backend
+
+
+@pytest.mark.parametrize("backend", ["bm25s", "rank_bm25"])
+def test_bm25_query_without_tokens_scores_zero(backend):
+    """bm25s raises IndexError on an empty token list; a query of punctuation must rank nothing, not fail."""
+    texts = ["luật đất đai", "hôn nhân gia đình", "thuế thu nhập", "bảo hiểm xã hội"]
+    index = BM25Index(["a", "b", "c", "d"], backend=backend).fit(texts)
+    assert index.scores("!!! ???").tolist() == [0.0] * 4
+    assert index.scores("hôn nhân")[1] > 0
 
 
 def test_top_k_breaks_ties_by_id():

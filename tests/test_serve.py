@@ -390,18 +390,15 @@ def test_a_pipeline_needing_an_absent_reranker_is_refused(tmp_path: Path, repo: 
         assert status == 422 and answer["error"]["param"] == "pipeline" and "reranker" in answer["error"]["message"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="existing bug outside serve: retrieval.BM25Index.scores passes an empty token list to bm25s, which raises "
-    "IndexError for a query with no BM25 tokens ('!!!', an emoji), so /v1/search answers 500 and `ragtune search` "
-    "fails alike. Checked on the Searcher, not over HTTP: on Python 3.11 the server thread's traceback formatting and "
-    "pytest's race on the ast module (an INTERNALERROR)",
-)
-def test_a_query_without_words_is_answered(repo: Path):
+def test_a_query_without_words_is_answered(repo: Path, server: Running):
+    """'!!!' has no BM25 token: the hybrid ranks by the dense side alone, over HTTP as in the library."""
     paths = Paths(repo)
     searcher = Searcher.load(paths.index, Pipeline.load(paths.pipeline), reranker_dir=paths.reranker)
-    assert len(searcher.search("!!!", k=2)) == 2
+    expected = searcher.search("!!!", k=2)
+    assert len(expected) == 2
+    status, body = call(server.port, "/v1/search", {"query": "!!!", "top_k": 2})
+    assert status == 200, body
+    assert [r["chunk_id"] for r in body["results"]] == [r["chunk_id"] for r in expected]
 
 
 def test_cli_refuses_a_missing_embedder_and_a_bad_limit(tmp_path: Path, capsys):

@@ -87,8 +87,12 @@ class BM25Index:
         return self
 
     def scores(self, query: str) -> np.ndarray:
-        """BM25 score of every indexed item for one query (shape ``[n_items]``)."""
-        return np.asarray(self._engine.get_scores(bm25_tokenize(query, self.tokenizer)), dtype=np.float32)
+        """BM25 score of every indexed item for one query (shape ``[n_items]``). A query with no BM25 tokens
+        ('!!!', an emoji) scores 0 everywhere: bm25s raises IndexError on an empty token list."""
+        tokens = bm25_tokenize(query, self.tokenizer)
+        if not tokens:
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return np.asarray(self._engine.get_scores(tokens), dtype=np.float32)
 
     def search(self, queries: dict[str, str], k: int) -> Ranking:
         return {qid: top_k(self.ids, self.scores(text), k) for qid, text in queries.items()}
