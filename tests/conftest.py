@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ragtune.io import write_jsonl
+from ragtune.io import write_json, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +136,45 @@ TOPICS = [
     ),
     ("Báo cáo sự cố", "Sự cố an toàn thông tin phải báo trong một giờ. Báo cáo gửi qua LamDesk cho đội an ninh."),
 ]
+
+
+def write_serving_models(
+    root: Path, tiny_embedder_path: Path, docs: dict[str, tuple[str, str]], *, candidate_k: int
+) -> Path:
+    """A repo-shaped folder as `dvc repro` leaves it for `ragtune search` and `ragtune serve`: models/embedder,
+    models/reranker (a tiny cross-encoder), models/index over one chunk per document of ``docs`` (id → (title,
+    body); metadata department = the id's prefix) and models/pipeline.json serving ft_hybrid+rerank. Returns root."""
+    from ragtune.retrieval import load_dense
+    from ragtune.search import write_index
+    from ragtune.train.reranker.trainer import load_reranker
+
+    models = root / "models"
+    shutil.copytree(tiny_embedder_path, models / "embedder")
+    load_reranker(tiny_embedder_path, 64, seed=0).save_pretrained(str(models / "reranker"))
+    chunks = [
+        {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
+        for d, (t, body) in docs.items()
+    ]
+    records = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in docs.items()]
+    embedder = load_dense({}, name=str(models / "embedder"))
+    embedder.encoder.use_cache = False
+    write_index(
+        models / "index",
+        chunks,
+        records,
+        embedder.encode_passages([c["text"] for c in chunks]),
+        {
+            "embedder": "models/embedder",
+            "query_prompt": embedder.query_prompt,
+            "passage_prompt": embedder.passage_prompt,
+            "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
+        },
+    )
+    pipeline = {"retriever": "ft_hybrid", "rerank": True, "rerank_k": 3, "fusion_weight": 0.5}
+    write_json(
+        models / "pipeline.json", {"system": "ft_hybrid+rerank", **pipeline, "candidate_k": candidate_k, "rrf_k": 60}
+    )
+    return root
 
 
 def make_tiny_repo(tmp_path: Path, tiny_embedder_path: Path) -> tuple[Path, dict, callable]:

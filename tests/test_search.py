@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_serving_models
 
 from ragtune.io import write_json
-from ragtune.search import Pipeline, Searcher, SearchSetupError, write_index
+from ragtune.search import Pipeline, Searcher, SearchSetupError
 
 DOCS = {
     "HR-1": ("Nghỉ phép năm", "Nhân viên chính thức được nghỉ phép năm mười hai ngày có hưởng lương."),
@@ -25,45 +26,7 @@ DOCS = {
 @pytest.fixture
 def repo(tmp_path: Path, tiny_embedder_path: Path) -> Path:
     """A repo-shaped folder with models/embedder, models/reranker, models/index and models/pipeline.json."""
-    from sentence_transformers import SentenceTransformer
-
-    from ragtune.train.reranker.trainer import load_reranker
-
-    models = tmp_path / "models"
-    shutil.copytree(tiny_embedder_path, models / "embedder")
-    load_reranker(tiny_embedder_path, 64, seed=0).save_pretrained(str(models / "reranker"))
-    chunks = [
-        {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
-        for d, (t, body) in DOCS.items()
-    ]
-    docs = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in DOCS.items()]
-    model = SentenceTransformer(str(models / "embedder"), device="cpu")
-    vecs = model.encode([c["text"] for c in chunks], prompt="passage: ", normalize_embeddings=True)
-    write_index(
-        models / "index",
-        chunks,
-        docs,
-        vecs,
-        {
-            "embedder": "models/embedder",
-            "query_prompt": "query: ",
-            "passage_prompt": "passage: ",
-            "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
-        },
-    )
-    write_json(
-        models / "pipeline.json",
-        {
-            "system": "ft_hybrid+rerank",
-            "retriever": "ft_hybrid",
-            "rerank": True,
-            "rerank_k": 3,
-            "fusion_weight": 0.5,
-            "candidate_k": 4,
-            "rrf_k": 60,
-        },
-    )
-    return tmp_path
+    return write_serving_models(tmp_path, tiny_embedder_path, DOCS, candidate_k=4)
 
 
 def test_pipeline_file_and_names():

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import write_serving_models
 
 from ragtune.io import write_json
 from ragtune.paths import Paths
 from ragtune.retrieval import load_dense
-from ragtune.search import Pipeline, Searcher, write_index
+from ragtune.search import Pipeline, Searcher
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -105,32 +106,7 @@ class Running:
 
 def _write_repo(root: Path, tiny_embedder_path: Path) -> Path:
     """A repo-shaped folder: models/{embedder,reranker,index,pipeline.json} and metrics/evaluate.json."""
-    from ragtune.train.reranker.trainer import load_reranker
-
-    models = root / "models"
-    shutil.copytree(tiny_embedder_path, models / "embedder")
-    load_reranker(tiny_embedder_path, 64, seed=0).save_pretrained(str(models / "reranker"))
-    chunks = [
-        {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
-        for d, (t, body) in DOCS.items()
-    ]
-    docs = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in DOCS.items()]
-    embedder = load_dense({}, name=str(models / "embedder"))
-    embedder.encoder.use_cache = False
-    write_index(
-        models / "index",
-        chunks,
-        docs,
-        embedder.encode_passages([c["text"] for c in chunks]),
-        {
-            "embedder": "models/embedder",
-            "query_prompt": embedder.query_prompt,
-            "passage_prompt": embedder.passage_prompt,
-            "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
-        },
-    )
-    pipeline = {"retriever": "ft_hybrid", "rerank": True, "rerank_k": 3, "fusion_weight": 0.5, "candidate_k": 5}
-    write_json(models / "pipeline.json", {"system": "ft_hybrid+rerank", **pipeline})
+    write_serving_models(root, tiny_embedder_path, DOCS, candidate_k=5)
     write_json(
         root / "metrics" / "evaluate.json",
         {
