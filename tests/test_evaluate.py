@@ -271,3 +271,47 @@ def test_the_proxy_reuses_the_dev_rankings_as_ranking_train_and_dev_afresh_would
     assert got == {"ft_hybrid": (ndcg_per_query(hybrid, pool, c2d), ndcg_per_query(dense, pool, c2d))}
     assert len(got["ft_hybrid"][0]) == 16
     assert hybrid_proxy(r, [], splits, systems, depth=6, rrf_k=60) == {}  # no train questions: no proxy
+
+
+def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_interaction_start(
+    tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path
+) -> None:
+    """rerank_proxy: the base model's untrained late-interaction start re-scores the base analogue of each reranked
+    retriever over train (capped, seeded) + dev, at dev's fusion weight; only for a late-interaction reranker."""
+    from ragtune.evaluation.systems import rerank_proxy
+    from ragtune.rerankers.late_interaction import LateInteractionReranker
+
+    li = tmp_path / "li"
+    LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48).save(li)
+    paths = _folder(tmp_path, embedder=tiny_embedder_path)
+    model_p, bm25_p, _, _, evaluate_p = _sections(paths, tiny_embedder_path)
+    chunks, train, splits = read_jsonl(paths.chunks), read_jsonl(paths.train), load_splits(paths)
+    r = Retrievers.load(chunks, model_p, bm25_p, paths)
+    _, dev = rank_splits(r, splits, evaluate_p)
+    dev.weights |= {"ft_dense+rerank": 1.0, "bm25+rerank": 0.0, "ft_hybrid+rerank": 0.5}
+    got = rerank_proxy(r, chunks, train, splits, li, tiny_embedder_path, dev, evaluate_p)
+    assert set(got) == {"ft_dense+rerank", "bm25+rerank", "ft_hybrid+rerank"}  # ft_convex+rerank: no dev weight
+
+    pool, k, c2d = train + splits["dev"], int(evaluate_p["rerank_k"]), r.chunk_to_doc
+    dense = dense_ranking(r.base_index, r.base.encode_queries, pool, int(evaluate_p["candidate_k"]))
+    start = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
+    text, qtext = {c["chunk_id"]: c["text"] for c in chunks}, {q["query_id"]: q["query"] for q in pool}
+    by_hand = {}
+    for qid, items in dense.items():  # weight 1: the start's MaxSim order over the top k, then the rest
+        top = [cid for cid, _ in items[:k]]
+        s = start.predict([(qtext[qid], text[cid]) for cid in top])
+        order = sorted(range(len(top)), key=lambda i: (-s[i], i))
+        by_hand[qid] = [(top[i], 0.0) for i in order] + items[k:]
+    rescored, plain = got["ft_dense+rerank"]
+    assert plain == ndcg_per_query(dense, pool, c2d) and len(plain) == len(train) + len(splits["dev"])
+    assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d))
+    assert got["bm25+rerank"][0] == got["bm25+rerank"][1]  # weight 0: BM25's own order
+
+    capped = rerank_proxy(
+        r, chunks, train, splits, li, tiny_embedder_path, dev, {**evaluate_p, "rerank_proxy_queries": 3}
+    )
+    assert len(capped["ft_dense+rerank"][1]) == 3 + len(splits["dev"])
+    assert set(capped["ft_dense+rerank"][1]) >= {q["query_id"] for q in splits["dev"]}  # all of dev, always
+    none = {**evaluate_p, "rerank_proxy_queries": 0}
+    assert rerank_proxy(r, chunks, train, splits, li, tiny_embedder_path, dev, none) == {}
+    assert rerank_proxy(r, chunks, train, splits, tiny_reranker_path, tiny_embedder_path, dev, evaluate_p) == {}

@@ -177,6 +177,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "convex_alphas": List("convex hybrid weight grid", Float("a dense weight", **PROBABILITY), nonempty=True),
         "select_folds": Int("folds over dev that judge a tuned weight", low=1),
         "select_seed": Int("seed of the folds and the bootstrap"),
+        "rerank_proxy_queries": Int("train questions in the late-interaction reranker's base-model evidence", low=0),
         "bakeoff_passages": Int("chunks each dense model encodes for the speed and memory bake-off", low=1),
         "out_of_domain": List(
             "labeled sets outside the corpus for the forgetting check",

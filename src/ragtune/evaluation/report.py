@@ -297,9 +297,11 @@ def render_report(
                 "¹ a tuned weight (convex alpha or reranker fusion weight): each dev query is scored with the weight "
                 "chosen on the other dev folds, so the choice of weight cannot flatter the candidate.",
                 "",
-                "² BM25 fusion involves no training, so its evidence may also come from the base model's RRF hybrid "
-                "against the base model over train + dev questions (never test); it is then adopted when that "
-                "interval is above 0 and its dev gain on the fine-tuned model is not negative.",
+                "² BM25 fusion and late-interaction re-scoring work without training, so their evidence may also "
+                "come from the base model over train + dev questions (never test): its RRF hybrid against it, and "
+                "its own untrained late-interaction start re-scoring its retrievers' top candidates against them. "
+                "Such a candidate is adopted when that interval is above 0 and its dev gain with the fine-tuned "
+                "models is not negative.",
                 "",
             ]
     if gains:

@@ -32,6 +32,7 @@ from ragtune.evaluation.systems import (
     add_reranked_systems,
     hybrid_proxy,
     rank_splits,
+    rerank_proxy,
 )
 from ragtune.io import read_json, read_jsonl, write_json, write_jsonl
 from ragtune.models import model_source, resolve_model
@@ -82,9 +83,14 @@ def run_evaluate(
         reranker_report, two_by_two = add_reranked_systems(
             systems_by_split, splits, chunks, r.chunk_to_doc, e, dev, paths.reranker
         )
+    train = read_jsonl(paths.train)
+    proxy = hybrid_proxy(r, train, splits, systems_by_split, depth, int(e["rrf_k"]))
+    base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
+    if reranker_report:
+        proxy |= rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e)
     selection = choose_pipeline(
         dev.scores if r.tuned is not None else None,
-        proxy=hybrid_proxy(r, read_jsonl(paths.train), splits, systems_by_split, depth, int(e["rrf_k"])),
+        proxy=proxy,
         start="ft_dense",
         retrievers=RETRIEVERS[1:],
         reranked={retr: f"{retr}+rerank" for retr in RETRIEVERS if reranker_report},
@@ -153,7 +159,6 @@ def run_evaluate(
         "out_of_domain": forgetting,
         "test_questions": test_sources,
     }
-    base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
     base = model_source(model_p["embedder"], base_path, revision=model_p.get("revision"))  # its Hub commit
     write_json(paths.metrics("evaluate"), evaluate_metrics(results, convex=convex, **shown) | {"base_model": base})
     write_json(paths.metrics("models"), cost_side(r, chunks, model_p, e, paths, base_path))
