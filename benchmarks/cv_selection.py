@@ -4,7 +4,8 @@ Usage (repo root, venv active, after `dvc repro pairs`):
     python benchmarks/cv_selection.py --name default [--folds 5] [--set train_embedder.KEY=VALUE ...]
     python benchmarks/cv_selection.py --compare metrics/benchmarks/cv_selection/default.json \
         metrics/benchmarks/cv_selection/<name>.json
-    python benchmarks/cv_selection.py --pipeline --name default [--set train_reranker.kind=late_interaction]
+    python benchmarks/cv_selection.py --pipeline --name default [--set train_reranker.kind=late_interaction] \
+        [--keep /tmp/cvp]   # keep fold models: a rerun re-runs only evaluate (resume, or a new selection rule)
 
 ``--pipeline`` (issue 18) cross-validates the whole served pipeline, reranker and evaluate's dev choice included:
 fold i is the test split, fold i+1 the dev split the pipeline is chosen on, the rest train; see
@@ -41,6 +42,7 @@ over A per policy on the shared out-of-fold questions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -190,18 +192,42 @@ def pipeline_splits(pool: list[dict], k: int, seed: int) -> list[dict[str, list[
     return out
 
 
-def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path) -> tuple[list[dict], dict, float]:
+TRAINED = "trained.json"  # in a kept fold folder: what its models were trained on (see --keep)
+
+
+def _training_key(params: dict, splits: dict[str, list[dict]]) -> dict:
+    """What a fold's trained models depend on: the sections the negatives and training stages read, and the
+    question ids of each split. A kept fold is reused only when this matches exactly."""
+    sections = ("model", "negatives", "bm25", "train_embedder", "train_reranker")
+    return {
+        "params": {name: params.get(name) for name in sections},
+        "splits": {name: sorted(q["query_id"] for q in qs) for name, qs in splits.items()},
+    }
+
+
+def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path) -> tuple[list[dict], dict, dict]:
     """negatives, train_embedder, train_reranker and evaluate in ``workdir`` on these splits, with the params as
-    shipped; returns evaluate's per-query test records, the served pipeline record and the seconds."""
+    shipped; returns evaluate's per-query test records, the served pipeline record and timings. When ``workdir``
+    already holds models trained on the same splits and params (``--keep``), only evaluate runs again."""
     paths = Paths(workdir)
-    copy_inputs(Paths(), paths, ("documents", "chunks", "synthetic"))
-    for name, queries in splits.items():
-        write_jsonl(getattr(paths, name), [{**q, "split": name} for q in queries])
-    t0 = time.perf_counter()
-    train_embedder(params, paths, negatives=True)
+    key = _training_key(params, splits)
+    marker = workdir / TRAINED
     model_p = section(params, "model")
-    with stage("train_reranker") as summary:
-        summary.update(run_train_reranker(model_p, section(params, "train_reranker"), paths))
+    reused = marker.exists() and read_json(marker).get("key") == key
+    if reused:
+        train_seconds = float(read_json(marker)["seconds"])
+    else:
+        marker.unlink(missing_ok=True)
+        copy_inputs(Paths(), paths, ("documents", "chunks", "synthetic"))
+        for name, queries in splits.items():
+            write_jsonl(getattr(paths, name), [{**q, "split": name} for q in queries])
+        t0 = time.perf_counter()
+        train_embedder(params, paths, negatives=True)
+        with stage("train_reranker") as summary:
+            summary.update(run_train_reranker(model_p, section(params, "train_reranker"), paths))
+        train_seconds = time.perf_counter() - t0
+        write_json(marker, {"key": key, "seconds": round(train_seconds, 1)})
+    t0 = time.perf_counter()
     with stage("evaluate") as summary:
         summary.update(
             run_evaluate(
@@ -213,13 +239,28 @@ def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path
                 paths,
             )
         )
-    return read_jsonl(paths.per_query_test), read_json(paths.pipeline), time.perf_counter() - t0
+    timing = {"train_seconds": round(train_seconds, 1), "evaluate_seconds": round(time.perf_counter() - t0, 1)}
+    return read_jsonl(paths.per_query_test), read_json(paths.pipeline), timing | {"reused_training": reused}
+
+
+def _steps(workdir: Path) -> list[dict]:
+    """The fold's selection ladder, compact: each candidate's dev gain and interval, proxy, and verdict."""
+    selection = read_json(Paths(workdir).metrics("evaluate")).get("selection") or {}
+    keep = ("candidate", "incumbent", "gain", "ci_low", "ci_high", "adopted", "evidence")
+    return [
+        {k: st[k] for k in keep} | ({"proxy": st["proxy"]} if st.get("proxy") else {})
+        for st in selection.get("steps", [])
+    ]
 
 
 def cross_validate_pipeline(args: argparse.Namespace) -> None:
     """``--pipeline``: the whole chain per fold, fold i as test, fold i+1 as dev (the pipeline is chosen on it, as
     evaluate chooses), the rest as train. Every train + dev question is scored once by a pipeline that neither
-    trained nor chose on it, so the served pipeline's out-of-fold score is honest, unlike the fold-as-dev mode."""
+    trained nor chose on it, so the served pipeline's out-of-fold score is honest, unlike the fold-as-dev mode.
+
+    ``--keep DIR`` keeps each fold's folder under DIR (models included). A later run with the same params and
+    splits reuses a fold's trained models and re-runs only evaluate: an interrupted run resumes, and a change to
+    evaluate's selection rule is re-measured in minutes instead of hours."""
     params = with_overrides(load_params(), args.set)
     paths = Paths()
     pool = read_jsonl(paths.train) + read_jsonl(paths.dev)
@@ -227,8 +268,14 @@ def cross_validate_pipeline(args: argparse.Namespace) -> None:
     fold_rows = []
     for i, splits in enumerate(pipeline_splits(pool, args.folds, args.fold_seed)):
         fold, dev = splits["test"], splits["dev"]
-        with tempfile.TemporaryDirectory(prefix=f"ragtune-cvp{i}-") as tmp:
-            records, pipeline, seconds = run_pipeline_fold(params, splits, Path(tmp))
+        with contextlib.ExitStack() as stack:
+            if args.keep:
+                workdir = Path(args.keep) / f"fold{i}"
+                workdir.mkdir(parents=True, exist_ok=True)
+            else:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"ragtune-cvp{i}-")))
+            records, pipeline, timing = run_pipeline_fold(params, splits, workdir)
+            steps = _steps(workdir)
         served, retriever = pipeline["system"], pipeline["retriever"]
         for rec in records:
             systems = {name: v["ndcg@10"] for name, v in rec["systems"].items()}
@@ -243,11 +290,12 @@ def cross_validate_pipeline(args: argparse.Namespace) -> None:
             "test": len(fold),
             "served": served,
             "fusion_weight": pipeline["fusion_weight"] if pipeline["rerank"] else None,
-            "seconds": round(seconds, 1),
+            **timing,
             **{n: mean({r["query_id"]: r["systems"][n]["ndcg@10"] for r in records}) for n in records[0]["systems"]},
+            "steps": steps,
         }
         fold_rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k != "steps"}), flush=True)
     pairs = {"served vs ft_dense": ("served", "ft_dense"), "served vs its retriever": ("served", "served_retriever")}
     pairs |= {f"{n} vs {n.partition('+')[0]}": (n, n.partition("+")[0]) for n in oof if n.endswith("+rerank")}
     out = {
@@ -294,6 +342,12 @@ def main() -> None:
         "--pipeline",
         action="store_true",
         help="the whole chain per fold (embedder, reranker, evaluate's dev choice): the served pipeline out of fold",
+    )
+    ap.add_argument(
+        "--keep",
+        default=None,
+        metavar="DIR",
+        help="--pipeline: keep fold folders (models included) under DIR; a rerun reuses their training",
     )
     args = ap.parse_args()
     if args.compare:

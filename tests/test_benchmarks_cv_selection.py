@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import load_benchmark
+import yaml
+from conftest import REPO, load_benchmark
 
 
 def test_every_question_is_tested_once_by_a_pipeline_that_neither_trained_nor_chose_on_it():
@@ -23,3 +24,42 @@ def test_every_question_is_tested_once_by_a_pipeline_that_neither_trained_nor_ch
     ]  # seeded
     with pytest.raises(SystemExit, match="folds ≥ 3"):
         cv.pipeline_splits(pool, 2, seed=0)
+
+
+def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp_path, monkeypatch):
+    """--keep: a second run on a kept fold re-runs only evaluate; other params or other splits retrain."""
+    from ragtune.io import write_json, write_jsonl
+    from ragtune.paths import Paths
+
+    cv = load_benchmark("cv_selection")
+    calls = []
+
+    def evaluate(*args):
+        paths = args[-1]
+        write_jsonl(paths.per_query_test, [{"query_id": "q0", "systems": {"ft_dense": {"ndcg@10": 1.0}}}])
+        write_json(paths.pipeline, {"system": "ft_dense", "retriever": "ft_dense", "rerank": False})
+        calls.append("evaluate")
+        return {}
+
+    monkeypatch.setattr(cv, "copy_inputs", lambda *a: None)
+    monkeypatch.setattr(cv, "train_embedder", lambda *a, **k: calls.append("train_embedder"))
+    monkeypatch.setattr(cv, "run_train_reranker", lambda *a: calls.append("train_reranker") or {})
+    monkeypatch.setattr(cv, "run_evaluate", evaluate)
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    other = {**params, "train_reranker": {**params["train_reranker"], "seed": 7}}
+    pool = [{"query_id": f"q{i}", "query": str(i)} for i in range(6)]
+    splits = cv.pipeline_splits(pool, 3, seed=0)[0]
+    work = tmp_path / "fold0"
+    Paths(work).per_query_test.parent.mkdir(parents=True, exist_ok=True)
+
+    _, _, timing = cv.run_pipeline_fold(params, splits, work)
+    assert calls == ["train_embedder", "train_reranker", "evaluate"] and not timing["reused_training"]
+    calls.clear()
+    _, _, timing = cv.run_pipeline_fold(params, splits, work)
+    assert calls == ["evaluate"] and timing["reused_training"]
+    calls.clear()
+    cv.run_pipeline_fold(other, splits, work)
+    assert calls == ["train_embedder", "train_reranker", "evaluate"]
+    calls.clear()
+    cv.run_pipeline_fold(other, cv.pipeline_splits(pool, 3, seed=1)[0], work)
+    assert calls[0] == "train_embedder"
