@@ -276,8 +276,8 @@ def test_the_proxy_reuses_the_dev_rankings_as_ranking_train_and_dev_afresh_would
 def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_interaction_start(
     tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path
 ) -> None:
-    """rerank_proxy: the base model's untrained late-interaction start re-scores the base analogue of each reranked
-    retriever over train (capped, seeded) + dev, at dev's fusion weight; only for a late-interaction reranker."""
+    """rerank_proxy: the base model's untrained late-interaction start re-scores the retriever's base analogue over
+    train (capped, seeded) + dev, at dev's fusion weight; only for a late-interaction reranker."""
     from ragtune.evaluation.systems import rerank_proxy
     from ragtune.rerankers.late_interaction import LateInteractionReranker
 
@@ -289,8 +289,9 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
     r = Retrievers.load(chunks, model_p, bm25_p, paths)
     _, dev = rank_splits(r, splits, evaluate_p)
     dev.weights |= {"ft_dense+rerank": 1.0, "bm25+rerank": 0.0, "ft_hybrid+rerank": 0.5}
-    got = rerank_proxy(r, chunks, train, splits, li, tiny_embedder_path, dev, evaluate_p)
-    assert set(got) == {"ft_dense+rerank", "bm25+rerank", "ft_hybrid+rerank"}  # ft_convex+rerank: no dev weight
+
+    def proxy(retriever: str, reranker: Path = li, **e: Any) -> Any:
+        return rerank_proxy(r, chunks, train, splits, reranker, tiny_embedder_path, dev, evaluate_p | e, retriever)
 
     pool, k, c2d = train + splits["dev"], int(evaluate_p["rerank_k"]), r.chunk_to_doc
     dense = dense_ranking(r.base_index, r.base.encode_queries, pool, int(evaluate_p["candidate_k"]))
@@ -302,16 +303,16 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
         s = start.predict([(qtext[qid], text[cid]) for cid in top])
         order = sorted(range(len(top)), key=lambda i: (-s[i], i))
         by_hand[qid] = [(top[i], 0.0) for i in order] + items[k:]
-    rescored, plain = got["ft_dense+rerank"]
+    rescored, plain = proxy("ft_dense")
     assert plain == ndcg_per_query(dense, pool, c2d) and len(plain) == len(train) + len(splits["dev"])
     assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d))
-    assert got["bm25+rerank"][0] == got["bm25+rerank"][1]  # weight 0: BM25's own order
+    bm25_with, bm25_without = proxy("bm25")
+    assert bm25_with == bm25_without  # weight 0: BM25's own order
+    hybrid = rrf([r.bm25.search({q["query_id"]: q["query"] for q in pool}, 6), dense], k=60, depth=6)
+    assert proxy("ft_hybrid")[1] == ndcg_per_query(hybrid, pool, c2d)  # the base RRF hybrid, not re-scored
+    assert proxy("ft_convex") is None  # no dev weight for ft_convex+rerank
 
-    capped = rerank_proxy(
-        r, chunks, train, splits, li, tiny_embedder_path, dev, {**evaluate_p, "rerank_proxy_queries": 3}
-    )
-    assert len(capped["ft_dense+rerank"][1]) == 3 + len(splits["dev"])
-    assert set(capped["ft_dense+rerank"][1]) >= {q["query_id"] for q in splits["dev"]}  # all of dev, always
-    none = {**evaluate_p, "rerank_proxy_queries": 0}
-    assert rerank_proxy(r, chunks, train, splits, li, tiny_embedder_path, dev, none) == {}
-    assert rerank_proxy(r, chunks, train, splits, tiny_reranker_path, tiny_embedder_path, dev, evaluate_p) == {}
+    capped = proxy("ft_dense", rerank_proxy_queries=3)[1]
+    assert len(capped) == 3 + len(splits["dev"]) and set(capped) >= {q["query_id"] for q in splits["dev"]}
+    assert proxy("ft_dense", rerank_proxy_queries=0) is None
+    assert proxy("ft_dense", reranker=tiny_reranker_path) is None  # a cross-encoder: no untrained analogue

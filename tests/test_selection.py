@@ -148,25 +148,37 @@ def test_bm25_fusion_may_borrow_evidence_from_the_base_model_over_train_and_dev(
 
 
 def test_a_late_interaction_reranker_may_borrow_evidence_from_the_base_models_start():
-    """The reranker step takes the ``+rerank`` proxy like BM25 fusion takes its own: adopted when the base model's
-    start re-scoring helps over train + dev and the trained reranker's dev gain is not negative; never otherwise."""
+    """The reranker step takes a base-model proxy as BM25 fusion does: adopted when the base model's start re-scoring
+    helps over train + dev and the trained reranker's dev gain is not negative. The proxy is costly, so it is asked
+    for only for the retriever kept, and only when dev alone cannot decide."""
     rng = random.Random(3)
     base = [rng.uniform(0.3, 0.7) for _ in range(20)]
-    dev = {
-        "ft_dense": scores(base),
-        "ft_dense+rerank": scores([b + (0.2 if i % 5 == 0 else -0.03) for i, b in enumerate(base)]),
-    }
+    up = [b + (0.2 if i % 5 == 0 else -0.03) for i, b in enumerate(base)]
+    dev = {"ft_dense": scores(base), "ft_dense+rerank": scores(up)}
     many = [rng.uniform(0.3, 0.7) for _ in range(200)]
     helps = (scores([m + 0.04 for m in many]), scores(many))
-    reranked = {"ft_dense": "ft_dense+rerank"}
-    kw = {"start": "ft_dense", "retrievers": RETRIEVERS, "reranked": reranked, "tuned": ["ft_dense+rerank"]}
+    asked = []
+
+    def proxy(retriever):
+        asked.append(retriever)
+        return helps if retriever == "ft_dense" else None
+
+    kw = {"start": "ft_dense", "retrievers": RETRIEVERS, "reranked": {"ft_dense": "ft_dense+rerank"}}
+    kw["tuned"] = ["ft_dense+rerank"]
     assert choose_pipeline(dev, **kw).system == "ft_dense"  # dev alone (+1.6 mean over 20, noisy): no evidence
-    chosen = choose_pipeline(dev, **kw, proxy={"ft_dense+rerank": helps})
+    chosen = choose_pipeline(dev, **kw, rerank_proxy=proxy)
     step = chosen.steps[-1]
-    assert chosen.system == "ft_dense+rerank" and step.component == "reranker" and step.adopted
+    assert (
+        chosen.system == "ft_dense+rerank" and step.component == "reranker" and step.adopted and asked == ["ft_dense"]
+    )
     assert step.evidence == "train+dev (base model)" and step.proxy["n_queries"] == 200
-    # a proxy for another retriever's reranking is not evidence for this one
-    assert choose_pipeline(dev, **kw, proxy={"ft_hybrid+rerank": helps}).system == "ft_dense"
-    # the trained reranker losing on dev vetoes the proxy
+    # no proxy for the retriever kept: dev alone
+    assert choose_pipeline(dev, **kw, rerank_proxy=lambda r: None).system == "ft_dense"
+    # the trained reranker losing on dev vetoes it, without paying for the proxy
+    asked.clear()
     dev["ft_dense+rerank"] = scores([b - 0.005 for b in base])
-    assert choose_pipeline(dev, **kw, proxy={"ft_dense+rerank": helps}).system == "ft_dense"
+    assert choose_pipeline(dev, **kw, rerank_proxy=proxy).system == "ft_dense" and asked == []
+    # dev alone is evidence enough: adopted on dev, the proxy not asked
+    dev["ft_dense+rerank"] = scores([b + 0.05 for b in base])
+    chosen = choose_pipeline(dev, **kw, rerank_proxy=proxy)
+    assert chosen.system == "ft_dense+rerank" and chosen.steps[-1].evidence == "dev" and asked == []

@@ -86,11 +86,14 @@ def run_evaluate(
     train = read_jsonl(paths.train)
     proxy = hybrid_proxy(r, train, splits, systems_by_split, depth, int(e["rrf_k"]))
     base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
-    if reranker_report:
-        proxy |= rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e)
+
+    def reranker_evidence(retriever: str) -> tuple[dict[str, float], dict[str, float]] | None:
+        return rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e, retriever)
+
     selection = choose_pipeline(
         dev.scores if r.tuned is not None else None,
         proxy=proxy,
+        rerank_proxy=reranker_evidence if reranker_report else None,
         start="ft_dense",
         retrievers=RETRIEVERS[1:],
         reranked={retr: f"{retr}+rerank" for retr in RETRIEVERS if reranker_report},

@@ -20,9 +20,11 @@ The rule here:
   (MaxSim over its own token vectors) re-scoring the base model's analogue of the retriever kept, at the fusion
   weight dev chose, measured on train + dev. The trained reranker is then adopted when that interval lies above 0
   and its own dev gain is not negative (that training did not make it worse than its start is checked on dev when
-  it is trained). On the sample, re-scoring alone (weight 1) is +3.6 NDCG@10 points [+1.6, +5.5] over the base model, 230 questions,
-  and +0.7 [-1.1, +2.5] over its RRF hybrid: the evidence is strong where the reranker adds most. A cross-encoder's
-  head starts random and an LLM reranker's start needs a GPU, so those two kinds are judged on dev alone.
+  it is trained). On the sample, re-scoring alone (weight 1) is +3.6 NDCG@10 points [+1.6, +5.5] over the base
+  model and +0.7 [-1.1, +2.5] over its RRF hybrid (230 questions): the evidence is strong where the reranker adds
+  most. The proxy encodes passages token by token, so it is measured only for the retriever kept and only when dev
+  alone neither adopts nor vetoes. A cross-encoder's head starts random and an LLM reranker's start needs a GPU, so
+  those two kinds are judged on dev alone.
 * A candidate with a tuned weight (the convex hybrid's alpha, the reranker's fusion weight) is judged by
   cross-validation *inside* dev: each query is scored with the weight chosen on the other folds, so the weight's
   own selection cannot make the candidate look better than it is. The weight it then ships with is chosen on all of dev.
@@ -178,14 +180,17 @@ def choose_pipeline(
     reranked: Mapping[str, str],
     tuned: Sequence[str] = (),
     proxy: Mapping[str, tuple[PerQuery, PerQuery]] | None = None,
+    rerank_proxy: Callable[[str], tuple[PerQuery, PerQuery] | None] | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Selection:
     """The evidence ladder (module docstring). ``dev`` maps each system to its per-query dev NDCG@10, with the
     out-of-fold scores for the ``tuned`` systems; ``retrievers`` lists the alternatives to ``start`` from simplest to
     most complex; ``reranked`` maps a retriever to its ``+rerank`` system. ``proxy`` maps a retriever candidate to
-    (its base-model analogue's, the base model's) per-query scores over train + dev questions, and a ``+rerank``
-    candidate to (the base analogue re-scored by the base model's late-interaction start, not re-scored)."""
+    (its base-model analogue's, the base model's) per-query scores over train + dev questions; ``rerank_proxy``
+    gives the same pair for the reranker on a retriever (re-scored by the base model's late-interaction start, not
+    re-scored), or None. It is costly, so it is called only for the retriever kept and only when dev alone neither
+    adopts nor vetoes the reranker."""
     if not dev or not dev.get(start):
         return Selection(
             start,
@@ -198,8 +203,13 @@ def choose_pipeline(
     retriever, steps = _climb("retriever", start, list(retrievers), dev, tuned_set, n_resamples, seed, proxy)
     system = retriever
     if retriever in reranked:
-        candidate = [reranked[retriever]]
-        system, rerank_steps = _climb("reranker", retriever, candidate, dev, tuned_set, n_resamples, seed, proxy)
+        candidate = reranked[retriever]
+        evidence = {}
+        if rerank_proxy is not None and candidate in dev:  # costly: asked only when dev alone cannot decide
+            on_dev = _gain(dev[candidate], dev[retriever], n_resamples, seed)
+            if on_dev["ci_low"] <= 0 and on_dev["gain"] >= 0 and (p := rerank_proxy(retriever)) is not None:
+                evidence[candidate] = p
+        system, rerank_steps = _climb("reranker", retriever, [candidate], dev, tuned_set, n_resamples, seed, evidence)
         steps += rerank_steps
     adopted = [s for s in steps if s.adopted]
     if adopted:

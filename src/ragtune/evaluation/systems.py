@@ -162,56 +162,52 @@ def rerank_proxy(
     base_path: str | Path,
     dev: DevChoices,
     evaluate_p: dict[str, Any],
-) -> dict[str, tuple[PerQuery, PerQuery]]:
-    """Evidence for the late-interaction reranker from more questions than dev holds, as :func:`hybrid_proxy` gives
-    BM25 fusion: the *base* model's untrained late-interaction start (its own token vectors, MaxSim, nothing
-    trained) re-scores the top ``rerank_k`` of each retriever's base-model analogue (ft_dense → the base model,
-    ft_hybrid → its RRF hybrid, ft_convex → its convex hybrid at the alpha chosen on dev, bm25 → itself), fused at
-    the weight dev chose for that ``<retriever>+rerank``. Over train + dev questions, which neither the base model
-    nor its start has seen. Returns ``{"<retriever>+rerank": (re-scored, not re-scored)}`` per-query NDCG@10.
+    retriever: str,
+) -> tuple[PerQuery, PerQuery] | None:
+    """Evidence for the late-interaction reranker on ``retriever`` from more questions than dev holds, as
+    :func:`hybrid_proxy` gives BM25 fusion: the *base* model's untrained late-interaction start (its own token
+    vectors, MaxSim, nothing trained) re-scores the top ``rerank_k`` of the retriever's base-model analogue
+    (ft_dense → the base model, ft_hybrid → its RRF hybrid, ft_convex → its convex hybrid at the alpha chosen on dev,
+    bm25 → itself), fused at the weight dev chose for ``<retriever>+rerank``. Over train + dev questions, which
+    neither the base model nor its start has seen. Returns (re-scored, not re-scored) per-query NDCG@10.
 
     Only a late-interaction reranker has such an analogue: a cross-encoder's new head starts random, and an LLM
-    reranker's start costs a GPU. No dev split, no train questions, or ``evaluate.rerank_proxy_queries: 0``: none.
-    The train questions are a seeded sample of at most ``rerank_proxy_queries`` (their passages are encoded token by
-    token, the costly part)."""
+    reranker's start costs a GPU. None without a dev split, train questions, a dev weight for the retriever, or with
+    ``evaluate.rerank_proxy_queries: 0``. The train questions are a seeded sample of at most that many: their top
+    passages are encoded token by token, the costly part, so :func:`~ragtune.evaluation.selection.choose_pipeline`
+    asks only for the retriever it kept, and only when dev alone cannot decide."""
     from ragtune.rerank import reranker_kind
     from ragtune.rerankers import MARKER
     from ragtune.rerankers.late_interaction import LateInteractionReranker
 
-    cap = int(evaluate_p["rerank_proxy_queries"])
-    if "dev" not in splits or not train or cap <= 0 or reranker_kind(reranker) != "late_interaction":
-        return {}
+    cap, name = int(evaluate_p["rerank_proxy_queries"]), f"{retriever}+rerank"
+    if "dev" not in splits or not train or cap <= 0 or name not in dev.weights:
+        return None
+    if reranker_kind(reranker) != "late_interaction":
+        return None
     sample = sorted(train, key=lambda q: q["query_id"])
     random.Random(int(evaluate_p["select_seed"])).shuffle(sample)
     pool = sample[:cap] + splits["dev"]
     qids, texts = [q["query_id"] for q in pool], [q["query"] for q in pool]
     depth, k = int(evaluate_p["candidate_k"]), int(evaluate_p["rerank_k"])
-    sparse = r.bm25.score_matrix(texts)
-    dense = r.base_index.similarities(r.base.encode_queries(texts))
-    base = {
-        "bm25": {q: top_k(r.chunk_ids, sparse[i], depth) for i, q in enumerate(qids)},
-        "ft_dense": {q: top_k(r.chunk_ids, dense[i], depth) for i, q in enumerate(qids)},
-    }
-    base["ft_hybrid"] = rrf([base["bm25"], base["ft_dense"]], k=int(evaluate_p["rrf_k"]), depth=depth)
-    if "ft_convex" in dev.weights:
+    sparse = r.bm25.score_matrix(texts) if retriever != "ft_dense" else None
+    dense = r.base_index.similarities(r.base.encode_queries(texts)) if retriever != "bm25" else None
+    if retriever == "ft_convex":
         alpha = dev.weights["ft_convex"]
-        base["ft_convex"] = convex_fusion(qids, r.chunk_ids, dense, sparse, [alpha], depth)[alpha]
+        ranking = convex_fusion(qids, r.chunk_ids, dense, sparse, [alpha], depth)[alpha]
+    else:
+        sides = [m for m in (sparse, dense) if m is not None]
+        ranked = [{q: top_k(r.chunk_ids, m[i], depth) for i, q in enumerate(qids)} for m in sides]
+        ranking = ranked[0] if len(ranked) == 1 else rrf(ranked, k=int(evaluate_p["rrf_k"]), depth=depth)
     marker = json.loads(Path(reranker, MARKER).read_text(encoding="utf-8"))  # the trained reranker's lengths
     start = LateInteractionReranker.from_embedder(
         base_path, max_query_length=int(marker["max_query_length"]), max_doc_length=int(marker["max_doc_length"])
     )
-    systems = {"proxy": base}
     bf16 = use_cpu_bf16(evaluate_p["rerank_bf16"])
-    scores = rerank_scores(start, systems, {"proxy": pool}, list(base), chunks, k, bf16)["proxy"]
-    out = {}
-    for retr, ranking in base.items():
-        name = f"{retr}+rerank"
-        if name not in dev.weights:
-            continue
-        s = {qid: [scores[qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
-        reranked = apply_rerank(ranking, s, dev.weights[name])
-        out[name] = (ndcg_per_query(reranked, pool, r.chunk_to_doc), ndcg_per_query(ranking, pool, r.chunk_to_doc))
-    return out
+    scores = rerank_scores(start, {"proxy": {retriever: ranking}}, {"proxy": pool}, [retriever], chunks, k, bf16)
+    s = {qid: [scores["proxy"][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
+    reranked = apply_rerank(ranking, s, dev.weights[name])
+    return ndcg_per_query(reranked, pool, r.chunk_to_doc), ndcg_per_query(ranking, pool, r.chunk_to_doc)
 
 
 def add_reranked_systems(
