@@ -139,11 +139,22 @@ TOPICS = [
 
 
 def write_serving_models(
-    root: Path, tiny_embedder_path: Path, docs: dict[str, tuple[str, str]], *, candidate_k: int
+    root: Path,
+    tiny_embedder_path: Path,
+    docs: dict[str, tuple[str, str]],
+    *,
+    candidate_k: int,
+    metadata: dict[str, dict[str, Any]] | None = None,
+    access: dict[str, Any] | None = None,
 ) -> Path:
     """A repo-shaped folder as `dvc repro` leaves it for `ragtune search` and `ragtune serve`: models/embedder,
     models/reranker (a tiny cross-encoder), models/index over one chunk per document of ``docs`` (id → (title,
-    body); metadata department = the id's prefix) and models/pipeline.json serving ft_hybrid+rerank. Returns root."""
+    body); metadata department = the id's prefix, updated with ``metadata[id]``, e.g. ``access_level`` or ``tags``)
+    and models/pipeline.json serving ft_hybrid+rerank. ``access`` is the params section (default: the shipped one).
+
+    Passages are embedded one at a time, so a chunk's vector does not depend on which other documents are indexed:
+    an index of a subset of ``docs`` holds exactly the rows of the full one. Returns root."""
+    from ragtune.access import AccessScale
     from ragtune.retrieval import load_dense
     from ragtune.search import write_index
     from ragtune.train.reranker.trainer import load_reranker
@@ -155,8 +166,12 @@ def write_serving_models(
         {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
         for d, (t, body) in docs.items()
     ]
-    records = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in docs.items()]
-    embedder = load_dense({}, name=str(models / "embedder"))
+    metadata = metadata or {}
+    records = [
+        {"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0], **metadata.get(d, {})}}
+        for d, (t, _) in docs.items()
+    ]
+    embedder = load_dense({"batch_size": 1}, name=str(models / "embedder"))
     embedder.encoder.use_cache = False
     write_index(
         models / "index",
@@ -169,6 +184,7 @@ def write_serving_models(
             "passage_prompt": embedder.passage_prompt,
             "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
         },
+        AccessScale.from_params(access or shipped_params("access")),
     )
     pipeline = {"retriever": "ft_hybrid", "rerank": True, "rerank_k": 3, "fusion_weight": 0.5}
     write_json(

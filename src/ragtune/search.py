@@ -2,9 +2,9 @@
 
 ``models/index/`` (written by the index stage) holds everything search needs besides the two model folders:
 
-* ``chunks.jsonl``: the indexed chunks with their document title and metadata, in row order;
+* ``chunks.jsonl``: the indexed chunks with their document title, metadata and access rank, lowest level first;
 * ``embeddings.npy``: the fine-tuned embedder's normalised passage vectors, float32, one row per chunk;
-* ``manifest.json``: the embedder folder, its prompts, the BM25 settings, and counts.
+* ``manifest.json``: the embedder folder, its prompts, the BM25 settings, the access scale, and counts.
 
 ``models/pipeline.json`` (written by evaluate) names the pipeline that scored best on dev: the retriever (dense or
 hybrid), whether the reranker runs, on how many candidates, and the fusion weight. Search follows it by default,
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ragtune.access import AccessScale
 from ragtune.errors import UserError
 from ragtune.io import read_jsonl
 from ragtune.paths import Paths
@@ -216,10 +217,17 @@ def write_index(
     documents: list[dict[str, Any]],
     vectors: np.ndarray,
     manifest: dict[str, Any],
-) -> None:
-    """Write the index folder read by :meth:`Searcher.load` (deterministic: same inputs, same bytes)."""
+    access: AccessScale,
+) -> dict[str, Any]:
+    """Write the index folder read by :meth:`Searcher.load` (deterministic: same inputs, same bytes).
+
+    Each chunk gets its document's access rank; rows are stored lowest level first (stable), so each level's chunks
+    are a prefix. The manifest gets the scale and the documents per level. Returns that ``access`` entry (raises
+    :class:`~ragtune.access.AccessError` for a label off the scale)."""
     from ragtune.io import write_json, write_jsonl
 
+    doc_ranks, n_unlabeled = access.document_ranks(documents)
+    default = access.rank(access.unlabeled)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {d["doc_id"]: d.get("metadata", {}) for d in documents}
@@ -231,25 +239,55 @@ def write_index(
             "section": c.get("section", ""),
             "text": c["text"],
             "metadata": meta.get(c["doc_id"], {}),
+            "access_rank": doc_ranks.get(c["doc_id"], default),
         }
         for c in chunks
     ]
-    write_jsonl(out / "chunks.jsonl", rows)
-    np.save(out / "embeddings.npy", np.ascontiguousarray(vectors, dtype=np.float32))
-    write_json(out / "manifest.json", {**manifest, "n_chunks": len(rows), "dim": int(vectors.shape[1])})
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["access_rank"])  # stable: chunk order within a level
+    per_level = [sum(r == i for r in doc_ranks.values()) for i in range(len(access.levels))]
+    entry = {
+        **access.to_manifest(),
+        "documents": dict(zip(access.levels, per_level, strict=True)),
+        "unlabeled_documents": n_unlabeled,
+    }
+    write_jsonl(out / "chunks.jsonl", [rows[i] for i in order])
+    np.save(out / "embeddings.npy", np.ascontiguousarray(vectors[order], dtype=np.float32))
+    write_json(
+        out / "manifest.json", {**manifest, "access": entry, "n_chunks": len(rows), "dim": int(vectors.shape[1])}
+    )
+    return entry
 
 
-def run_index(model_params: dict[str, Any], bm25_params: dict[str, Any], paths: Paths) -> dict[str, str]:
+def access_summary(entry: dict[str, Any]) -> str:
+    """One phrase for the stage's summary line: documents per level, and loudly how many had no label and the
+    level they got; empty for a corpus without labels (it works as before: every document at one level)."""
+    counts = entry["documents"]
+    n_docs, unlabeled = sum(counts.values()), entry["unlabeled_documents"]
+    if unlabeled == n_docs:
+        return ""
+    text = "; access levels: " + ", ".join(f"{level} {n}" for level, n in counts.items())
+    if unlabeled:
+        text += f"; {unlabeled} of {n_docs} documents have no access_level → {entry['unlabeled']} (access.unlabeled)"
+    return text
+
+
+def run_index(
+    model_params: dict[str, Any], bm25_params: dict[str, Any], access_params: dict[str, Any], paths: Paths
+) -> dict[str, str]:
     """The index stage: embed every chunk with the fine-tuned embedder → the index folder search loads.
 
     The manifest names the embedder folder as ``paths`` spells it (relative at the repo root), so a copied repo
-    still finds it; the BM25 settings go with it so search tokenizes queries as evaluate did.
+    still finds it; the BM25 settings go with it so search tokenizes queries as evaluate did, and the access scale
+    so search and serve rank callers' levels as the documents were ranked here. Labels are checked before the
+    embedding starts: an off-scale label fails in seconds, not after the corpus is encoded.
     """
+    access = AccessScale.from_params(access_params)
     chunks = read_jsonl(paths.chunks)
     documents = read_jsonl(paths.documents)
+    access.document_ranks(documents)
     embedder = load_dense(model_params, name=str(paths.embedder))
     vectors = embedder.encode_passages([c["text"] for c in chunks])
-    write_index(
+    entry = write_index(
         paths.index,
         chunks,
         documents,
@@ -260,8 +298,10 @@ def run_index(model_params: dict[str, Any], bm25_params: dict[str, Any], paths: 
             "passage_prompt": embedder.passage_prompt,
             "bm25": {k: bm25_params[k] for k in ("tokenizer", "backend", "k1", "b") if k in bm25_params},
         },
+        access,
     )
     return {
         "read": f"{len(chunks)} chunks of {len(documents)} documents",
-        "wrote": f"{paths.index}/ ({vectors.shape[0]} × {vectors.shape[1]} vectors, chunks, manifest)",
+        "wrote": f"{paths.index}/ ({vectors.shape[0]} × {vectors.shape[1]} vectors, chunks, manifest)"
+        + access_summary(entry),
     }
