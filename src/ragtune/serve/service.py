@@ -22,7 +22,7 @@ import numpy as np
 from ragtune.errors import UserError
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
-from ragtune.retrieval import DenseEncoder, Embedder, build_bm25, load_dense, model_prompt
+from ragtune.retrieval import DenseEncoder, Embedder, load_dense, model_prompt
 from ragtune.search import Pipeline, Searcher, SearchSetupError
 
 InputType = Literal["query", "passage"]
@@ -68,6 +68,7 @@ class Service:
         manifest_path = paths.index / "manifest.json"
         if manifest_path.exists():
             searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
+            searcher.prepare()  # the level of a request that names none: ready before the first one
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             embedder_dir = Path(manifest["embedder"])
             if not embedder_dir.is_absolute():  # as Searcher.load resolves it
@@ -148,8 +149,8 @@ class Service:
         return searcher.pipeline.name, searcher.search(query, k=k)
 
     def _searcher(self, name: str | None) -> Searcher:
-        """The served Searcher, or one for another pipeline sharing its index, embedder and reranker (built on first
-        use: BM25 is fitted then if the served pipeline did not need it)."""
+        """The served Searcher, or one for another pipeline sharing its index, embedder, reranker and per-level BM25
+        indexes (built on first use: a level's BM25 is fitted when a pipeline first needs it)."""
         if self.searcher is None:
             raise Unavailable(f"no index at {self.paths.index}/: run `dvc repro index` (or the whole pipeline) first")
         if name is None:
@@ -159,18 +160,16 @@ class Service:
             p = Pipeline.parse(name, base.pipeline)
             if p.rerank and self.reranker is None:
                 raise Refused("pipeline", f"{name} needs the reranker, and {self.paths.reranker}/ does not exist")
-            bm25 = base.bm25
-            if bm25 is None and p.retriever in ("ft_hybrid", "ft_convex", "bm25"):
-                bm25 = build_bm25(base.chunks, self.index_manifest.get("bm25", {}))
-                base.bm25 = bm25  # the served Searcher ignores it; later variants reuse it
             self._variants[name] = Searcher(
                 chunks=base.chunks,
                 dense=base.dense,
                 embedder=base.embedder,
                 query_prompt=base.query_prompt,
                 pipeline=p,
+                access=base.access,
                 reranker=self.reranker if p.rerank else None,
-                bm25=bm25,
+                bm25_params=base.bm25_params,
+                bm25_cache=base.bm25_cache,  # shared: a level's BM25 is fitted once for every pipeline
             )
         return self._variants[name]
 
