@@ -138,12 +138,48 @@ TOPICS = [
 ]
 
 
+# A corpus with access labels (mixed case and spacing, one document unlabeled) and filterable metadata, for the
+# access-level and filter tests of search, the CLI and serve. Two documents per level of the shipped scale.
+LEVELED_DOCS = {
+    "HR-1": ("Nghỉ phép năm", "Nhân viên chính thức có mười hai ngày nghỉ phép năm, đăng ký trên LamHR."),
+    "HR-2": ("Làm việc từ xa", "Nhân viên được làm việc từ xa tối đa hai ngày mỗi tuần, đăng ký theo tháng."),
+    "IT-1": ("Mật khẩu", "Mật khẩu dài ít nhất mười hai ký tự và phải đổi sau chín mươi ngày."),
+    "IT-2": ("Kết nối VPN", "Cài WireGuard và nhập tệp cấu hình HL-VPN khi làm việc từ xa."),
+    "IT-3": ("Sao lưu dữ liệu", "Cơ sở dữ liệu PostgreSQL được sao lưu lúc hai giờ sáng, giữ ba mươi ngày."),
+    "FN-1": ("Công tác phí", "Chi phí đi công tác thanh toán qua LamPay trong năm ngày sau chuyến đi."),
+    "SEC-1": ("Báo cáo sự cố", "Sự cố an toàn thông tin mật khẩu bị lộ phải báo trong một giờ qua LamDesk."),
+    "HR-3": ("Lương thưởng", "Bảng lương thưởng của ban giám đốc và mức tăng lương nhân viên năm nay."),
+}
+LEVELED_METADATA: dict[str, dict[str, Any]] = {
+    "HR-1": {"access_level": "public", "document_type": "Policy", "tags": ["nghỉ phép", "nhân sự"]},
+    "HR-2": {"document_type": "Policy", "tags": ["nhân sự", "từ xa"]},  # unlabeled: access.unlabeled (public)
+    "IT-1": {"access_level": " Internal ", "document_type": "Guide", "tags": ["bảo mật"]},
+    "IT-2": {"access_level": "internal", "document_type": "Guide", "tags": ["vpn", "từ xa"]},
+    "IT-3": {"access_level": "CONFIDENTIAL", "document_type": "Procedure", "tags": ["sao lưu"]},
+    "FN-1": {"access_level": "confidential", "document_type": "Policy", "tags": ["tài chính"]},
+    "SEC-1": {"access_level": "Restricted", "document_type": "Report", "tags": ["bảo mật", "sự cố"]},
+    "HR-3": {"access_level": "restricted", "document_type": "Policy", "tags": ["nhân sự", "lương"]},
+}
+LEVELED_RANK = {"HR-1": 0, "HR-2": 0, "IT-1": 1, "IT-2": 1, "IT-3": 2, "FN-1": 2, "SEC-1": 3, "HR-3": 3}
+
+
 def write_serving_models(
-    root: Path, tiny_embedder_path: Path, docs: dict[str, tuple[str, str]], *, candidate_k: int
+    root: Path,
+    tiny_embedder_path: Path,
+    docs: dict[str, tuple[str, str]],
+    *,
+    candidate_k: int,
+    metadata: dict[str, dict[str, Any]] | None = None,
+    access: dict[str, Any] | None = None,
 ) -> Path:
     """A repo-shaped folder as `dvc repro` leaves it for `ragtune search` and `ragtune serve`: models/embedder,
     models/reranker (a tiny cross-encoder), models/index over one chunk per document of ``docs`` (id → (title,
-    body); metadata department = the id's prefix) and models/pipeline.json serving ft_hybrid+rerank. Returns root."""
+    body); metadata department = the id's prefix, updated with ``metadata[id]``, e.g. ``access_level`` or ``tags``)
+    and models/pipeline.json serving ft_hybrid+rerank. ``access`` is the params section (default: the shipped one).
+
+    Passages are embedded one at a time, so a chunk's vector does not depend on which other documents are indexed:
+    an index of a subset of ``docs`` holds exactly the rows of the full one. Returns root."""
+    from ragtune.access import AccessScale
     from ragtune.retrieval import load_dense
     from ragtune.search import write_index
     from ragtune.train.reranker.trainer import load_reranker
@@ -155,8 +191,12 @@ def write_serving_models(
         {"chunk_id": f"{d}#0000", "doc_id": d, "title": t, "section": t, "text": f"{t}\n{body}"}
         for d, (t, body) in docs.items()
     ]
-    records = [{"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0]}} for d, (t, _) in docs.items()]
-    embedder = load_dense({}, name=str(models / "embedder"))
+    metadata = metadata or {}
+    records = [
+        {"doc_id": d, "title": t, "metadata": {"department": d.split("-")[0], **metadata.get(d, {})}}
+        for d, (t, _) in docs.items()
+    ]
+    embedder = load_dense({"batch_size": 1}, name=str(models / "embedder"))
     embedder.encoder.use_cache = False
     write_index(
         models / "index",
@@ -169,6 +209,7 @@ def write_serving_models(
             "passage_prompt": embedder.passage_prompt,
             "bm25": {"tokenizer": "syllable", "backend": "bm25s"},
         },
+        AccessScale.from_params(access or shipped_params("access")),
     )
     pipeline = {"retriever": "ft_hybrid", "rerank": True, "rerank_k": 3, "fusion_weight": 0.5}
     write_json(

@@ -109,3 +109,16 @@ def test_installed_console_script(repo: Path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["results"][0]["rank"] == 1
+
+
+def test_an_index_built_before_access_levels_is_refused(repo: Path, capsys):
+    """Served as one level it would show every document to every caller: rebuild it instead."""
+    from ragtune.cli import main
+
+    manifest = json.loads((repo / "models/index/manifest.json").read_text(encoding="utf-8"))
+    del manifest["access"]
+    write_json(repo / "models/index/manifest.json", manifest)
+    with pytest.raises(SearchSetupError, match=r"built before access levels: run `dvc repro index`"):
+        Searcher.load(repo / "models/index")
+    assert main(["search", "mật khẩu", "--root", str(repo)]) == 2
+    assert "dvc repro index" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_serving_models
+from conftest import LEVELED_DOCS, LEVELED_METADATA, LEVELED_RANK, write_serving_models
 
 from ragtune.io import write_json
 from ragtune.paths import Paths
@@ -225,7 +225,14 @@ def test_search_equals_the_searcher(server: Running, repo: Path):
 def test_health_and_models(server: Running):
     status, health = call(server.port, "/health")
     assert status == 200
-    assert health == {"status": "ok", "embedder": True, "reranker": True, "index": True, "pipeline": "ft_hybrid+rerank"}
+    assert health == {
+        "status": "ok",
+        "embedder": True,
+        "reranker": True,
+        "index": True,
+        "pipeline": "ft_hybrid+rerank",
+        "access_levels": ["public", "internal", "confidential", "restricted"],
+    }
     status, models = call(server.port, "/v1/models")
     assert status == 200 and models["object"] == "list"
     embedder, reranker = models["data"]
@@ -235,6 +242,78 @@ def test_health_and_models(server: Running):
     pipeline = models["pipeline"]
     assert (pipeline["name"], pipeline["dev_ndcg@10"], pipeline["test_ndcg@10"]) == ("ft_hybrid+rerank", 0.91, 0.87)
     assert pipeline["n_chunks"] == len(DOCS)
+    assert models["access"] == {
+        "levels": ["public", "internal", "confidential", "restricted"],
+        "unlabeled": "public",
+        "default": "public",
+        "documents": {"public": len(DOCS), "internal": 0, "confidential": 0, "restricted": 0},
+        "unlabeled_documents": len(DOCS),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ access levels
+PIPELINE_NAMES = [r + s for r in ("ft_dense", "bm25", "ft_hybrid", "ft_convex") for s in ("", "+rerank")]
+LEVELS = ["public", "internal", "confidential", "restricted"]
+
+
+@pytest.fixture(scope="module")
+def leveled(tmp_path_factory: pytest.TempPathFactory, tiny_embedder_path: Path) -> Iterator[tuple[Running, Path]]:
+    """A server over an index whose documents carry access levels and metadata (conftest.LEVELED_DOCS)."""
+    root = write_serving_models(
+        tmp_path_factory.mktemp("serve-leveled"), tiny_embedder_path, LEVELED_DOCS, candidate_k=3,
+        metadata=LEVELED_METADATA,
+    )  # fmt: skip
+    with Running(create_app(Service.load(Paths(root)), LIMITS)) as running:
+        yield running, root
+
+
+def test_search_never_shows_a_document_above_the_callers_level(leveled: tuple[Running, Path]):
+    """Every pipeline, every level: what the library answers for that level, and nothing above it; no level is the
+    lowest. The restricted documents are there for a caller who may see them (the check is not vacuous)."""
+    server, root = leveled
+    paths = Paths(root)
+    query = "báo cáo sự cố mật khẩu bị lộ"
+    for name in PIPELINE_NAMES:
+        searcher = Searcher.load(paths.index, Pipeline.parse(name, Pipeline.load(paths.pipeline)), paths.reranker)
+        for i, level in enumerate([None, *LEVELS]):
+            rank = max(i - 1, 0)  # None: the lowest
+            body = {"query": query, "top_k": 8, "pipeline": name} | ({"access_level": level.upper()} if level else {})
+            status, answer = call(server.port, "/v1/search", body)
+            assert status == 200, answer
+            assert answer["access_level"] == LEVELS[rank]
+            assert answer["results"] == json.loads(json.dumps(searcher.search(query, k=8, access_level=level)))
+            docs = {r["doc_id"] for r in answer["results"]}
+            assert docs == {d for d, r in LEVELED_RANK.items() if r <= rank}, (name, level)  # all allowed, no more
+        assert {"SEC-1", "HR-3"} <= docs
+
+
+def test_filters_within_the_level(leveled: tuple[Running, Path]):
+    server, _ = leveled
+    cases = [
+        ({"tags": "từ xa"}, None, {"HR-2"}),
+        ({"tags": "từ xa"}, "internal", {"HR-2", "IT-2"}),
+        ({"department": ["HR", "sec"]}, "restricted", {"HR-1", "HR-2", "HR-3", "SEC-1"}),
+        ({"department": "HR", "document_type": "Policy"}, "confidential", {"HR-1", "HR-2"}),
+        ({"doc_id": ["SEC-1", "IT-1"]}, "internal", {"IT-1"}),
+        ({"tags": "lương"}, "confidential", set()),
+    ]
+    for filters, level, expected in cases:
+        status, answer = call(
+            server.port, "/v1/search", {"query": "nhân viên", "top_k": 8, "access_level": level, "filters": filters}
+        )
+        assert status == 200, answer
+        assert {r["doc_id"] for r in answer["results"]} == expected, (filters, level)
+
+
+def test_a_bad_level_or_filter_is_a_422_that_lists_what_exists(leveled: tuple[Running, Path]):
+    server, _ = leveled
+    status, answer = call(server.port, "/v1/search", {"query": "q", "access_level": "admin"})
+    assert status == 422 and answer["error"]["param"] == "access_level"
+    assert "unknown access level 'admin': use one of public, internal, confidential, restricted" in str(answer)
+    status, answer = call(server.port, "/v1/search", {"query": "q", "filters": {"author": "An"}})
+    assert status == 422 and answer["error"]["param"] == "filters.author"
+    assert "filter on one of doc_id, department, document_type, tags" in answer["error"]["message"]
+    assert answer["detail"][0]["loc"] == ["body", "filters", "author"]
 
 
 # ------------------------------------------------------------------------------------------------ bad requests
@@ -263,7 +342,13 @@ BAD = [
     ("/v1/search", {"query": "q", "top_k": 11}, 422, "top_k"),  # max_top_k 10
     ("/v1/search", {"query": "q", "top_k": 0}, 422, "top_k"),
     ("/v1/search", {"query": "q", "top_k": "3"}, 422, "top_k"),
-    ("/v1/search", {"query": "q", "filters": {"department": "HR"}}, 422, "filters"),  # not yet: refused, not ignored
+    ("/v1/search", {"query": "q", "filters": {"color": "red"}}, 422, "filters.color"),
+    ("/v1/search", {"query": "q", "filters": {"tags": 3}}, 422, "filters.tags"),
+    ("/v1/search", {"query": "q", "filters": {"tags": []}}, 422, "filters.tags"),
+    ("/v1/search", {"query": "q", "filters": ["tags"]}, 422, "filters"),
+    ("/v1/search", {"query": "q", "access_level": "secret"}, 422, "access_level"),
+    ("/v1/search", {"query": "q", "access_level": 3}, 422, "access_level"),
+    ("/v1/search", {"query": "q", "acces_level": "internal"}, 422, "acces_level"),  # a typo is not ignored
     ("/v1/search", {"query": "q", "pipeline": "base_dense"}, 422, "pipeline"),
     ("/v1/search", {"query": "x" * 201}, 422, "query"),
     ("/v1/search", ["q"], 422, "body"),

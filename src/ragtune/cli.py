@@ -3,6 +3,7 @@
     ragtune search "Nhân viên được nghỉ phép bao nhiêu ngày?" --k 5
     ragtune search "..." --json            # for scripts
     ragtune search "..." --pipeline ft_dense   # override the pipeline evaluate chose on dev
+    ragtune search "..." --access-level internal --filter department=HR --filter tags=vpn
     ragtune compare                            # base-model bake-off: one row per DVC experiment
     ragtune serve --port 8000                  # HTTP API: /v1/embeddings, /v1/rerank, /v1/search (docs/serving.md)
 
@@ -19,6 +20,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ragtune.access import FILTER_FIELDS, AccessError, FilterError
 from ragtune.paths import Paths
 from ragtune.search import Pipeline, Searcher, SearchSetupError
 
@@ -34,6 +36,19 @@ def _parser() -> argparse.ArgumentParser:
         "--pipeline",
         help="ft_dense | ft_hybrid | bm25, optionally +rerank (default: the one evaluate chose on dev, "
         f"from {Paths().pipeline})",
+    )
+    s.add_argument(
+        "--access-level",
+        help="the caller's access level: passages above it are never searched (default: the lowest level of the "
+        "index's scale, params.yaml access.levels)",
+    )
+    s.add_argument(
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"keep passages whose FIELD ({', '.join(FILTER_FIELDS)}) has VALUE; repeat it: values of one field "
+        "are any-of, different fields all apply",
     )
     s.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
     c = sub.add_parser("compare", help="one table of quality, speed and memory across DVC experiments (bake-off)")
@@ -95,7 +110,9 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(query: str, results: list[dict], searcher: Searcher) -> None:
+def _print_table(
+    query: str, results: list[dict], searcher: Searcher, level: str, filters: dict[str, list[str]] | None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -117,8 +134,21 @@ def _print_table(query: str, results: list[dict], searcher: Searcher) -> None:
     console.print(
         f"[dim]pipeline {p.name}"
         + (f" (rerank top {p.rerank_k}, fusion weight {p.fusion_weight})" if p.rerank else "")
+        + f" · access level {level}"
+        + "".join(f" · {k} = {' | '.join(v)}" for k, v in (filters or {}).items())
         + f" · load {searcher.load_seconds:.2f}s · query {t['total_s'] * 1000:.0f} ms[/]"
     )
+
+
+def _filters(items: list[str]) -> dict[str, list[str]] | None:
+    """``["tags=a", "tags=b", "department=HR"]`` → ``{"tags": ["a", "b"], "department": ["HR"]}``."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise FilterError("", f"--filter {item!r} is not FIELD=VALUE, e.g. --filter department=HR")
+        out.setdefault(name.strip(), []).append(value.strip())
+    return out or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,21 +164,26 @@ def main(argv: list[str] | None = None) -> int:
         chosen = Pipeline.load(paths.pipeline)
         pipeline = Pipeline.parse(args.pipeline, chosen) if args.pipeline else chosen
         searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
-    except SearchSetupError as exc:
+        filters = _filters(args.filter)
+        searcher.prepare(args.access_level)  # checks the level; fits its BM25 as part of the load
+        results = searcher.search(args.query, k=args.k, access_level=args.access_level, filters=filters)
+    except (SearchSetupError, AccessError, FilterError) as exc:
         print(f"ragtune search: {exc}", file=sys.stderr)
         return 2
-    results = searcher.search(args.query, k=args.k)
+    level = searcher.access.levels[searcher.access.rank(args.access_level)]
     if args.json:
         payload = {
             "query": args.query,
             "pipeline": searcher.pipeline.name,
+            "access_level": level,
+            "filters": filters or {},
             "fusion_weight": searcher.pipeline.fusion_weight if searcher.pipeline.rerank else None,
             "timings": {k: round(v, 4) for k, v in searcher.timings.items()},
             "results": results,
         }
         print(json.dumps(payload, ensure_ascii=False, indent=2))
     else:
-        _print_table(args.query, results, searcher)
+        _print_table(args.query, results, searcher, level, filters)
     return 0
 
 

@@ -103,6 +103,14 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "k1": Float("BM25 term-frequency saturation", low=0),
         "b": Float("BM25 length normalisation", **PROBABILITY),
     },
+    "access": {
+        "levels": List(
+            "access levels, lowest first: a caller at a level sees documents at it or below",
+            Str("a level name", nonempty=True),
+            nonempty=True,
+        ),
+        "unlabeled": Str("the level of a document with no metadata access_level (one of access.levels)", nonempty=True),
+    },
     "questions": {
         "generator": Choice("where questions come from: none | llm", "none", "llm"),
         "base_url": Str("the OpenAI-compatible server root, e.g. http://localhost:8000/v1"),

@@ -25,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ragtune.access import AccessError, FilterError
 from ragtune.serve.batching import ModelWorker
 from ragtune.serve.limits import Limits
 from ragtune.serve.schemas import (
@@ -149,13 +150,15 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
             "reranker": service.reranker is not None,
             "index": service.searcher is not None,
             "pipeline": pipeline.name if pipeline else None,
+            "access_levels": list(service.searcher.access.levels) if service.searcher else None,
         }
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        """OpenAI's model list, each model with what ragtune knows of it, and the served pipeline's figures."""
+        """OpenAI's model list, each model with what ragtune knows of it, the served pipeline's figures, and the
+        index's access scale."""
         data = [{"object": "model", "created": 0, "owned_by": "ragtune", **m} for m in description["models"]]
-        return {"object": "list", "data": data, "pipeline": description["pipeline"]}
+        return {"object": "list", "data": data, "pipeline": description["pipeline"], "access": description["access"]}
 
     @app.post("/v1/embeddings", response_model=EmbeddingResponse)
     async def embeddings(req: EmbeddingRequest) -> dict[str, Any]:
@@ -189,12 +192,21 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/v1/search", response_model=SearchResponse)
     async def search(req: SearchRequest) -> dict[str, Any]:
-        """The pipeline chosen on dev (or ``pipeline``) over the index: what ``ragtune search --json`` returns."""
+        """The pipeline chosen on dev (or ``pipeline``) over the chunks at ``access_level`` or below (the lowest
+        level when absent), narrowed by ``filters``: what ``ragtune search --json`` returns."""
         _check_text("query", req.query, limits)
         if req.top_k > limits.max_top_k:
             raise invalid((("top_k",), f"is {req.top_k}, more than the limit of {limits.max_top_k} (max_top_k)"))
-        name, results = await worker().run(service.search, req.query, req.top_k, req.pipeline)
-        return {"pipeline": name, "results": results}
+        try:  # checked here, so a bad request is refused without waiting for the model thread
+            level = service.check_search(req.access_level, req.filters)
+        except AccessError as exc:
+            raise invalid((("access_level",), str(exc))) from None
+        except FilterError as exc:
+            raise invalid((("filters", exc.field) if exc.field else ("filters",), exc.reason)) from None
+        name, results = await worker().run(
+            service.search, req.query, req.top_k, req.pipeline, req.access_level, req.filters
+        )
+        return {"pipeline": name, "access_level": level, "results": results}
 
     return app
 

@@ -6,8 +6,7 @@ depend on the server's configuration (item counts, lengths) are checked by the a
 and answered in the same 422 shape.
 
 The embedding body follows OpenAI's ``/v1/embeddings``; the rerank body follows Cohere's / Jina's / TEI's
-``/v1/rerank``; the search body is ragtune's own, laid out so that metadata ``filters`` and the caller's access level
-can be added as fields later without changing the others.
+``/v1/rerank``; the search body is ragtune's own, with the caller's access level and metadata ``filters``.
 """
 
 from __future__ import annotations
@@ -100,12 +99,28 @@ class RerankResponse(BaseModel):
 
 
 class SearchRequest(Request):
-    """The pipeline chosen on dev, over the index. ``filters`` and an access level come in a later version; until
-    then they are unknown fields, refused with 422 rather than ignored (ignoring a filter would leak results)."""
+    """The pipeline chosen on dev, over the chunks the caller may see.
+
+    ``access_level`` is asserted by the calling application, which authenticated its user: ragtune serve has no
+    authentication of its own, so it must only be reachable through that application. A request without it is
+    answered at the lowest level (fail closed): forgetting the field must never show restricted documents.
+    ``filters`` is checked by the app (:func:`ragtune.access.parse_filters`), so an unknown field's 422 lists the
+    fields that exist, as the CLI's error does.
+    """
 
     query: str
     top_k: int = Field(5, ge=1)
     pipeline: PipelineName | None = Field(None, description="override the pipeline evaluate chose on dev")
+    access_level: str | None = Field(
+        None,
+        description="the caller's level on the index's access scale (GET /v1/models: access.levels), "
+        "case-insensitive; absent: the lowest level",
+    )
+    filters: dict[str, Any] | None = Field(
+        None,
+        description="{field: value or [values]} on doc_id, department, document_type, tags: a list matches any of "
+        "its values, tags match when they share a value; applied within the caller's level",
+    )
 
 
 class SearchHit(BaseModel):
@@ -121,4 +136,5 @@ class SearchHit(BaseModel):
 
 class SearchResponse(BaseModel):
     pipeline: str
+    access_level: str = Field(description="the level the search was answered at (the lowest when none was sent)")
     results: list[SearchHit]

@@ -19,10 +19,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ragtune.access import parse_filters
 from ragtune.errors import UserError
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
-from ragtune.retrieval import DenseEncoder, Embedder, build_bm25, load_dense, model_prompt
+from ragtune.retrieval import DenseEncoder, Embedder, load_dense, model_prompt
 from ragtune.search import Pipeline, Searcher, SearchSetupError
 
 InputType = Literal["query", "passage"]
@@ -68,6 +69,7 @@ class Service:
         manifest_path = paths.index / "manifest.json"
         if manifest_path.exists():
             searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
+            searcher.prepare()  # the level of a request that names none: ready before the first one
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             embedder_dir = Path(manifest["embedder"])
             if not embedder_dir.is_absolute():  # as Searcher.load resolves it
@@ -142,14 +144,30 @@ class Service:
     def pipeline(self) -> Pipeline | None:
         return self.searcher.pipeline if self.searcher else None
 
-    def search(self, query: str, k: int, pipeline: str | None = None) -> tuple[str, list[dict[str, Any]]]:
-        """(pipeline name, ``Searcher.search`` results) with the served pipeline or the named one."""
+    def check_search(self, access_level: str | None, filters: dict[str, Any] | None) -> str:
+        """The level a search is answered at (the lowest when none is named), checked with the filters before the
+        request waits for the model thread: raises :class:`~ragtune.access.AccessError` or
+        :class:`~ragtune.access.FilterError` (a 422), or :class:`Unavailable` without an index."""
+        searcher = self._searcher(None)
+        parse_filters(filters)
+        return searcher.access.levels[searcher.access.rank(access_level)]
+
+    def search(
+        self,
+        query: str,
+        k: int,
+        pipeline: str | None = None,
+        access_level: str | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """(pipeline name, ``Searcher.search`` results) with the served pipeline or the named one, for a caller at
+        ``access_level`` (none: the lowest), narrowed by ``filters``."""
         searcher = self._searcher(pipeline)
-        return searcher.pipeline.name, searcher.search(query, k=k)
+        return searcher.pipeline.name, searcher.search(query, k=k, access_level=access_level, filters=filters)
 
     def _searcher(self, name: str | None) -> Searcher:
-        """The served Searcher, or one for another pipeline sharing its index, embedder and reranker (built on first
-        use: BM25 is fitted then if the served pipeline did not need it)."""
+        """The served Searcher, or one for another pipeline sharing its index, embedder, reranker and per-level BM25
+        indexes (built on first use: a level's BM25 is fitted when a pipeline first needs it)."""
         if self.searcher is None:
             raise Unavailable(f"no index at {self.paths.index}/: run `dvc repro index` (or the whole pipeline) first")
         if name is None:
@@ -159,25 +177,24 @@ class Service:
             p = Pipeline.parse(name, base.pipeline)
             if p.rerank and self.reranker is None:
                 raise Refused("pipeline", f"{name} needs the reranker, and {self.paths.reranker}/ does not exist")
-            bm25 = base.bm25
-            if bm25 is None and p.retriever in ("ft_hybrid", "ft_convex", "bm25"):
-                bm25 = build_bm25(base.chunks, self.index_manifest.get("bm25", {}))
-                base.bm25 = bm25  # the served Searcher ignores it; later variants reuse it
             self._variants[name] = Searcher(
                 chunks=base.chunks,
                 dense=base.dense,
                 embedder=base.embedder,
                 query_prompt=base.query_prompt,
                 pipeline=p,
+                access=base.access,
                 reranker=self.reranker if p.rerank else None,
-                bm25=bm25,
+                bm25_params=base.bm25_params,
+                bm25_cache=base.bm25_cache,  # shared: a level's BM25 is fitted once for every pipeline
             )
         return self._variants[name]
 
     # ------------------------------------------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         """What /v1/models reports: the models, the dimension, the pipeline and its dev/test NDCG@10 from
-        ``metrics/evaluate.json`` (null where the file or the system is absent)."""
+        ``metrics/evaluate.json`` (null where the file or the system is absent), and the index's access scale
+        (levels lowest first, the level of unlabeled documents, the default level, documents per level)."""
         metrics_path = self.paths.metrics("evaluate")
         metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
         models = [
@@ -202,8 +219,15 @@ class Service:
                     "reranker_kind": reranker_kind(self.paths.reranker),
                 }
             )
-        pipeline = None
+        pipeline = access = None
         if self.searcher is not None:
+            scale = self.searcher.access
+            access = {
+                **self.index_manifest.get("access", {}),
+                "levels": list(scale.levels),
+                "unlabeled": scale.unlabeled,
+                "default": scale.lowest,  # a search that names no level: fail closed
+            }
             name = self.searcher.pipeline.name
             pipeline = {
                 "name": name,
@@ -213,4 +237,4 @@ class Service:
                 "dev_ndcg@10": (metrics.get("dev", {}).get(name) or {}).get("ndcg@10"),
                 "test_ndcg@10": (metrics.get("test", {}).get(name) or {}).get("ndcg@10"),
             }
-        return {"models": models, "pipeline": pipeline}
+        return {"models": models, "pipeline": pipeline, "access": access}
