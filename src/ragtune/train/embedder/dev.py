@@ -191,9 +191,9 @@ def build_dev_pool(
     """The chunks the dev evaluator scores at every eval step, built once before training: each dev question's
     labeled chunks, plus BM25's and the base model's top ``k`` for it (``train_embedder.dev_pool_k``).
 
-    Why: ST's evaluator re-encodes its whole corpus at every eval step. On ALQAC (3,308 chunks, 11 dev questions)
-    that is minutes per eval and most of the training time; at a million chunks it cannot run. The pool holds at
-    most ``questions × (2k + labeled chunks)`` chunks, however large the corpus.
+    Why: ST's evaluator re-encodes its whole corpus at every eval step. On ALQAC's 3,308 chunks that took minutes
+    per eval and most of the training time (issue 20); at a million chunks it cannot run. The pool holds at most
+    ``questions × (2k + labeled chunks)`` chunks, however large the corpus.
 
     Why it measures the same thing: a checkpoint's NDCG@10 (and MRR@10, recall@10) depends only on the chunks it
     ranks in its top 10 (at document level, its best chunks down to the tenth distinct document) and on the labels.
