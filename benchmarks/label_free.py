@@ -157,7 +157,10 @@ def run_arm(params: dict[str, Any], ingest_p: dict[str, Any], root: Path) -> tup
         ("questions", lambda: run_questions(section(params, "questions"), model_p, bm25_p, paths)),
         ("pairs", lambda: run_pairs(section(params, "pairs"), model_p, bm25_p, paths)),
         ("negatives", lambda: run_negatives(section(params, "negatives"), model_p, bm25_p, paths)),
-        ("train_embedder", lambda: run_train_embedder(model_p, section(params, "train_embedder"), paths)),
+        (
+            "train_embedder",
+            lambda: run_train_embedder(model_p, section(params, "train_embedder"), paths, bm25_p=bm25_p),
+        ),
     ]
     for name, fn in steps:
         t0 = time.perf_counter()

@@ -12,7 +12,11 @@ from ragtune.train.embedder.run import run_train_embedder
 def main() -> None:
     with stage("train_embedder") as summary:
         params = load_params()
-        summary.update(run_train_embedder(section(params, "model"), section(params, "train_embedder"), Paths()))
+        summary.update(
+            run_train_embedder(
+                section(params, "model"), section(params, "train_embedder"), Paths(), bm25_p=section(params, "bm25")
+            )
+        )
 
 
 if __name__ == "__main__":

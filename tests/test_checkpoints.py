@@ -133,7 +133,7 @@ def test_the_train_stage_reports_incomplete_checkpoints_in_its_metrics(tmp_path,
     monkeypatch.setattr(embedder_run, "prepare_checkpoint_dir", after_a_kill)
     params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
 
-    run_train_embedder(params["model"], params["train_embedder"], paths)
+    run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
 
     m = read_json(paths.metrics("train_embedder"))
     assert m["train"]["incomplete_checkpoints"] == ["checkpoint-1"] and m["train"]["resumed_from_step"] == 0

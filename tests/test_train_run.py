@@ -64,7 +64,7 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
     built = _spy(monkeypatch, embedder_run)
     params = _params(work)
 
-    summary = run_train_embedder(params["model"], params["train_embedder"], paths)
+    summary = run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
 
     trainer = built[-1]
     a = trainer.args
@@ -87,6 +87,9 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
         for cb in trainer.callback_handler.callbacks
     )
     assert type(trainer.evaluator).__name__ == "InformationRetrievalEvaluator"  # dev_level: chunk
+    # dev_pool_k: 3: each dev question's aligned chunk + BM25's and the base model's first 3, not all 8 chunks
+    # (the 2 questions' pools overlap here: 6 chunks; a pool of 3 left dev flat, and early stopping ended the run)
+    assert {"D0#0", "D3#0"} <= set(trainer.evaluator.corpus_ids) and len(trainer.evaluator.corpus_ids) < 8
     loss = trainer.loss
     assert type(loss).__name__ == "MatryoshkaLoss" and list(loss.matryoshka_dims) == [32, 16]
     inner = loss.loss
@@ -103,6 +106,7 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
 
     m = read_json(paths.metrics("train_embedder"))
     assert m["train"]["positives"] == "all" and m["effective"]["hard_negatives_per_query"] == 2
+    assert m["dev"]["pool"]["k"] == 3 and m["dev"]["pool"]["chunks"] == len(trainer.evaluator.corpus_ids)
     assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 11
     assert "unmerged" in m["dev"]  # merge_alpha 0.7 was applied and checked on dev
     assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
@@ -122,7 +126,7 @@ def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
     paths = Paths(work)
     params = _params(work)
 
-    summary = run_train_embedder(params["model"], params["train_embedder"], paths)
+    summary = run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
 
     m = read_json(paths.metrics("train_embedder"))
     ev = m["dev"]["evidence"]

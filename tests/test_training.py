@@ -51,6 +51,7 @@ PARAMS = {
     "scheduler": "cosine",
     "weight_decay": 0.05,
     "dev_level": "chunk",
+    "dev_pool_k": 3,  # the stage builds the pool: test_train_run.py
     "eval_steps": 3,
     "save_steps": 6,
     "save_total_limit": 4,

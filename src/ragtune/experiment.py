@@ -51,7 +51,9 @@ def train_embedder(params: dict[str, Any], paths: Paths, *, negatives: bool = Fa
         with stage("negatives") as summary:
             summary.update(run_negatives(section(params, "negatives"), model_p, section(params, "bm25"), paths))
     with stage("train_embedder") as summary:
-        summary.update(run_train_embedder(model_p, section(params, "train_embedder"), paths))
+        summary.update(
+            run_train_embedder(model_p, section(params, "train_embedder"), paths, bm25_p=section(params, "bm25"))
+        )
     seconds = time.perf_counter() - t0
     return paths.embedder, read_json(paths.metrics("train_embedder")), seconds
 

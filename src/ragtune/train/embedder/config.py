@@ -43,6 +43,7 @@ class EmbedderTrainConfig(TrainerConfig):
     batch_sampler: str  # or no_duplicates (identical texts only): see ragtune.train.batching
     max_seq_length: int
     dev_level: str  # dev evaluator relevance: doc (labeled documents, MaxP) | chunk (aligned chunks)
+    dev_pool_k: int  # dev evaluator corpus: labeled chunks + BM25's and the base model's top k per question; 0 = all
     merge_alpha: float  # WiSE-FT: weights = (1 - alpha)·base + alpha·fine-tuned; 1.0 = no merge
     merge_tolerance: float  # keep the merge unless the unmerged model beats it on dev by more than this
     keep_base_if_worse: bool  # ship the base model (loudly) unless dev shows the trained one better (interval > 0)
@@ -86,6 +87,11 @@ class EmbedderTrainConfig(TrainerConfig):
             )
         if self.batch_size < 2:
             raise TrainConfigError("train_embedder.batch_size must be ≥ 2: MNRL needs in-batch negatives")
+        if self.dev_pool_k < 0:
+            raise TrainConfigError(
+                f"train_embedder.dev_pool_k={self.dev_pool_k} must be ≥ 0 (chunks per dev question from BM25 and from "
+                "the base model; 0 scores dev against the whole corpus)"
+            )
         if self.n_hard_negatives < 0:
             raise TrainConfigError("train_embedder.n_hard_negatives must be ≥ 0")
         if self.scale <= 0:

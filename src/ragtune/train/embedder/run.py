@@ -10,6 +10,7 @@ Runs as a single process or under DDP (``torchrun``): ranks other than 0 train a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -35,7 +36,14 @@ from ragtune.train.checkpoints import (
 )
 from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
 from ragtune.train.embedder.config import EmbedderTrainConfig
-from ragtune.train.embedder.dev import build_ir_evaluator, dev_evidence, dev_metrics, dev_questions
+from ragtune.train.embedder.dev import (
+    DevPool,
+    build_dev_pool,
+    build_ir_evaluator,
+    dev_evidence,
+    dev_metrics,
+    dev_questions,
+)
 from ragtune.train.embedder.merge import merge_checked_on_dev, ship_base
 from ragtune.train.embedder.trainer import build_trainer, column_prompts, freeze, groups_to_dataset
 from ragtune.train.guards import unchecked_warning, untrained_reason
@@ -151,9 +159,12 @@ def ship_untrained(
 EMPTY = {"read": "", "wrote": ""}  # what ranks other than 0 report under DDP: rank 0 reads and writes
 
 
-def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: Paths) -> dict[str, str]:
+def run_train_embedder(
+    model_p: dict[str, Any], section: dict[str, Any], paths: Paths, *, bm25_p: dict[str, Any]
+) -> dict[str, str]:
     """Train the embedder the ``model:`` and ``train_embedder:`` params describe; write the model, its card, the
-    metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``).
+    metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``). ``bm25_p`` (the
+    ``bm25:`` params) builds the BM25 side of the dev candidate pool (``train_embedder.dev_pool_k``).
 
     Under DDP every rank trains; only rank 0 evaluates, decides what ships and writes (the others return an empty
     summary). Without training (``enabled: false``, or no dev question) the trainer is built but never run, so the
@@ -200,9 +211,43 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
     batch_keys = batching.group_row_keys(
         groups, cfg.n_hard_negatives, {c["chunk_id"]: c["doc_id"] for c in chunks}, cfg.positives
     )
-    # 3. the dev evaluator, and the trainer (resuming only a checkpoint of the same params, data and code)
+    # 3. the dev evaluator, and the trainer (resuming only a checkpoint of the same params, data and code).
+    # Its candidate pool is built once, by the base model (`model` is untrained until trainer.train(); attention
+    # dropout and frozen layers change nothing at inference): the passage vectors go to the embedding cache, where
+    # the final dev check finds them. Only rank 0 runs the evaluator (ST hands the other ranks a share of its
+    # encoding), so only rank 0 builds the pool; the others' evaluator is never called.
+    pool = (
+        build_dev_pool(
+            checkable,
+            chunks,
+            level=cfg.dev_level,
+            k=cfg.dev_pool_k,
+            base=model,
+            base_fingerprint=base_source["fingerprint"],
+            query_prompt=qp,
+            passage_prompt=pp,
+            bm25_params=bm25_p,
+            batch_size=int(model_p["batch_size"]),
+        )
+        if checkable and cfg.dev_pool_k > 0 and untrained is None and rank0
+        else None
+    )
+    if pool is not None:
+        m = pool.metrics()
+        console.print(
+            f"dev pool: {m['chunks']} of {m['corpus_chunks']} chunks ({100 * m['fraction']:.1f}%; dev_pool_k "
+            f"{cfg.dev_pool_k}, ≥ {m['docs_per_query_min']} documents per question), built in {m['seconds']} s"
+        )
     evaluator = (
-        build_ir_evaluator(checkable, chunks, qp, pp, batch_size=cfg.batch_size, level=cfg.dev_level)
+        build_ir_evaluator(
+            checkable,
+            chunks,
+            qp,
+            pp,
+            batch_size=cfg.batch_size,
+            level=cfg.dev_level,
+            pool=pool.chunk_ids if pool is not None else None,
+        )
         if checkable
         else None
     )
@@ -219,6 +264,8 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
             # a code change must not resume a checkpoint made by other code: every ragtune module this stage runs
             *code_hashes(__file__),
             f"world={world}",
+            # the dev pool's BM25 side: another pool scores checkpoints differently, so a resumed best would be stale
+            *([f"bm25={json.dumps(bm25_p, sort_keys=True)}"] if cfg.dev_pool_k else []),
         )
         resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)  # warns of incomplete ones it removed
         if resume.checkpoint:
@@ -252,6 +299,8 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
         trainer, cfg, world=world, counts=counts, dev_before=dev_before, dev_after=dev_after, leaked_queries=leaked
     )
     metrics["effective"]["base_model"] = base_source
+    if trains and evaluator is not None:
+        metrics["dev"]["pool"] = pool_metrics(pool, len(chunks))
     metrics["train"] |= {
         "groups": len(groups) - dropped,
         "rows": len(train_ds),  # one per trained positive: more than groups with positives: all
@@ -317,6 +366,14 @@ def run_train_embedder(model_p: dict[str, Any], section: dict[str, Any], paths: 
             f"dev ndcg@10 {before} → {after}, {len(metrics['warnings'])} warnings)"
         ),
     }
+
+
+def pool_metrics(pool: DevPool | None, corpus_chunks: int) -> dict[str, Any]:
+    """What the dev evaluator scored against: the pool's size, share of the corpus and build time, or the whole
+    corpus (``dev_pool_k: 0``). ``dev.before`` / ``after`` / ``unmerged`` are pooled scores; ``dev.evidence`` is not."""
+    if pool is None:
+        return {"k": 0, "chunks": corpus_chunks, "corpus_chunks": corpus_chunks, "fraction": 1.0, "seconds": 0.0}
+    return pool.metrics()
 
 
 def first_epoch_report(trainer: Any, train_ds: Any, batch_keys: Any, cfg: EmbedderTrainConfig, world: int) -> dict:
