@@ -20,11 +20,11 @@ The rule here:
   (MaxSim over its own token vectors) re-scoring the base model's analogue of the retriever kept, at the fusion
   weight dev chose, measured on train + dev. The trained reranker is then adopted when that interval lies above 0
   and its own dev gain is not negative (that training did not make it worse than its start is checked on dev when
-  it is trained). On the sample, re-scoring alone (weight 1) is +3.6 NDCG@10 points [+1.6, +5.5] over the base
-  model and +0.7 [-1.1, +2.5] over its RRF hybrid (230 questions): the evidence is strong where the reranker adds
-  most. The proxy encodes passages token by token, so it is measured only for the retriever kept and only when dev
-  alone neither adopts nor vetoes. A cross-encoder's head starts random and an LLM reranker's start needs a GPU, so
-  those two kinds are judged on dev alone.
+  it is trained). On the sample, re-scoring alone (weight 1) is +3.7 NDCG@10 points [+1.8, +5.8] over the base
+  model and +0.8 [-1.0, +2.6] over its RRF hybrid (230 questions; benchmarks/rerank_proxy.py): the evidence is
+  strong where the reranker adds most. The proxy encodes passages token by token, so it is measured only for the
+  retriever kept and only when dev alone neither adopts nor vetoes. A cross-encoder's head starts random and an LLM
+  reranker's start needs a GPU, so those two kinds are judged on dev alone.
 * A candidate with a tuned weight (the convex hybrid's alpha, the reranker's fusion weight) is judged by
   cross-validation *inside* dev: each query is scored with the weight chosen on the other folds, so the weight's
   own selection cannot make the candidate look better than it is. The weight it then ships with is chosen on all of dev.
