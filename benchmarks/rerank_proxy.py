@@ -45,7 +45,7 @@ def main() -> None:
             got = rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e, retr)
             if got is None:
                 raise SystemExit(f"no proxy for {retr}: needs a late-interaction reranker in {paths.reranker}")
-            wrap = [{q: {"ndcg@10": v} for q, v in side.items()} for side in got]
+            wrap = [{q: {"ndcg@10": v} for q, v in side.items()} for side in (got.rescored, got.plain)]
             row = paired_bootstrap(*wrap, seed=int(e["select_seed"]))
             row |= {"seconds": round(time.perf_counter() - t0, 1)}
             out.setdefault(retr, {})[f"{w:.2f}"] = row

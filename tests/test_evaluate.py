@@ -18,9 +18,11 @@ from conftest import TOPICS, shipped_params
 import ragtune.evaluation.run as run_module
 from ragtune.evaluation.metrics import dense_ranking, ndcg_per_query
 from ragtune.evaluation.run import load_splits, run_evaluate
+from ragtune.evaluation.selection import tune_weight
 from ragtune.evaluation.systems import RETRIEVERS, Retrievers, hybrid_proxy, rank_splits
 from ragtune.io import read_json, read_jsonl, write_jsonl
 from ragtune.paths import Paths
+from ragtune.rerank import apply_rerank
 from ragtune.retrieval import rrf
 from ragtune.search import Pipeline
 
@@ -208,6 +210,32 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
     assert summary["wrote"].startswith(f"{paths.metrics('evaluate')}, {paths.report} (serving {system}; test ndcg@10: ")
 
 
+def test_a_weight_chosen_by_the_proxy_among_dev_ties_is_the_one_served_and_reported(
+    tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When selection adopts the reranker at a weight the proxy chose among dev's tied weights, the served pipeline,
+    the reranker report and the test figures of that system all use that weight, not dev's tie-break."""
+    from ragtune.evaluation.selection import Selection
+
+    paths = _folder(tmp_path, tiny_embedder_path, tiny_reranker_path)
+    real = run_module.choose_pipeline
+
+    def adopt_at_one(*args: Any, **kw: Any) -> Selection:
+        chosen = real(*args, **kw)
+        return Selection("ft_dense+rerank", chosen.steps, "the proxy broke dev's tie", fusion_weight=1.0)
+
+    monkeypatch.setattr(run_module, "choose_pipeline", adopt_at_one)
+    _run(paths, tiny_embedder_path, monkeypatch, fusion_weights=[0.0])  # dev can only choose weight 0
+    pipeline, metrics = read_json(paths.pipeline), read_json(paths.metrics("evaluate"))
+    assert (pipeline["system"], pipeline["fusion_weight"]) == ("ft_dense+rerank", 1.0)
+    report = metrics["reranker"]["ft_dense"]
+    assert report["weight"] == 1.0 and "tied on dev" in report["weight_chosen_on"]
+    # weight 1 is the reranker alone over the top rerank_k: the served system's test figure is that one
+    assert report["test_ndcg@10"]["fused"] == report["test_ndcg@10"]["reranker"]
+    assert metrics["test"]["ft_dense+rerank"]["ndcg@10"] == pytest.approx(report["test_ndcg@10"]["reranker"], abs=1e-4)
+    assert metrics["reranker"]["bm25"]["weight"] == 0.0  # the retrievers not served keep dev's weight
+
+
 def test_without_dev_the_simplest_pipeline_ships_with_the_untuned_weights(
     tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,16 +331,34 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
         s = start.predict([(qtext[qid], text[cid]) for cid in top])
         order = sorted(range(len(top)), key=lambda i: (-s[i], i))
         by_hand[qid] = [(top[i], 0.0) for i in order] + items[k:]
-    rescored, plain = proxy("ft_dense")
+    got = proxy("ft_dense")
+    rescored, plain = got.rescored, got.plain
     assert plain == ndcg_per_query(dense, pool, c2d) and len(plain) == len(train) + len(splits["dev"])
-    assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d))
-    bm25_with, bm25_without = proxy("bm25")
-    assert bm25_with == bm25_without  # weight 0: BM25's own order
+    assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d)) and got.weight == 1.0 and got.tied == ()
+    bm25 = proxy("bm25")
+    assert bm25.rescored == bm25.plain and bm25.weight == 0.0  # weight 0: BM25's own order
     hybrid = rrf([r.bm25.search({q["query_id"]: q["query"] for q in pool}, 6), dense], k=60, depth=6)
-    assert proxy("ft_hybrid")[1] == ndcg_per_query(hybrid, pool, c2d)  # the base RRF hybrid, not re-scored
+    assert proxy("ft_hybrid").plain == ndcg_per_query(hybrid, pool, c2d)  # the base RRF hybrid, not re-scored
     assert proxy("ft_convex") is None  # no dev weight for ft_convex+rerank
 
-    capped = proxy("ft_dense", rerank_proxy_queries=3)[1]
+    # dev tied weights 0, 0.5 and 1 (e.g. every dev question already first): the proxy chooses among them on its
+    # own questions, cross-validated, instead of measuring weight 0, where re-scoring changes nothing
+    dev.weights["ft_dense+rerank"], dev.ties["ft_dense+rerank"] = 0.0, (0.0, 0.5, 1.0)
+    tied = proxy("ft_dense")
+    start_scores = {
+        qid: start.predict([(qtext[qid], text[cid]) for cid, _ in items[:k]]) for qid, items in dense.items()
+    }
+    per_w = {w: ndcg_per_query(apply_rerank(dense, start_scores, w), pool, c2d) for w in (0.0, 0.5, 1.0)}
+    tw = tune_weight(
+        per_w, prefer=lambda w: -w, folds=int(evaluate_p["select_folds"]), seed=int(evaluate_p["select_seed"])
+    )
+    assert tied.tied == (0.0, 0.5, 1.0) and tied.weight == tw.weight and tied.plain == plain
+    assert tied.rescored == pytest.approx(tw.out_of_fold)
+    assert per_w[1.0] == pytest.approx(rescored)  # weight 1 among the tied is the re-scoring checked by hand above
+    dev.ties["ft_dense+rerank"] = (0.0,)  # one best weight: measured there, as before
+    assert proxy("ft_dense").rescored == plain
+
+    capped = proxy("ft_dense", rerank_proxy_queries=3).plain
     assert len(capped) == 3 + len(splits["dev"]) and set(capped) >= {q["query_id"] for q in splits["dev"]}
     assert proxy("ft_dense", rerank_proxy_queries=0) is None
     assert proxy("ft_dense", reranker=tiny_reranker_path) is None  # a cross-encoder: no untrained analogue

@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from ragtune.evaluation.selection import choose_pipeline, tune_weight
+from ragtune.evaluation.selection import RerankEvidence, choose_pipeline, tune_weight
 from ragtune.retrieval import convex_fusion
 
 RETRIEVERS = ("bm25", "ft_hybrid", "ft_convex")
@@ -156,7 +156,7 @@ def test_a_late_interaction_reranker_may_borrow_evidence_from_the_base_models_st
     up = [b + (0.2 if i % 5 == 0 else -0.03) for i, b in enumerate(base)]
     dev = {"ft_dense": scores(base), "ft_dense+rerank": scores(up)}
     many = [rng.uniform(0.3, 0.7) for _ in range(200)]
-    helps = (scores([m + 0.04 for m in many]), scores(many))
+    helps = RerankEvidence(scores([m + 0.04 for m in many]), scores(many), weight=0.5)
     asked = []
 
     def proxy(retriever):
@@ -172,6 +172,7 @@ def test_a_late_interaction_reranker_may_borrow_evidence_from_the_base_models_st
         chosen.system == "ft_dense+rerank" and step.component == "reranker" and step.adopted and asked == ["ft_dense"]
     )
     assert step.evidence == "train+dev (base model)" and step.proxy["n_queries"] == 200
+    assert step.proxy["weight"] == 0.5 and chosen.fusion_weight is None  # dev's own weight (no tie): nothing to change
     # no proxy for the retriever kept: dev alone
     assert choose_pipeline(dev, **kw, rerank_proxy=lambda r: None).system == "ft_dense"
     # the trained reranker losing on dev vetoes it, without paying for the proxy
@@ -182,3 +183,32 @@ def test_a_late_interaction_reranker_may_borrow_evidence_from_the_base_models_st
     dev["ft_dense+rerank"] = scores([b + 0.05 for b in base])
     chosen = choose_pipeline(dev, **kw, rerank_proxy=proxy)
     assert chosen.system == "ft_dense+rerank" and chosen.steps[-1].evidence == "dev" and asked == []
+
+
+def test_a_proxy_that_breaks_a_tie_on_dev_sets_the_weight_the_reranker_ships_with():
+    """Every dev question already first: every fusion weight ties on dev, and the tie goes to 0 (no re-scoring),
+    where the proxy's gain is 0 by construction. When the proxy chose among the tied weights, the weight it was
+    measured at is the one the pipeline ships with; when it measured weight 0, nothing is adopted."""
+    dev = {"ft_dense": scores([1.0] * 11), "ft_dense+rerank": scores([1.0] * 11)}
+    rng = random.Random(5)
+    many = [rng.uniform(0.3, 0.7) for _ in range(50)]
+    kw = {
+        "start": "ft_dense",
+        "retrievers": (),
+        "reranked": {"ft_dense": "ft_dense+rerank"},
+        "tuned": ["ft_dense+rerank"],
+    }
+    helps = RerankEvidence(scores([m + 0.05 for m in many]), scores(many), weight=0.7, tied=(0.0, 0.3, 0.7, 1.0))
+    chosen = choose_pipeline(dev, **kw, rerank_proxy=lambda r: helps)
+    assert chosen.system == "ft_dense+rerank" and chosen.fusion_weight == 0.7
+    assert chosen.steps[-1].proxy["tied"] == [0.0, 0.3, 0.7, 1.0] and "fusion weight 0.7" in chosen.reason
+    assert chosen.to_json()["fusion_weight"] == 0.7
+    at_zero = RerankEvidence(scores(many), scores(many), weight=0.0, tied=(0.0, 1.0))
+    chosen = choose_pipeline(dev, **kw, rerank_proxy=lambda r: at_zero)
+    assert chosen.system == "ft_dense" and chosen.fusion_weight is None and "fusion_weight" not in chosen.to_json()
+
+
+def test_tune_weight_reports_every_weight_tied_at_the_top():
+    per_w = {0.0: {"a": 1.0, "b": 0.5}, 0.5: {"a": 0.5, "b": 1.0}, 1.0: {"a": 0.0, "b": 1.0}}
+    assert tune_weight(per_w, prefer=lambda w: -w).tied == (0.0, 0.5)
+    assert tune_weight({0.0: {"a": 1.0}, 1.0: {"a": 0.0}}, prefer=lambda w: -w).tied == (0.0,)

@@ -284,6 +284,7 @@ def render_report(
                 p = st.get("proxy")
                 proxy = (
                     f"{100 * p['gain']:+.1f} [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}], {p['n_queries']} q"
+                    + (f", w = {p['weight']:g}" if "weight" in p else "")
                     if p
                     else "–"
                 )
@@ -301,7 +302,8 @@ def render_report(
                 "come from the base model over train + dev questions (never test): its RRF hybrid against it, and "
                 "its own untrained late-interaction start re-scoring its retrievers' top candidates against them. "
                 "Such a candidate is adopted when that interval is above 0 and its dev gain with the fine-tuned "
-                "models is not negative.",
+                "models is not negative. For the reranker, w is the fusion weight it was measured at: dev's, or when "
+                "dev tied several weights, the one these questions chose among them (cross-validated).",
                 "",
             ]
     if gains:

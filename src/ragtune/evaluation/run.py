@@ -23,7 +23,7 @@ from ragtune.evaluation.report import (
     render_report,
     write_curve_csv,
 )
-from ragtune.evaluation.selection import choose_pipeline, pipeline_record
+from ragtune.evaluation.selection import RerankEvidence, choose_pipeline, pipeline_record
 from ragtune.evaluation.systems import (
     RETRIEVERS,
     UNTUNED,
@@ -79,15 +79,16 @@ def run_evaluate(
     systems_by_split, dev = rank_splits(r, splits, e)
     reranker_report: dict[str, Any] = {}
     two_by_two: dict[str, Any] = {}  # base vs fine-tuned embedder × without vs with the reranker
+    reranked = None
     if r.tuned is not None and paths.reranker.exists():
-        reranker_report, two_by_two = add_reranked_systems(
+        reranker_report, two_by_two, reranked = add_reranked_systems(
             systems_by_split, splits, chunks, r.chunk_to_doc, e, dev, paths.reranker
         )
     train = read_jsonl(paths.train)
     proxy = hybrid_proxy(r, train, splits, systems_by_split, depth, int(e["rrf_k"]))
     base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
 
-    def reranker_evidence(retriever: str) -> tuple[dict[str, float], dict[str, float]] | None:
+    def reranker_evidence(retriever: str) -> RerankEvidence | None:
         return rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e, retriever)
 
     selection = choose_pipeline(
@@ -101,6 +102,10 @@ def run_evaluate(
         seed=int(e["select_seed"]),
     )
     pipeline = selection.system if r.tuned is not None else None
+    if reranked is not None and selection.fusion_weight is not None:  # the proxy broke a tie among dev's weights
+        retr = selection.system.partition("+")[0]
+        how = "train + dev with the base model, among the weights tied on dev"
+        reranker_report[retr] = reranked.set_weight(retr, selection.fusion_weight, how)
 
     results, records, curves_k, test_per_query = {}, [], [], {}
     for split, queries in splits.items():

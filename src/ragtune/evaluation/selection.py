@@ -18,7 +18,9 @@ The rule here:
   fine-tuned model is not negative (fine-tuning makes the dense side stronger, which can only shrink what BM25 adds).
 * The same holds for a late-interaction reranker's mechanism: the *base* model's untrained late-interaction start
   (MaxSim over its own token vectors) re-scoring the base model's analogue of the retriever kept, at the fusion
-  weight dev chose, measured on train + dev. The trained reranker is then adopted when that interval lies above 0
+  weight dev chose, measured on train + dev. (When dev ties several weights, as when every dev question is already
+  ranked first, the proxy chooses among them on its own questions, cross-validated; a tie would otherwise go to
+  weight 0, where re-scoring changes nothing.) The trained reranker is then adopted when that interval lies above 0
   and its own dev gain is not negative (that training did not make it worse than its start is checked on dev when
   it is trained). On the sample, re-scoring alone (weight 1) is +3.7 NDCG@10 points [+1.8, +5.8] over the base
   model and +0.8 [-1.0, +2.6] over its RRF hybrid (230 questions; benchmarks/rerank_proxy.py): the evidence is
@@ -50,6 +52,7 @@ class TunedWeight:
     weight: float
     curve: dict[float, float]  # weight → mean dev NDCG@10 (all of dev)
     out_of_fold: PerQuery  # each query scored with the weight chosen on the other folds
+    tied: tuple[float, ...] = ()  # every weight with the best mean on all of dev (dev cannot tell them apart)
 
 
 def tune_weight(
@@ -83,7 +86,9 @@ def tune_weight(
         w = best([q for q in order if q not in held_set])
         out_of_fold.update({q: per_weight[w][q] for q in held})
     curve = {w: round(sum(per_weight[w].values()) / max(len(qids), 1), 4) for w in weights}
-    return TunedWeight(weight=best(qids), curve=curve, out_of_fold=out_of_fold)
+    top = max(round(sum(per_weight[w].values()) / max(len(qids), 1), 10) for w in weights)
+    tied = tuple(w for w in weights if round(sum(per_weight[w].values()) / max(len(qids), 1), 10) == top)
+    return TunedWeight(weight=best(qids), curve=curve, out_of_fold=out_of_fold, tied=tied)
 
 
 @dataclass
@@ -100,7 +105,9 @@ class Step:
     tuned: bool  # judged on cross-validated scores
     adopted: bool = False
     evidence: str = "dev"  # "dev", or "train+dev (base model)" when the proxy decided
-    proxy: dict[str, float] | None = None  # the base-model gain over train + dev: gain, ci_low, ci_high, n_queries
+    # the base-model gain over train + dev: gain, ci_low, ci_high, n_queries (for the reranker also the fusion
+    # weight it was measured at and the weights dev tied)
+    proxy: dict[str, Any] | None = None
 
     def describe(self) -> str:
         verdict = "adopted" if self.adopted else "not adopted"
@@ -115,6 +122,10 @@ class Step:
                 f"; with the base model over train + dev {100 * p['gain']:+.1f} pts [{100 * p['ci_low']:+.1f}, "
                 f"{100 * p['ci_high']:+.1f}] over {p['n_queries']} queries"
             )
+            if "weight" in p:
+                text += f" at fusion weight {p['weight']:g}"
+                if len(p.get("tied", ())) > 1:
+                    text += f" (chosen on these queries among the weights tied on dev: {list(p['tied'])})"
         return f"{text} → {verdict} (evidence: {self.evidence})" if self.adopted else f"{text} → {verdict}"
 
 
@@ -125,9 +136,27 @@ class Selection:
     system: str
     steps: list[Step] = field(default_factory=list)
     reason: str = ""
+    # set when the reranker was adopted on the base-model proxy after dev tied several fusion weights: the one the
+    # proxy chose among them, which it ships with (None: dev's own weight)
+    fusion_weight: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"system": self.system, "reason": self.reason, "steps": [asdict(s) for s in self.steps]}
+        out = {"system": self.system, "reason": self.reason, "steps": [asdict(s) for s in self.steps]}
+        return out | ({"fusion_weight": self.fusion_weight} if self.fusion_weight is not None else {})
+
+
+@dataclass(frozen=True)
+class RerankEvidence:
+    """The base-model proxy for a reranker (:func:`ragtune.evaluation.systems.rerank_proxy`): per-query NDCG@10 with
+    and without re-scoring over train + dev, at ``weight``. When dev ties several fusion weights (``tied``; e.g.
+    every dev question already first, so every weight scores 1.0), the proxy chooses among them on its own queries
+    and ``rescored`` holds that choice's cross-validated scores, so the pick cannot flatter itself. Without this,
+    a tie goes to the smallest weight, 0, where re-scoring changes nothing and the evidence is 0 by construction."""
+
+    rescored: PerQuery
+    plain: PerQuery
+    weight: float
+    tied: tuple[float, ...] = ()
 
 
 def _gain(candidate: PerQuery, incumbent: PerQuery, n_resamples: int, seed: int) -> dict[str, float]:
@@ -180,7 +209,7 @@ def choose_pipeline(
     reranked: Mapping[str, str],
     tuned: Sequence[str] = (),
     proxy: Mapping[str, tuple[PerQuery, PerQuery]] | None = None,
-    rerank_proxy: Callable[[str], tuple[PerQuery, PerQuery] | None] | None = None,
+    rerank_proxy: Callable[[str], RerankEvidence | None] | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Selection:
@@ -188,9 +217,9 @@ def choose_pipeline(
     out-of-fold scores for the ``tuned`` systems; ``retrievers`` lists the alternatives to ``start`` from simplest to
     most complex; ``reranked`` maps a retriever to its ``+rerank`` system. ``proxy`` maps a retriever candidate to
     (its base-model analogue's, the base model's) per-query scores over train + dev questions; ``rerank_proxy``
-    gives the same pair for the reranker on a retriever (re-scored by the base model's late-interaction start, not
-    re-scored), or None. It is costly, so it is called only for the retriever kept and only when dev alone neither
-    adopts nor vetoes the reranker."""
+    gives the same for the reranker on a retriever (:class:`RerankEvidence`), or None. It is costly, so it is called
+    only for the retriever kept and only when dev alone neither adopts nor vetoes the reranker. When the reranker is
+    adopted on it, ``Selection.fusion_weight`` is the weight the proxy was measured at."""
     if not dev or not dev.get(start):
         return Selection(
             start,
@@ -199,17 +228,21 @@ def choose_pipeline(
                 "Label questions for a dev split (ingest.queries with split: dev, or pairs.dev_ratio) to get a check."
             ),
         )
-    tuned_set = set(tuned)
+    tuned_set, fusion_weight = set(tuned), None
     retriever, steps = _climb("retriever", start, list(retrievers), dev, tuned_set, n_resamples, seed, proxy)
     system = retriever
     if retriever in reranked:
         candidate = reranked[retriever]
-        evidence = {}
+        evidence, p = {}, None
         if rerank_proxy is not None and candidate in dev:  # costly: asked only when dev alone cannot decide
             on_dev = _gain(dev[candidate], dev[retriever], n_resamples, seed)
             if on_dev["ci_low"] <= 0 and on_dev["gain"] >= 0 and (p := rerank_proxy(retriever)) is not None:
-                evidence[candidate] = p
+                evidence[candidate] = (p.rescored, p.plain)
         system, rerank_steps = _climb("reranker", retriever, [candidate], dev, tuned_set, n_resamples, seed, evidence)
+        if p is not None and rerank_steps[0].proxy is not None:
+            rerank_steps[0].proxy |= {"weight": p.weight, "tied": list(p.tied)}
+            if rerank_steps[0].adopted and rerank_steps[0].evidence != "dev" and len(p.tied) > 1:
+                fusion_weight = p.weight
         steps += rerank_steps
     adopted = [s for s in steps if s.adopted]
     if adopted:
@@ -221,7 +254,7 @@ def choose_pipeline(
         )
     else:
         reason = f"{start} is the only candidate"
-    return Selection(system, steps, reason)
+    return Selection(system, steps, reason, fusion_weight)
 
 
 def pipeline_record(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.evaluation.metrics import dense_ranking, ndcg_per_query
-from ragtune.evaluation.selection import PerQuery, tune_weight
+from ragtune.evaluation.selection import PerQuery, RerankEvidence, tune_weight
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
 from ragtune.rerank import apply_rerank, load_reranker, rerank_scores, top1_concentration
@@ -83,6 +83,7 @@ class DevChoices:
     scores: dict[str, PerQuery] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     curves: dict[str, dict[float, float]] = field(default_factory=dict)
+    ties: dict[str, tuple[float, ...]] = field(default_factory=dict)  # the weights tied at the top on all of dev
 
     def tune(
         self,
@@ -96,6 +97,7 @@ class DevChoices:
         folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
         tw = tune_weight(per_weight, prefer=prefer, folds=folds, seed=seed)
         self.weights[name], self.curves[name], self.scores[name] = tw.weight, tw.curve, tw.out_of_fold
+        self.ties[name] = tw.tied
 
     def curve_json(self, name: str) -> dict[str, float]:
         return {f"{w:.2f}": v for w, v in self.curves.get(name, {}).items()}
@@ -163,13 +165,16 @@ def rerank_proxy(
     dev: DevChoices,
     evaluate_p: dict[str, Any],
     retriever: str,
-) -> tuple[PerQuery, PerQuery] | None:
+) -> RerankEvidence | None:
     """Evidence for the late-interaction reranker on ``retriever`` from more questions than dev holds, as
     :func:`hybrid_proxy` gives BM25 fusion: the *base* model's untrained late-interaction start (its own token
     vectors, MaxSim, nothing trained) re-scores the top ``rerank_k`` of the retriever's base-model analogue
     (ft_dense → the base model, ft_hybrid → its RRF hybrid, ft_convex → its convex hybrid at the alpha chosen on dev,
     bm25 → itself), fused at the weight dev chose for ``<retriever>+rerank``. Over train + dev questions, which
-    neither the base model nor its start has seen. Returns (re-scored, not re-scored) per-query NDCG@10.
+    neither the base model nor its start has seen. Returns the per-query NDCG@10 re-scored and not re-scored. When
+    dev tied several weights, the weight is chosen among them on these questions by
+    :func:`~ragtune.evaluation.selection.tune_weight` (ties: the smaller), and the re-scored figures are its
+    cross-validated ones.
 
     Only a late-interaction reranker has such an analogue: a cross-encoder's new head starts random, and an LLM
     reranker's start costs a GPU. None without a dev split, train questions, a dev weight for the retriever, or with
@@ -206,8 +211,63 @@ def rerank_proxy(
     bf16 = use_cpu_bf16(evaluate_p["rerank_bf16"])
     scores = rerank_scores(start, {"proxy": {retriever: ranking}}, {"proxy": pool}, [retriever], chunks, k, bf16)
     s = {qid: [scores["proxy"][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
-    reranked = apply_rerank(ranking, s, dev.weights[name])
-    return ndcg_per_query(reranked, pool, r.chunk_to_doc), ndcg_per_query(ranking, pool, r.chunk_to_doc)
+    plain = ndcg_per_query(ranking, pool, r.chunk_to_doc)
+    tied = dev.ties.get(name, ())
+    if len(tied) < 2:
+        weight = dev.weights[name]
+        return RerankEvidence(ndcg_per_query(apply_rerank(ranking, s, weight), pool, r.chunk_to_doc), plain, weight)
+    per_w = {w: ndcg_per_query(apply_rerank(ranking, s, w), pool, r.chunk_to_doc) for w in tied}
+    folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
+    tw = tune_weight(per_w, prefer=lambda w: -w, folds=folds, seed=seed)  # as dev breaks its ties: less reranker
+    return RerankEvidence(tw.out_of_fold, plain, tw.weight, tied)
+
+
+@dataclass
+class RerankedSystems:
+    """The reranker's scores over every retriever's top ``k`` on every split, computed once; ``set_weight`` makes
+    (or remakes) ``<retriever>+rerank`` in ``systems_by_split`` at a fusion weight and returns its report entry."""
+
+    systems_by_split: Systems
+    splits: Splits
+    chunk_to_doc: dict[str, str]
+    dev: DevChoices
+    k: int
+    scores: dict[str, dict[str, dict[str, float]]]  # split → query id → chunk id → reranker score
+
+    def ranking(self, split: str, retr: str, w: float) -> Ranking:
+        ranking = self.systems_by_split[split][retr]
+        s = {qid: [self.scores[split][qid][cid] for cid, _ in items[: self.k]] for qid, items in ranking.items()}
+        return apply_rerank(ranking, s, w)
+
+    def ndcg(self, split: str, ranking: Ranking) -> float:
+        per_query = ndcg_per_query(ranking, self.splits[split], self.chunk_to_doc)
+        return round(sum(per_query.values()) / len(self.splits[split]), 4)
+
+    def set_weight(self, retr: str, weight: float, chosen_on: str) -> dict[str, Any]:
+        name = f"{retr}+rerank"
+        for split in self.splits:
+            self.systems_by_split[split][name] = self.ranking(split, retr, weight)
+        pure_test = self.ranking("test", retr, 1.0)
+        doc, share = top1_concentration(pure_test, self.chunk_to_doc)
+        tune = "dev" if "dev" in self.splits else "test"
+        return {
+            "rerank_k": self.k,
+            "weight": weight,
+            "weight_chosen_on": chosen_on,
+            "dev_curve": self.dev.curve_json(name),
+            "dev_ndcg@10": {
+                "retriever": self.ndcg(tune, self.systems_by_split[tune][retr]),
+                "reranker": self.ndcg(tune, self.ranking(tune, retr, 1.0)),
+                "fused": self.ndcg(tune, self.systems_by_split[tune][name]),
+            },
+            "test_ndcg@10": {
+                "retriever": self.ndcg("test", self.systems_by_split["test"][retr]),
+                "reranker": self.ndcg("test", pure_test),
+                "fused": self.ndcg("test", self.systems_by_split["test"][name]),
+            },
+            "top1_doc": doc,
+            "top1_share": round(share, 4),
+        }
 
 
 def add_reranked_systems(
@@ -218,11 +278,12 @@ def add_reranked_systems(
     evaluate_p: dict[str, Any],
     dev: DevChoices,
     reranker: str | Path,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], RerankedSystems]:
     """Add ``<retriever>+rerank`` for every servable retriever, the fusion weight chosen on dev (its cross-validated
-    per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever and the
-    2×2 table (base vs fine-tuned embedder, each alone and reranked alone at w = 1, per split). Reranker scores are
-    computed once per (query, chunk): the retrievers' candidate lists overlap."""
+    per-query dev scores go to ``dev.scores`` for the selection ladder); return the report per retriever, the
+    2×2 table (base vs fine-tuned embedder, each alone and reranked alone at w = 1, per split), and the scores, so
+    that selection can re-weight the system it ships. Reranker scores are computed once per (query, chunk): the
+    retrievers' candidate lists overlap."""
     e = evaluate_p
     k = int(e["rerank_k"])
     grid = [float(w) for w in e["fusion_weights"]]
@@ -231,49 +292,19 @@ def add_reranked_systems(
     # base_dense's candidates too, for the 2×2 table only (never served: search has no base-model pipeline)
     scored = [*retrievers, "base_dense"]
     scores = rerank_scores(model, systems_by_split, splits, scored, chunks, k, bf16)
-
-    def reranked(split: str, retr: str, w: float) -> Ranking:
-        ranking = systems_by_split[split][retr]
-        s = {qid: [scores[split][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
-        return apply_rerank(ranking, s, w)
-
-    def ndcg(split: str, ranking: Ranking) -> float:
-        return round(sum(ndcg_per_query(ranking, splits[split], chunk_to_doc).values()) / len(splits[split]), 4)
-
+    rs = RerankedSystems(systems_by_split, splits, chunk_to_doc, dev, k, scores)
     report = {}
     for retr in retrievers:
         name = f"{retr}+rerank"
         if "dev" in splits:
-            per_w = {w: ndcg_per_query(reranked("dev", retr, w), splits["dev"], chunk_to_doc) for w in grid}
+            per_w = {w: ndcg_per_query(rs.ranking("dev", retr, w), splits["dev"], chunk_to_doc) for w in grid}
             dev.tune(name, per_w, prefer=lambda w: -w, evaluate_p=e)  # ties: the smaller weight (less reranker)
-        best = dev.weights.get(name, UNTUNED)
-        for split in splits:
-            systems_by_split[split][name] = reranked(split, retr, best)
-        pure_test = reranked("test", retr, 1.0)
-        doc, share = top1_concentration(pure_test, chunk_to_doc)
-        tune = "dev" if "dev" in splits else "test"
-        report[retr] = {
-            "rerank_k": k,
-            "weight": best,
-            "weight_chosen_on": "dev" if "dev" in splits else "none (no dev split)",
-            "dev_curve": dev.curve_json(name),
-            "dev_ndcg@10": {
-                "retriever": ndcg(tune, systems_by_split[tune][retr]),
-                "reranker": ndcg(tune, reranked(tune, retr, 1.0)),
-                "fused": ndcg(tune, systems_by_split[tune][name]),
-            },
-            "test_ndcg@10": {
-                "retriever": ndcg("test", systems_by_split["test"][retr]),
-                "reranker": ndcg("test", pure_test),
-                "fused": ndcg("test", systems_by_split["test"][name]),
-            },
-            "top1_doc": doc,
-            "top1_share": round(share, 4),
-        }
+        chosen_on = "dev" if "dev" in splits else "none (no dev split)"
+        report[retr] = rs.set_weight(retr, dev.weights.get(name, UNTUNED), chosen_on)
 
     def cell(split: str, retr: str) -> dict[str, float]:
-        alone = reranked(split, retr, 1.0)
-        return {"retriever": ndcg(split, systems_by_split[split][retr]), "reranked": ndcg(split, alone)}
+        alone = rs.ranking(split, retr, 1.0)
+        return {"retriever": rs.ndcg(split, systems_by_split[split][retr]), "reranked": rs.ndcg(split, alone)}
 
     table = {split: {"base": cell(split, "base_dense"), "fine-tuned": cell(split, "ft_dense")} for split in splits}
-    return report, {"rerank_k": k, **table}
+    return report, {"rerank_k": k, **table}, rs
