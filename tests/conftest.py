@@ -180,6 +180,7 @@ def write_serving_models(
     Passages are embedded one at a time, so a chunk's vector does not depend on which other documents are indexed:
     an index of a subset of ``docs`` holds exactly the rows of the full one. Returns root."""
     from ragtune.access import AccessScale
+    from ragtune.models.identity import model_fingerprint
     from ragtune.retrieval import load_dense
     from ragtune.search import write_index
     from ragtune.train.reranker.trainer import load_reranker
@@ -205,6 +206,7 @@ def write_serving_models(
         embedder.encode_passages([c["text"] for c in chunks]),
         {
             "embedder": "models/embedder",
+            "embedder_fingerprint": model_fingerprint(models / "embedder"),
             "query_prompt": embedder.query_prompt,
             "passage_prompt": embedder.passage_prompt,
             "bm25": {"tokenizer": "syllable", "backend": "bm25s"},

@@ -14,6 +14,8 @@ from ragtune.search import Pipeline, Searcher, run_index
 def test_run_index_writes_what_search_loads(tmp_path, tiny_embedder_path):
     from conftest import TOPICS, shipped_params
 
+    from ragtune.models.identity import model_fingerprint
+
     paths = Paths(tmp_path)
     shutil.copytree(tiny_embedder_path, paths.embedder)
     docs = [{"doc_id": f"D{i}", "title": t, "metadata": {"n": i}} for i, (t, _) in enumerate(TOPICS)]
@@ -29,6 +31,7 @@ def test_run_index_writes_what_search_loads(tmp_path, tiny_embedder_path):
     manifest = read_json(paths.index / "manifest.json")
     assert manifest == {
         "embedder": str(paths.embedder),
+        "embedder_fingerprint": model_fingerprint(tiny_embedder_path),  # the folder's content, wherever it lies
         "query_prompt": "query: ",
         "passage_prompt": "passage: ",
         "bm25": {"tokenizer": "syllable", "backend": "bm25s", "k1": 1.5, "b": 0.75},

@@ -122,3 +122,22 @@ def test_an_index_built_before_access_levels_is_refused(repo: Path, capsys):
         Searcher.load(repo / "models/index")
     assert main(["search", "mật khẩu", "--root", str(repo)]) == 2
     assert "dvc repro index" in capsys.readouterr().err
+
+
+def test_an_index_another_embedder_built_is_refused_with_the_fix(repo: Path, capsys):
+    """train_embedder ran again but the index did not: queries from the new model would meet passages from the old
+    one's vector space, with no error, only poor results. Search (and serve, which loads through Searcher) refuse it."""
+    from ragtune.cli import main
+
+    Searcher.load(repo / "models/index")  # as built: the fingerprints agree
+    config = repo / "models/embedder/config.json"
+    config.write_text(config.read_text(encoding="utf-8").replace("{", '{"retrained": 1, ', 1), encoding="utf-8")
+    with pytest.raises(SearchSetupError, match=r"embedded by another model .* Run `dvc repro index`.*ragtune reindex"):
+        Searcher.load(repo / "models/index")
+    assert main(["search", "mật khẩu", "--root", str(repo)]) == 2
+    assert "dvc repro index" in capsys.readouterr().err
+    manifest = json.loads((repo / "models/index/manifest.json").read_text(encoding="utf-8"))
+    del manifest["embedder_fingerprint"]
+    write_json(repo / "models/index/manifest.json", manifest)
+    with pytest.raises(SearchSetupError, match=r"does not record which embedder built it.*dvc repro index"):
+        Searcher.load(repo / "models/index")

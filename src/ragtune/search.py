@@ -4,7 +4,8 @@
 
 * ``chunks.jsonl``: the indexed chunks with their document title, metadata and access rank, lowest level first;
 * ``embeddings.npy``: the fine-tuned embedder's normalised passage vectors, float32, one row per chunk;
-* ``manifest.json``: the embedder folder, its prompts, the BM25 settings, the access scale, and counts.
+* ``manifest.json``: the embedder folder, its fingerprint and dimension (search and serve refuse an index another
+  model built), its prompts, the BM25 settings, the access scale, and counts.
 
 ``models/pipeline.json`` (written by evaluate) names the pipeline that scored best on dev: the retriever (dense or
 hybrid), whether the reranker runs, on how many candidates, and the fusion weight. Search follows it by default,
@@ -31,6 +32,7 @@ import numpy as np
 from ragtune.access import AccessScale, MetadataIndex, parse_filters
 from ragtune.errors import UserError
 from ragtune.io import read_jsonl
+from ragtune.models.identity import model_fingerprint
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
 from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
@@ -136,11 +138,7 @@ class Searcher:
                 f"the index at {index_dir}/ was built before access levels: run `dvc repro index` to rebuild it"
             )
         pipeline = pipeline or Pipeline()
-        embedder_dir = Path(manifest["embedder"])
-        if not embedder_dir.is_absolute():  # stored relative to the repo root, which holds models/index
-            embedder_dir = index_dir.resolve().parent.parent / embedder_dir
-        if not embedder_dir.exists():
-            raise SearchSetupError(f"embedder folder {embedder_dir} is missing: run `dvc repro train_embedder`")
+        embedder_dir = check_index_embedder(index_dir, manifest)
         from sentence_transformers import SentenceTransformer
 
         chunks = read_jsonl(index_dir / "chunks.jsonl")
@@ -272,6 +270,41 @@ class Searcher:
         return out
 
 
+def index_embedder_dir(index_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """The embedder folder the manifest names: stored relative to the repo root, which holds ``models/index``."""
+    embedder_dir = Path(manifest["embedder"])
+    if not embedder_dir.is_absolute():
+        embedder_dir = Path(index_dir).resolve().parent.parent / embedder_dir
+    return embedder_dir
+
+
+def check_index_embedder(index_dir: str | Path, manifest: dict[str, Any]) -> Path:
+    """The embedder folder of an index, after checking it is the model that embedded the index's passages.
+
+    Why: after ``train_embedder`` runs again (new params, new data) the index still holds the old model's vectors.
+    Queries embedded by the new model would then be compared with passages from another vector space: no error, just
+    poor results. The manifest records the embedder's fingerprint (sha256 of its weights, tokenizer and config) and
+    dimension; a mismatch stops search and serve with the fix."""
+    embedder_dir = index_embedder_dir(index_dir, manifest)
+    if not embedder_dir.exists():
+        raise SearchSetupError(f"embedder folder {embedder_dir} is missing: run `dvc repro train_embedder`")
+    expected = manifest.get("embedder_fingerprint")
+    if not expected:
+        raise SearchSetupError(
+            f"the index at {index_dir}/ does not record which embedder built it (built before model fingerprints): "
+            "run `dvc repro index` to rebuild it"
+        )
+    found = model_fingerprint(embedder_dir)
+    if found != expected:
+        raise SearchSetupError(
+            f"the index at {index_dir}/ was embedded by another model (fingerprint {expected[:12]}) than the "
+            f"embedder at {embedder_dir} ({found[:12]}): its passage vectors do not match the queries this model "
+            "embeds. Run `dvc repro index` to re-embed the corpus, then `ragtune reindex --out FILE` to refresh an "
+            "external vector store."
+        )
+    return embedder_dir
+
+
 def write_index(
     out_dir: str | Path,
     chunks: list[dict[str, Any]],
@@ -355,6 +388,8 @@ def run_index(
         vectors,
         {
             "embedder": str(paths.embedder),
+            "embedder_fingerprint": model_fingerprint(paths.embedder),  # search and serve check it (a retrained
+            # embedder with a stale index would embed queries into another space)
             "query_prompt": embedder.query_prompt,
             "passage_prompt": embedder.passage_prompt,
             "bm25": {k: bm25_params[k] for k in ("tokenizer", "backend", "k1", "b") if k in bm25_params},

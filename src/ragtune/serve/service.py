@@ -24,7 +24,7 @@ from ragtune.errors import UserError
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
 from ragtune.retrieval import DenseEncoder, Embedder, load_dense, model_prompt
-from ragtune.search import Pipeline, Searcher, SearchSetupError
+from ragtune.search import Pipeline, Searcher, SearchSetupError, index_embedder_dir
 
 InputType = Literal["query", "passage"]
 EMBEDDER_ID = "ragtune-embedder"
@@ -71,9 +71,7 @@ class Service:
             searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
             searcher.prepare()  # the level of a request that names none: ready before the first one
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-            embedder_dir = Path(manifest["embedder"])
-            if not embedder_dir.is_absolute():  # as Searcher.load resolves it
-                embedder_dir = paths.index.resolve().parent.parent / embedder_dir
+            embedder_dir = index_embedder_dir(paths.index, manifest)  # checked by Searcher.load
             model = searcher.embedder
             embedder = Embedder(
                 name=str(embedder_dir),
