@@ -6,6 +6,7 @@
     ragtune search "..." --access-level internal --filter department=HR --filter tags=vpn
     ragtune compare                            # base-model bake-off: one row per DVC experiment
     ragtune serve --port 8000                  # HTTP API: /v1/embeddings, /v1/rerank, /v1/search (docs/serving.md)
+    ragtune reindex --out vectors.parquet      # every chunk with its new vector, for your vector store
 
 It works offline from the repository's ``models/`` folder alone (index, embedder, reranker, pipeline.json).
 """
@@ -60,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", default=".", help="repository root holding models/ and metrics/ (default: current folder)")
     v.add_argument("--pipeline", help="serve this pipeline instead of the one evaluate chose on dev")
     v.add_argument("--log-level", default="info", help="uvicorn's log level (default info)")
+    x = sub.add_parser("reindex", help="write every chunk with its vector for a vector store (docs/serving.md)")
+    x.add_argument("--out", required=True, help="output file, *.parquet or *.jsonl (a manifest is written beside it)")
+    x.add_argument("--format", choices=("parquet", "jsonl"), help="output format (default: from --out's suffix)")
+    x.add_argument(
+        "--chunks",
+        help="embed these chunks instead of the index's (JSONL: chunk_id and text per line; other fields carried)",
+    )
+    x.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
     from ragtune.serve.limits import Limits
 
     for f in fields(Limits):  # one option per limit; the defaults stay in Limits
@@ -88,6 +97,23 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ragtune serve: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(create_app(service, limits), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _reindex(args: argparse.Namespace) -> int:
+    from ragtune.io import JsonlError
+    from ragtune.reindex import ReindexError, export_vectors
+
+    paths = Paths(Path(args.root))
+    try:
+        done = export_vectors(paths.index, args.out, fmt=args.format, chunks_file=args.chunks)
+    except (SearchSetupError, ReindexError, JsonlError) as exc:
+        print(f"ragtune reindex: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"[reindex] read {args.chunks or paths.index} → wrote {done.out} ({done.rows} × {done.dim} vectors, "
+        f"embedder {done.fingerprint[:12]}) and {done.manifest}"
+    )
     return 0
 
 
@@ -158,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.command == "serve":
         return _serve(args)
+    if args.command == "reindex":
+        return _reindex(args)
     root = Path(args.root)
     try:
         paths = Paths(root)
