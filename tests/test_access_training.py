@@ -131,7 +131,8 @@ def test_the_rule_drops_questions_about_hidden_documents_and_removes_their_negat
         "groups_left_short_of_negatives": 1,  # c: its only negative was confidential
     }
     assert (
-        access.summary(counts) == "2 groups and 3 negatives above internal left out (train_embedder.max_access_level)"
+        access.summary(counts) == "2 groups (confidential 1, restricted 1) and 3 negatives (confidential 2, "
+        "restricted 1) above internal left out (train_embedder.max_access_level)"
     )
     assert training_access("train_embedder.max_access_level", None, ACCESS, docs, chunks) is None  # every level
 
@@ -202,7 +203,10 @@ def test_train_embedder_gives_the_trainer_no_text_of_a_document_above_the_level(
     assert dropped == {"confidential": 6, "restricted": 3} and removed == {"confidential": 2, "restricted": 0}
     # the stage's own rule for short groups (n_hard_negatives: 1) then drops those two, and counts them
     assert m["train"]["groups"] == 11 and m["train"]["groups_dropped_short_of_negatives"] == 2
-    assert "9 groups and 2 negatives above internal left out (train_embedder.max_access_level)" in summary["read"]
+    assert (
+        "9 groups (confidential 6, restricted 3) and 2 negatives (confidential 2) above internal left out "
+        "(train_embedder.max_access_level)"
+    ) in summary["read"]
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")
     assert "Trained only on documents at access level `internal` or below" in card
 
@@ -280,7 +284,7 @@ def test_train_reranker_gives_the_trainer_and_its_warm_start_no_text_of_a_docume
     assert excluded["groups_in"] == len(open_groups) and excluded["groups_kept"] == len(kept)
     assert excluded["distill"]["lists_in"] == len(open_lists) and excluded["distill"]["lists_kept"] == len(lists)
     assert sum(excluded["distill"]["lists_dropped"].values()) == 9  # the lists of the 9 hidden questions
-    assert f"9 groups and {sum(removed.values())} negatives above internal left out" in summary["read"]
+    assert f"9 groups (confidential 6, restricted 3) and {sum(removed.values())} negatives (" in summary["read"]
     assert m["effective"]["pos_weight"] == round(sum(len(g["neg"]) for g in kept) / len(kept), 4)
 
 

@@ -12,6 +12,10 @@ a level for it could publish a restricted document.
 of values (any of them); a ``tags`` filter matches a document whose tags share any value. Unlike the level, a filter
 is the caller's own choice of what to see, not a permission, so it only masks candidates (see ``ragtune.search``).
 
+**Training** (:class:`TrainingAccess`): ``train_embedder.max_access_level`` and ``train_reranker.max_access_level``
+keep the documents above a level out of what the trainers see, because model weights can leak the text they were
+trained on; empty (the default) trains on every level.
+
 Labels, levels and filter values are compared in one folded form (:func:`fold`: case, spacing, Unicode form and
 Vietnamese tone placement do not matter), because ingest normalises metadata text (NFC, tone style) while params and
 requests are typed by people; ``doc_id`` is an identifier and matches exactly.
@@ -374,10 +378,15 @@ class TrainingAccess:
         }
 
     def summary(self, counts: Mapping[str, Any]) -> str:
-        """The stage summary's words for :meth:`groups`' counts (``2 groups and 5 negatives above internal left
-        out``)."""
-        groups, negatives = sum(counts["groups_dropped"].values()), sum(counts["negatives_removed"].values())
-        return f"{groups} groups and {negatives} negatives above {self.max_level} left out ({self.key})"
+        """The stage summary's words for :meth:`groups`' counts, per level: ``9 groups (confidential 6, restricted 3)
+        and 2 negatives (confidential 2) above internal left out (train_embedder.max_access_level)``."""
+
+        def part(name: str, per_level: Mapping[str, int]) -> str:
+            levels = ", ".join(f"{level} {n}" for level, n in per_level.items() if n)
+            return f"{sum(per_level.values())} {name}" + (f" ({levels})" if levels else "")
+
+        groups, negatives = part("groups", counts["groups_dropped"]), part("negatives", counts["negatives_removed"])
+        return f"{groups} and {negatives} above {self.max_level} left out ({self.key})"
 
     def require_groups(self, counts: Mapping[str, Any]) -> None:
         """Stop when the exclusion left no training group of the ones there were: training on nothing is no model."""
