@@ -14,7 +14,11 @@ def main() -> None:
         params = load_params()
         summary.update(
             run_train_embedder(
-                section(params, "model"), section(params, "train_embedder"), Paths(), bm25_p=section(params, "bm25")
+                section(params, "model"),
+                section(params, "train_embedder"),
+                Paths(),
+                bm25_p=section(params, "bm25"),
+                access_p=section(params, "access"),
             )
         )
 

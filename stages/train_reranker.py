@@ -9,7 +9,11 @@ from ragtune.train.reranker.run import run_train_reranker
 def main() -> None:
     with stage("train_reranker") as summary:
         params = load_params()
-        summary.update(run_train_reranker(section(params, "model"), section(params, "train_reranker"), Paths()))
+        summary.update(
+            run_train_reranker(
+                section(params, "model"), section(params, "train_reranker"), Paths(), access_p=section(params, "access")
+            )
+        )
 
 
 if __name__ == "__main__":

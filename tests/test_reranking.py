@@ -63,6 +63,7 @@ PARAMS = {
     "early_stopping_patience": 2,
     "load_best_model_at_end": False,
     "ship_unchecked": True,  # a stage-level switch: test_reranker_stage_without_dev_*
+    "max_access_level": "internal",  # a stage-level rule on the groups and lists: test_access_training.py
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "precision": "auto",

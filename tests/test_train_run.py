@@ -61,10 +61,17 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
         g["neg"].append(other["pos"][0])
         g["neg_ids"].append(other["pos_ids"][0])
     write_jsonl(paths.train_groups, groups)
+    # max_access_level: internal (PARAMS): D7 is restricted, the others at or below internal
+    levels = {"D7": "Restricted", "D2": "internal"}
+    write_jsonl(
+        paths.documents, [{"doc_id": f"D{i}", "metadata": {"access_level": levels.get(f"D{i}")}} for i in range(8)]
+    )
     built = _spy(monkeypatch, embedder_run)
     params = _params(work)
 
-    summary = run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
+    summary = run_train_embedder(
+        params["model"], params["train_embedder"], paths, bm25_p=params["bm25"], access_p=params["access"]
+    )
 
     trainer = built[-1]
     a = trainer.args
@@ -106,12 +113,19 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
 
     m = read_json(paths.metrics("train_embedder"))
     assert m["train"]["positives"] == "all" and m["effective"]["hard_negatives_per_query"] == 2
+    # max_access_level: the 3 questions about D7 left the rows, and no text of it reached the trainer
+    excluded = m["train"]["access_excluded"]
+    assert excluded["max_access_level"] == "internal"
+    assert excluded["groups_dropped"] == {"confidential": 0, "restricted": 3}
+    hidden = {g["pos"][0] for g in groups if g["pos_ids"][0] == "D7#0"}
+    cells = [v for row in trainer.train_dataset for v in row.values()]
+    assert len(hidden) == 1 and not [c for c in cells if any(h in c for h in hidden)]
     assert m["dev"]["pool"]["k"] == 3 and m["dev"]["pool"]["chunks"] == len(trainer.evaluator.corpus_ids)
     assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 11
     assert "unmerged" in m["dev"]  # merge_alpha 0.7 was applied and checked on dev
     assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")
-    assert "| lr | 7e-05 |" in card and "| max_steps | 11 |" in card
+    assert "| lr | 7e-05 |" in card and "| max_steps | 11 |" in card and "| max_access_level | internal |" in card
     assert summary["wrote"].startswith(f"{paths.embedder} (")
 
 

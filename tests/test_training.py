@@ -62,6 +62,7 @@ PARAMS = {
     "keep_base_if_worse": False,
     "enabled": False,  # stage-level switches: test_stage_* below
     "ship_unchecked": True,
+    "max_access_level": "internal",  # a stage-level rule on the rows: test_train_run.py, test_access_training.py
     "gradient_accumulation_steps": 2,
     "gradient_checkpointing": True,
     "precision": "auto",

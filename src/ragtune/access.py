@@ -12,6 +12,10 @@ a level for it could publish a restricted document.
 of values (any of them); a ``tags`` filter matches a document whose tags share any value. Unlike the level, a filter
 is the caller's own choice of what to see, not a permission, so it only masks candidates (see ``ragtune.search``).
 
+**Training** (:class:`TrainingAccess`): ``train_embedder.max_access_level`` and ``train_reranker.max_access_level``
+keep the documents above a level out of what the trainers see, because model weights can leak the text they were
+trained on; empty (the default) trains on every level.
+
 Labels, levels and filter values are compared in one folded form (:func:`fold`: case, spacing, Unicode form and
 Vietnamese tone placement do not matter), because ingest normalises metadata text (NFC, tone style) while params and
 requests are typed by people; ``doc_id`` is an identifier and matches exactly.
@@ -22,11 +26,13 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragtune.errors import UserError
+from ragtune.io import read_jsonl
 from ragtune.text import normalize_tone_marks
 
 FILTER_FIELDS = ("doc_id", "department", "document_type", "tags")
@@ -208,3 +214,222 @@ class MetadataIndex:
                     hit[positions[v]] = True
             keep &= hit
         return keep
+
+
+# ------------------------------------------------------------------------------------------------------ training
+@dataclass(frozen=True)
+class TrainingAccess:
+    """The documents a trainer may learn from: those at ``max_level`` or below (``<stage>.max_access_level``).
+
+    Why: model weights can leak the text they were trained on (a passage recited, a fact answered from memory), and
+    the shipped models answer every caller, whatever its level. The index hides a restricted chunk from a caller
+    below its level; only training can keep its text out of the weights. Both training stages pass what their
+    trainer will see through :meth:`groups`, so the rule is written once:
+
+    * a group whose question is relevant to a document above the level (its positive chunks, and for the reranker
+      the pair's ``positive_doc_ids``) is dropped whole: the question may have been written from that text
+      (generated and self-supervised questions are; a labeled one may quote it);
+    * a negative from a document above the level is removed from ``neg`` (and ``neg_ids``, ``neg_sources``); the
+      others keep their order. A group left short of negatives then meets its stage's own rule for short groups.
+
+    :meth:`lists` does the same for the cross-encoder's distillation lists (the teacher's candidates).
+
+    **Dev evaluation keeps the whole corpus.** Scoring dev updates no weight: it ranks checkpoints, picks the best
+    one, and decides the merge and what ships. What it can pass on to the weights is that choice among a handful of
+    trained models, never a text; and dev scores stay comparable with the evaluate stage's, which ranks the whole
+    corpus. Hiding restricted documents from dev would also score a question about one as a miss, which says nothing
+    about the model.
+
+    A document not in documents.jsonl gets ``access.unlabeled``, as in the index. A chunk id that chunks.jsonl does
+    not hold cannot be placed on the scale, and is an error (fail closed), not a guess.
+    """
+
+    key: str  # the params key, for messages: train_embedder.max_access_level
+    scale: AccessScale
+    max_level: str
+    max_rank: int
+    doc_ranks: Mapping[str, int]
+    chunk_docs: Mapping[str, str]
+
+    @property
+    def excluded_levels(self) -> tuple[str, ...]:
+        return self.scale.levels[self.max_rank + 1 :]
+
+    def _per_level(self) -> dict[str, int]:
+        return dict.fromkeys(self.excluded_levels, 0)
+
+    def doc_rank(self, doc_id: str) -> int:
+        return self.doc_ranks.get(doc_id, self.scale.rank(self.scale.unlabeled))
+
+    def chunk_rank(self, chunk_id: str, where: str) -> int:
+        """The rank of a chunk's document; ``where`` names the record, for the error."""
+        doc = self.chunk_docs.get(chunk_id)
+        if doc is None:
+            raise AccessError(
+                f"{where} names chunk {chunk_id!r}, which chunks.jsonl does not hold, so its access level is unknown "
+                f"and {self.key} cannot be applied: re-run the stages that made it (dvc repro)"
+            )
+        return self.doc_rank(doc)
+
+    def _question_rank(self, chunk_ids: Sequence[str], doc_ids: Sequence[str], where: str) -> int:
+        """The highest level the question is relevant to (-1: none known)."""
+        ranks = [self.chunk_rank(c, where) for c in chunk_ids] + [self.doc_rank(d) for d in doc_ids]
+        return max(ranks, default=-1)
+
+    def documents_excluded(self) -> dict[str, int]:
+        """Documents above the level, per level."""
+        out = self._per_level()
+        for rank in self.doc_ranks.values():
+            if rank > self.max_rank:
+                out[self.scale.levels[rank]] += 1
+        return out
+
+    def groups(
+        self,
+        groups: Sequence[dict[str, Any]],
+        *,
+        min_negatives: int,
+        relevant_docs: Mapping[str, Sequence[str]] | None = None,
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The groups the trainer may see, and the counts for the stage's metrics (``train.access_excluded``).
+
+        ``groups``: ``{"query", "pos", "neg", "pos_ids", "neg_ids", ...}`` (the negatives stage's, or the reranker's
+        own). ``relevant_docs``: query id → every document its question is relevant to, where a group's ``pos_ids``
+        hold fewer (the reranker keeps one positive per question). ``min_negatives``: what the stage needs per group;
+        groups the removal leaves below it (having had enough) are counted, and the stage's own rule decides.
+        """
+        kept: list[dict[str, Any]] = []
+        dropped, removed, short = self._per_level(), self._per_level(), 0
+        for g in groups:
+            where = f"the training group of query {g.get('query_id', g.get('query'))!r}"
+            if "pos_ids" not in g or "neg_ids" not in g or len(g["neg_ids"]) != len(g["neg"]):
+                raise AccessError(
+                    f"{where} has no pos_ids/neg_ids aligned with pos/neg, so {self.key} cannot tell which documents "
+                    "its texts come from: re-run the stage that wrote it (dvc repro)"
+                )
+            docs = (relevant_docs or {}).get(g.get("query_id", ""), ())
+            top = self._question_rank(g["pos_ids"], docs, where)
+            if top > self.max_rank:
+                dropped[self.scale.levels[top]] += 1
+                continue
+            keep = []
+            for i, cid in enumerate(g["neg_ids"]):
+                rank = self.chunk_rank(cid, where)
+                if rank > self.max_rank:
+                    removed[self.scale.levels[rank]] += 1
+                else:
+                    keep.append(i)
+            if len(keep) < len(g["neg_ids"]):
+                short += len(keep) < min_negatives <= len(g["neg_ids"])
+                g = {**g, **{k: [g[k][i] for i in keep] for k in ("neg", "neg_ids", "neg_sources") if k in g}}
+            kept.append(g)
+        counts = {
+            **self._header(),
+            "groups_in": len(groups),
+            "groups_kept": len(kept),
+            "groups_dropped": dropped,
+            "negatives_removed": removed,
+            "groups_left_short_of_negatives": short,
+        }
+        return kept, counts
+
+    def lists(
+        self, lists: Sequence[dict[str, Any]], *, relevant_docs: Mapping[str, Sequence[str]]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The cross-encoder's distillation lists (``{"query", "docs", "labels", "query_id", "doc_ids", ...}``) the
+        trainer may see, by the rule of :meth:`groups`: a list whose question is relevant to a document above the
+        level is dropped; a candidate above it leaves the list (the teacher's softmax is over the rest); a list left
+        with fewer than 2 candidates ranks nothing and is dropped too. Returns the lists and their counts."""
+        kept: list[dict[str, Any]] = []
+        dropped, removed, too_short = self._per_level(), self._per_level(), 0
+        for x in lists:
+            where = f"the distillation list of query {x['query_id']!r}"
+            top = self._question_rank((), relevant_docs.get(x["query_id"], ()), where)
+            if top > self.max_rank:
+                dropped[self.scale.levels[top]] += 1
+                continue
+            keep = []
+            for i, cid in enumerate(x["doc_ids"]):
+                rank = self.chunk_rank(cid, where)
+                if rank > self.max_rank:
+                    removed[self.scale.levels[rank]] += 1
+                else:
+                    keep.append(i)
+            if len(keep) < 2:
+                too_short += 1
+                continue
+            if len(keep) < len(x["doc_ids"]):
+                x = {**x, **{k: [x[k][i] for i in keep] for k in ("docs", "labels", "doc_ids")}}
+            kept.append(x)
+        counts = {
+            "lists_in": len(lists),
+            "lists_kept": len(kept),
+            "lists_dropped": dropped,
+            "candidates_removed": removed,
+            "lists_dropped_under_two_candidates": too_short,
+        }
+        return kept, counts
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "max_access_level": self.max_level,
+            "levels_excluded": list(self.excluded_levels),
+            "documents_excluded": self.documents_excluded(),
+        }
+
+    def summary(self, counts: Mapping[str, Any]) -> str:
+        """The stage summary's words for :meth:`groups`' counts, per level: ``9 groups (confidential 6, restricted 3)
+        and 2 negatives (confidential 2) above internal left out (train_embedder.max_access_level)``."""
+
+        def part(name: str, per_level: Mapping[str, int]) -> str:
+            levels = ", ".join(f"{level} {n}" for level, n in per_level.items() if n)
+            return f"{sum(per_level.values())} {name}" + (f" ({levels})" if levels else "")
+
+        groups, negatives = part("groups", counts["groups_dropped"]), part("negatives", counts["negatives_removed"])
+        return f"{groups} and {negatives} above {self.max_level} left out ({self.key})"
+
+    def require_groups(self, counts: Mapping[str, Any]) -> None:
+        """Stop when the exclusion left no training group of the ones there were: training on nothing is no model."""
+        if counts["groups_in"] and not counts["groups_kept"]:
+            raise AccessError(
+                f"{self.key} = {self.max_level!r} leaves no training group: all {counts['groups_in']} are about "
+                f"documents above {self.max_level} ({', '.join(self.excluded_levels)}). Raise {self.key} (levels, "
+                f"lowest first: {', '.join(self.scale.levels)}), leave it empty to train on every level, or add "
+                f"training questions about documents at {self.max_level} or below"
+            )
+
+
+def training_access(
+    key: str,
+    max_level: str | None,
+    access: Mapping[str, Any],
+    documents: Sequence[Mapping[str, Any]] | str | Path,
+    chunks: Sequence[Mapping[str, Any]],
+) -> TrainingAccess | None:
+    """The rule a trainer's ``max_access_level`` (params key ``key``) sets, or None for an empty one (every level
+    trains, as before). ``access``: the ``access:`` params section; ``documents``: documents.jsonl's records, or its
+    path (read once the level is known to be on the scale); ``chunks``: chunks.jsonl's records. A level off the
+    scale stops the stage with the key, the value and the levels; so does a document label off it, as in the index
+    stage. The stages call it first, before minutes of work."""
+    if max_level is None:
+        return None
+    scale = AccessScale.from_params(access)
+    try:
+        max_rank = scale.rank(max_level)
+    except AccessError:
+        raise AccessError(
+            f"params.yaml {key} = {max_level!r} is not on the access scale: set it to one of "
+            f"{', '.join(scale.levels)} (access.levels, lowest first; case does not matter), or leave it empty to "
+            "train on every level"
+        ) from None
+    if isinstance(documents, str | Path):
+        documents = read_jsonl(documents)
+    doc_ranks, _ = scale.document_ranks(documents)
+    return TrainingAccess(
+        key=key,
+        scale=scale,
+        max_level=scale.levels[max_rank],
+        max_rank=max_rank,
+        doc_ranks=doc_ranks,
+        chunk_docs={c["chunk_id"]: c["doc_id"] for c in chunks},
+    )

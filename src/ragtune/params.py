@@ -8,7 +8,7 @@ import json
 from collections.abc import Hashable
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -150,10 +150,16 @@ class StageConfig:
     ERROR: type[ValueError] = ParamsError
     # fields that do not change the training trajectory, so a change to them may resume a checkpoint
     NOT_IN_FINGERPRINT = ("extra", "logging_steps", "dataloader_num_workers")
+    # fields whose rule is more than their annotation's type (schema.TRAINER_KEYS): name → its schema Key
+    KEYS: ClassVar[dict[str, Any]] = {}
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Any:
-        spec = {f.name: annotation_key(f.type) for f in fields(cls) if f.name != "extra"}  # type: ignore[arg-type]
+        spec = {
+            f.name: cls.KEYS.get(f.name) or annotation_key(f.type)
+            for f in fields(cls)  # type: ignore[arg-type]
+            if f.name != "extra"
+        }
         # a single text stands for a one-item list (directions: query_to_doc)
         checked = {
             k: [v] if isinstance(v, str) and k in spec and spec[k].kind == "list" else v for k, v in params.items()

@@ -203,6 +203,17 @@ SECTIONS: dict[str, dict[str, Key]] = {
 # The sections checked by their typed config (ragtune.train), not by SECTIONS.
 TRAINER_SECTIONS = ("train_embedder", "train_reranker")
 
+# Keys both trainer sections share whose rule is more than their type annotation says (the typed configs check them
+# with it; ragtune.train.config.TrainerConfig).
+TRAINER_KEYS: dict[str, Key] = {
+    "max_access_level": Str(
+        "the highest access level (one of access.levels) whose documents may train this model; empty = every level. "
+        "Model weights can leak the text they were trained on, and the shipped model answers callers at every level",
+        nonempty=True,
+        null=True,
+    ),
+}
+
 # Keys of a trainer section that another stage reads (chunk checks that chunks fit the training truncation).
 READ_ELSEWHERE: dict[str, Key] = {
     "train_embedder.max_seq_length": Int("training truncation in tokens", low=1),

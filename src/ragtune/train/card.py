@@ -20,7 +20,12 @@ def card_sections(cfg: StageConfig, metrics: dict[str, Any]) -> tuple[str, str, 
     rows = "\n".join(
         f"| {k} | {before.get(k, float('nan')):.4f} | {after.get(k, float('nan')):.4f} |" for k in sorted(after)
     )
-    params = "\n".join(f"| {k} | {v} |" for k, v in asdict(cfg).items() if k != "extra")  # type: ignore[call-overload]
+    # an empty max_access_level (every level trained, as before the key existed) leaves the card as it was
+    params = "\n".join(
+        f"| {k} | {v} |"
+        for k, v in asdict(cfg).items()  # type: ignore[call-overload]
+        if k != "extra" and not (k == "max_access_level" and v is None)
+    )
     warn = "\n".join(f"- ⚠️ {w}" for w in metrics["warnings"]) or "- none"
     return rows, params, warn
 
@@ -41,6 +46,17 @@ def source_line(metrics: dict[str, Any]) -> str:
         return f"Base model: `{src['name']}`, {where} (fingerprint `{src['fingerprint']}`)."
     pin = f"model.revision `{src['revision']}`" if src["revision"] else "model.revision empty: the Hub's main branch"
     return f"Base model: `{src['name']}` at Hub commit `{src['commit']}` ({pin})."
+
+
+def access_line(cfg: Any) -> str:
+    """What a ``max_access_level`` kept out of training, as a paragraph after the schedule; "" when it is empty."""
+    level = getattr(cfg, "max_access_level", None)
+    if level is None:
+        return ""
+    return (
+        f"\n\nTrained only on documents at access level `{level}` or below ({cfg.SECTION}.max_access_level): "
+        "this stage trained on no text of a document above it."
+    )
 
 
 # What differs between the two cards besides their heading: Hub tags, how to load the model, the dev table.
@@ -140,7 +156,7 @@ tags: [{CARDS[kind]["tags"]}]
 
 {source_line(metrics)}
 
-{schedule_line(metrics)}
+{schedule_line(metrics)}{access_line(cfg)}
 
 ```python
 {usage}

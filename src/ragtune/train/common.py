@@ -6,11 +6,27 @@ wrapper left on the model after training) must reach both, so both import it fro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ragtune.access import TrainingAccess, training_access
 from ragtune.precision import use_cpu_bf16
 from ragtune.train.schedule import require_resolved
+
+
+def access_rule(
+    cfg: Any, access_p: dict[str, Any] | None, documents: str | Path, chunks: Sequence[dict[str, Any]]
+) -> TrainingAccess | None:
+    """What ``cfg.max_access_level`` keeps out of training (:class:`ragtune.access.TrainingAccess`), or None when it
+    is empty: every level trains, and nothing is read. Both stages call it before their first minute of work, so a
+    level off the scale stops them at once; ``documents`` is documents.jsonl (each document's label)."""
+    if cfg.max_access_level is None:
+        return None
+    if access_p is None:  # a caller that forgot the section must not train on everything
+        raise ValueError(f"{cfg.SECTION}.max_access_level is set: pass the access: params section (access_p)")
+    key = f"{cfg.SECTION}.max_access_level"
+    return training_access(key, cfg.max_access_level, access_p, documents, chunks)
 
 
 def precision_flags(cfg: Any, cuda: bool, bf16_supported: bool) -> dict[str, bool]:

@@ -1,6 +1,6 @@
 """What both trainers' configs share: the schedule, optimizer, precision and checkpoint keys, validated once.
 
-:class:`TrainerConfig` holds the keys that ``train_embedder:`` and ``train_reranker:`` have in common (25 of them);
+:class:`TrainerConfig` holds the keys that ``train_embedder:`` and ``train_reranker:`` have in common (26 of them);
 each trainer's config adds its own. The checks on a shared key live here, so the two sections cannot drift apart
 (they did: the reranker once accepted an ``attention_dropout`` the embedder refused).
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from ragtune.params import StageConfig
 from ragtune.precision import bf16_setting_problem
+from ragtune.schema import TRAINER_KEYS
 from ragtune.train.schedule import check_schedule
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -32,6 +33,8 @@ class TrainerConfig(StageConfig):
 
     Subclasses add their own keys and extend :meth:`validate`.
     """
+
+    KEYS = TRAINER_KEYS  # max_access_level: a level name or empty, with its meaning for the messages
 
     seed: int
     epochs: float | str  # auto: ragtune.train.schedule.plan_schedule sizes it to the training rows; a number wins
@@ -58,6 +61,9 @@ class TrainerConfig(StageConfig):
     attention_dropout: float | None  # None: the model's own; 0 lets SDPA use its fused kernel (~2× faster steps)
     logging_steps: int
     dataloader_num_workers: int
+    # None: train on every level. A level: leave out what documents above it hold (ragtune.access.TrainingAccess),
+    # checked on the access scale by the stage, which reads the access: section
+    max_access_level: str | None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def validate(self) -> None:

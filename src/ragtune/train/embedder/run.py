@@ -10,6 +10,7 @@ Runs as a single process or under DDP (``torchrun``): ranks other than 0 train a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 
 from ragtune.console import console, warn
-from ragtune.io import read_jsonl, sha256_file, write_json
+from ragtune.io import dumps, read_jsonl, sha256_file, write_json
 from ragtune.models import load_embedder, model_source, resolve_model
 from ragtune.pairs import query_key
 from ragtune.paths import Paths
@@ -34,7 +35,7 @@ from ragtune.train.checkpoints import (
     prepare_checkpoint_dir,
     untrained_outputs,
 )
-from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
+from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.dev import (
     DevPool,
@@ -160,11 +161,19 @@ EMPTY = {"read": "", "wrote": ""}  # what ranks other than 0 report under DDP: r
 
 
 def run_train_embedder(
-    model_p: dict[str, Any], section: dict[str, Any], paths: Paths, *, bm25_p: dict[str, Any]
+    model_p: dict[str, Any],
+    section: dict[str, Any],
+    paths: Paths,
+    *,
+    bm25_p: dict[str, Any],
+    access_p: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Train the embedder the ``model:`` and ``train_embedder:`` params describe; write the model, its card, the
     metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``). ``bm25_p`` (the
-    ``bm25:`` params) builds the BM25 side of the dev candidate pool (``train_embedder.dev_pool_k``).
+    ``bm25:`` params) builds the BM25 side of the dev candidate pool (``train_embedder.dev_pool_k``); ``access_p``
+    (the ``access:`` params) places ``train_embedder.max_access_level`` on the scale, when it is set: the groups
+    about documents above it, and their negatives, never reach the trainer (:class:`ragtune.access.TrainingAccess`;
+    dev keeps the whole corpus, as its docstring says why).
 
     Under DDP every rank trains; only rank 0 evaluates, decides what ships and writes (the others return an empty
     summary). Without training (``enabled: false``, or no dev question) the trainer is built but never run, so the
@@ -174,14 +183,21 @@ def run_train_embedder(
     out, ckpt, live = str(paths.embedder), str(paths.embedder_checkpoints), str(paths.live("train_embedder"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
+    chunks = read_jsonl(paths.chunks)
+    access = access_rule(cfg, access_p, paths.documents, chunks)  # a level off the scale stops the stage here
     groups = read_jsonl(paths.train_groups)
     dev = read_jsonl(paths.dev)
-    heldout = {query_key(q["query"]) for q in dev + read_jsonl(paths.test)}
-    leaked = sum(1 for g in groups if query_key(g["query"]) in heldout)
-    chunks = read_jsonl(paths.chunks)
     checkable = dev_questions(dev, cfg.dev_level)
     # None: train. Otherwise the base model ships untrained, and this says why (enabled: false, or no dev)
     untrained = untrained_reason(cfg, has_dev=bool(checkable))
+    excluded: dict[str, Any] | None = None  # what max_access_level left out, for the metrics and the summary
+    if access is not None:
+        # the one place rows come from: everything below (dataset, sampler keys, counts) reads the kept groups
+        groups, excluded = access.groups(groups, min_negatives=cfg.n_hard_negatives)
+        if untrained is None:
+            access.require_groups(excluded)
+    heldout = {query_key(q["query"]) for q in dev + read_jsonl(paths.test)}
+    leaked = sum(1 for g in groups if query_key(g["query"]) in heldout)
 
     # 1. the model, its prompts, what is frozen
     base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))
@@ -199,8 +215,9 @@ def run_train_embedder(
     if untrained is None and len(train_ds) < cfg.batch_size:
         raise SystemExit(
             f"train_embedder: only {len(train_ds)} training rows from {len(groups) - dropped} usable groups "
-            f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives); need at least "
-            f"batch_size={cfg.batch_size}."
+            f"({dropped} had fewer than n_hard_negatives={cfg.n_hard_negatives} negatives"
+            + (f"; {access.summary(excluded)}" if access is not None and excluded is not None else "")
+            + f"); need at least batch_size={cfg.batch_size}."
         )
     # epochs / eval_steps / save_steps: auto → numbers for these rows; the resolved config builds the trainer,
     # the resume fingerprint and the model card
@@ -266,6 +283,8 @@ def run_train_embedder(
             f"world={world}",
             # the dev pool's BM25 side: another pool scores checkpoints differently, so a resumed best would be stale
             *([f"bm25={json.dumps(bm25_p, sort_keys=True)}"] if cfg.dev_pool_k else []),
+            # the groups left after max_access_level: a document relabeled changes them, not train_groups.jsonl
+            *([f"access={_digest(groups)}"] if excluded is not None else []),
         )
         resume = prepare_checkpoint_dir(ckpt, fingerprint, owner=rank0)  # warns of incomplete ones it removed
         if resume.checkpoint:
@@ -310,10 +329,14 @@ def run_train_embedder(
         "resumed_from_step": resume.step,
         "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
     }
+    if excluded is not None:
+        metrics["train"]["access_excluded"] = excluded
     # labeled positives left out of training (positives: first) are counted, never dropped silently
     every_positive, _ = training_rows(groups, cfg.n_hard_negatives, "all")
     metrics["train"]["positives_not_trained"] = len(every_positive) - (len(train_ds) if trains else 0)
     read = f"{len(groups)} training groups ({len(train_ds)} rows), {len(dev)} dev queries"
+    if access is not None and excluded is not None:
+        read += f" ({access.summary(excluded)})"
     if not trains:
         ship_untrained(model_p, cfg, plan, base_path, metrics, untrained or "", paths)
         return {"read": read, "wrote": f"{out} ({metrics['shipped']}: not trained), {paths.metrics('train_embedder')}"}
@@ -366,6 +389,11 @@ def run_train_embedder(
             f"dev ndcg@10 {before} → {after}, {len(metrics['warnings'])} warnings)"
         ),
     }
+
+
+def _digest(groups: list[dict[str, Any]]) -> str:
+    """sha256 of the groups as the trainer reads them, for the resume fingerprint."""
+    return hashlib.sha256("\n".join(dumps(g) for g in groups).encode()).hexdigest()
 
 
 def pool_metrics(pool: DevPool | None, corpus_chunks: int) -> dict[str, Any]:

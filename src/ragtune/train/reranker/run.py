@@ -26,7 +26,7 @@ from ragtune.train.checkpoints import (
     prepare_checkpoint_dir,
     untrained_outputs,
 )
-from ragtune.train.common import apply_attention_dropout, dvclive_callbacks
+from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks
 from ragtune.train.guards import unchecked_warning, untrained_reason
 from ragtune.train.reranker.config import DistillSettings, RerankerTrainConfig
 from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
@@ -69,15 +69,25 @@ def reranker_warnings(
     return out
 
 
-def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: Paths) -> dict[str, str]:
+def run_train_reranker(
+    model_p: dict[str, Any], section: dict[str, Any], paths: Paths, *, access_p: dict[str, Any] | None = None
+) -> dict[str, str]:
     """Train the reranker the ``model:`` and ``train_reranker:`` params describe; write its groups, the model, its
-    card, the metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``)."""
+    card, the metrics and the curves under ``paths``; return the stage summary (``read`` / ``wrote``).
+
+    ``access_p`` (the ``access:`` params) places ``train_reranker.max_access_level`` on the scale, when it is set.
+    Every kind trains on the mined groups and the cross-encoder's warm start on the distillation lists; both pass
+    :class:`ragtune.access.TrainingAccess` before they are written, so the files hold what the trainer saw: no
+    question about a document above the level, no negative, random draw or teacher candidate from one. Dev samples
+    and dev groups keep the whole corpus (evaluation only; see that class).
+    """
     cfg = RerankerTrainConfig.from_params(section)
     if cfg.kind != "cross_encoder":  # refuse a bad sub-section before minutes of mining
         kind_settings(cfg, dict(getattr(cfg, cfg.kind)), 1.0, -1)
     embedder_dir, out = str(paths.embedder), str(paths.reranker)
     ckpt, live = str(paths.reranker_checkpoints), str(paths.live("train_reranker"))
     chunks = read_jsonl(paths.chunks)
+    access = access_rule(cfg, access_p, paths.documents, chunks)  # a level off the scale stops the stage here
     chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
     chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
     train = read_jsonl(paths.train)
@@ -104,16 +114,28 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
         if warm_on
         else ([], {})
     )
+    excluded: dict[str, Any] | None = None  # what max_access_level left out, for the metrics and the summary
+    if access is not None:
+        # a group keeps one positive; its question is about every document its pair names
+        relevant: dict[str, list[str]] = {}
+        for p in train + all_synthetic:
+            relevant.setdefault(p["query_id"], []).extend(p["positive_doc_ids"])
+        groups, excluded = access.groups(groups, min_negatives=cfg.n_hard + cfg.n_random, relevant_docs=relevant)
+        if warm_on:
+            lists, excluded["distill"] = access.lists(lists, relevant_docs=relevant)
+        summary_read += f" ({access.summary(excluded)})"
     write_jsonl(paths.reranker_train_groups, groups)
     write_jsonl(paths.reranker_dev_groups, dev_groups)
     write_jsonl(paths.reranker_distill_lists, lists)
     # None: train. "no dev questions: unchecked": save the start model untrained (ship_unchecked: false)
     untrained = untrained_reason(cfg, has_dev=bool(dev))
+    if access is not None and excluded is not None and untrained is None:
+        access.require_groups(excluded)
     if untrained is None and len(groups) < cfg.batch_size:
         raise SystemExit(f"train_reranker: only {len(groups)} training groups; need ≥ batch_size={cfg.batch_size}")
     del embedder
     if cfg.kind != "cross_encoder":  # late_interaction / llm: same groups and dev, their own trainer
-        return _run_other_kind(cfg, groups, dev, candidates, paths, untrained, summary_read)
+        return _run_other_kind(cfg, groups, dev, candidates, paths, untrained, summary_read, excluded)
 
     # embedder: the fine-tuned encoder; base: model.embedder (at model.revision); anything else: a reranker name or path
     base_name = {"embedder": embedder_dir, "base": model_p["embedder"]}.get(cfg.base, cfg.base)
@@ -129,7 +151,8 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
     cfg, plan = resolve_schedule(cfg, len(train_ds), int(os.environ.get("WORLD_SIZE", "1")))
     if untrained is None:
         console.print(f"schedule: {plan.reason}", soft_wrap=True)
-    pos_weight = cfg.pos_weight or (counts.get("negatives", 0) / max(counts.get("groups", 1), 1))
+    # negatives per positive of the groups trained on (the mined counts, less what max_access_level removed)
+    pos_weight = cfg.pos_weight or (sum(len(g["neg"]) for g in groups) / max(len(groups), 1))
     samples = dev_samples(dev, candidates, cfg.rerank_k)
     evaluator = build_evaluator(samples, cfg.batch_size) if samples else None
     dev_before = evaluator(model) if evaluator else {}
@@ -229,6 +252,7 @@ def run_train_reranker(model_p: dict[str, Any], section: dict[str, Any], paths: 
             "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2) if result else 0.0,
             "resumed_from_step": resume.step,
             "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
+            **({"access_excluded": excluded} if excluded is not None else {}),
         },
         "dev": {
             "n_queries": len(samples),
@@ -268,12 +292,16 @@ def _run_other_kind(
     paths: Paths,
     untrained: str | None,
     summary_read: str,
+    excluded: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """The stage for ``kind: late_interaction`` / ``llm``: train on the mined groups, score dev reranking before and
-    after with the same candidates, write the metrics (same top-level keys as the cross-encoder's)."""
+    after with the same candidates, write the metrics (same top-level keys as the cross-encoder's). ``excluded``:
+    what ``max_access_level`` left out of ``groups``, for ``train.access_excluded``."""
     live, ckpt = str(paths.live("train_reranker")), str(paths.reranker_checkpoints)
     callbacks = dvclive_callbacks(live, resume=False) if untrained is None else []
     metrics = run_kind(cfg, groups, dev_samples(dev, candidates, cfg.rerank_k), paths, untrained, callbacks)
+    if excluded is not None:
+        metrics.setdefault("train", {})["access_excluded"] = excluded
     start = f"the untrained {cfg.kind} start"
     if untrained is not None:
         metrics["warnings"] = [unchecked_warning(cfg.SECTION, str(paths.reranker), trained=False, start=start)]
