@@ -182,7 +182,9 @@ def export_vectors(
         source = str(index_dir)
     else:
         if not Path(chunks_file).is_file():
-            raise ReindexError(f"--chunks {chunks_file}: no such file; give a JSONL file with chunk_id and text per line")
+            raise ReindexError(
+                f"--chunks {chunks_file}: no such file; give a JSONL file with chunk_id and text per line"
+            )
         from ragtune.retrieval import load_dense
 
         embedder = load_dense({"passage_prompt": manifest.get("passage_prompt")}, name=str(embedder_dir))
