@@ -9,9 +9,7 @@ from ragtune.search import run_index
 def main() -> None:
     with stage("index") as summary:
         params = load_params()
-        summary.update(
-            run_index(section(params, "model"), section(params, "bm25"), section(params, "access"), Paths())
-        )
+        summary.update(run_index(section(params, "model"), section(params, "bm25"), section(params, "access"), Paths()))
 
 
 if __name__ == "__main__":
