@@ -77,6 +77,7 @@ def test_levels_match_case_space_and_tone_insensitively_and_none_is_the_lowest()
     scale = AccessScale.from_params(shipped_params("access"))
     assert scale.rank(None) == 0 and scale.lowest == "public"  # fail closed
     assert [scale.rank(x) for x in ("PUBLIC", " internal ", "Confidential", "restricted")] == [0, 1, 2, 3]
+    assert [scale.name(x) for x in (None, " Internal ", "RESTRICTED")] == ["public", "internal", "restricted"]
     assert fold("  Hoà   Giải ") == fold("hòa giải")  # one tone placement, as ingest writes one
     with pytest.raises(AccessError, match=r"unknown access level 'secret': use one of public, internal, confidential"):
         scale.rank("secret")

@@ -121,6 +121,11 @@ class AccessScale:
             )
         return rank
 
+    def name(self, level: str | None) -> str:
+        """The level a caller is answered at, as the scale spells it (``" Internal "`` → ``"internal"``; no level →
+        the lowest), for responses and logs."""
+        return self.levels[self.rank(level)]
+
     def document_ranks(self, documents: Sequence[Mapping[str, Any]]) -> tuple[dict[str, int], int]:
         """``({doc_id: rank}, number of unlabeled documents)``. Every off-scale label is reported at once, with the
         document ids, the values and the two fixes: a guessed level could publish a restricted document."""

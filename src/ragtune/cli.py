@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SearchSetupError, AccessError, FilterError) as exc:
         print(f"ragtune search: {exc}", file=sys.stderr)
         return 2
-    level = searcher.access.levels[searcher.access.rank(args.access_level)]
+    level = searcher.access.name(args.access_level)
     if args.json:
         payload = {
             "query": args.query,

@@ -148,7 +148,7 @@ class Service:
         :class:`~ragtune.access.FilterError` (a 422), or :class:`Unavailable` without an index."""
         searcher = self._searcher(None)
         parse_filters(filters)
-        return searcher.access.levels[searcher.access.rank(access_level)]
+        return searcher.access.name(access_level)
 
     def search(
         self,
