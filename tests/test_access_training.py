@@ -306,16 +306,20 @@ def test_train_reranker_late_interaction_trains_on_the_filtered_groups(tmp_path,
 
 
 # ----------------------------------------------------------------------------------------------- refusals
+def _run_stage(stage: str, params: dict, paths: Paths) -> None:
+    if stage == "train_embedder":
+        run_train_embedder(params["model"], params[stage], paths, bm25_p=params["bm25"], access_p=params["access"])
+    else:
+        run_train_reranker(params["model"], params[stage], paths, access_p=params["access"])
+
+
 @pytest.mark.parametrize("stage", ["train_embedder", "train_reranker"])
 def test_a_level_off_the_scale_stops_the_stage_with_the_key_the_value_and_the_levels(
     tmp_path, tiny_embedder_path, stage
 ):
     paths, params = _stage(tmp_path, tiny_embedder_path, **{stage: {"max_access_level": "secret"}})
     with pytest.raises(AccessError) as err:
-        if stage == "train_embedder":
-            run_train_embedder(params["model"], params[stage], paths, bm25_p=params["bm25"], access_p=params["access"])
-        else:
-            run_train_reranker(params["model"], params[stage], paths, access_p=params["access"])
+        _run_stage(stage, params, paths)
     message = str(err.value)
     assert f"params.yaml {stage}.max_access_level = 'secret' is not on the access scale" in message
     assert "public, internal, confidential, restricted" in message and "leave it empty" in message
@@ -336,10 +340,7 @@ def test_a_level_that_leaves_no_training_group_stops_the_stage_and_says_how_to_f
     paths, params = _stage(tmp_path, tiny_embedder_path, **{stage: {"max_access_level": "public", "max_steps": 1}})
     write_jsonl(paths.documents, [{"doc_id": d, "metadata": {"access_level": "internal"}} for d in LABELS])
     with pytest.raises(AccessError) as err:
-        if stage == "train_embedder":
-            run_train_embedder(params["model"], params[stage], paths, bm25_p=params["bm25"], access_p=params["access"])
-        else:
-            run_train_reranker(params["model"], params[stage], paths, access_p=params["access"])
+        _run_stage(stage, params, paths)
     message = str(err.value)
     assert f"{stage}.max_access_level = 'public' leaves no training group: all 22 are about documents above public" in (
         message

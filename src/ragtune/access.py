@@ -281,6 +281,17 @@ class TrainingAccess:
         ranks = [self.chunk_rank(c, where) for c in chunk_ids] + [self.doc_rank(d) for d in doc_ids]
         return max(ranks, default=-1)
 
+    def _visible(self, chunk_ids: Sequence[str], where: str, removed: dict[str, int]) -> list[int]:
+        """Positions of the chunks at or below the level; each one above it is counted in ``removed`` by level."""
+        keep = []
+        for i, cid in enumerate(chunk_ids):
+            rank = self.chunk_rank(cid, where)
+            if rank > self.max_rank:
+                removed[self.scale.levels[rank]] += 1
+            else:
+                keep.append(i)
+        return keep
+
     def documents_excluded(self) -> dict[str, int]:
         """Documents above the level, per level."""
         out = self._per_level()
@@ -317,13 +328,7 @@ class TrainingAccess:
             if top > self.max_rank:
                 dropped[self.scale.levels[top]] += 1
                 continue
-            keep = []
-            for i, cid in enumerate(g["neg_ids"]):
-                rank = self.chunk_rank(cid, where)
-                if rank > self.max_rank:
-                    removed[self.scale.levels[rank]] += 1
-                else:
-                    keep.append(i)
+            keep = self._visible(g["neg_ids"], where, removed)
             if len(keep) < len(g["neg_ids"]):
                 short += len(keep) < min_negatives <= len(g["neg_ids"])
                 g = {**g, **{k: [g[k][i] for i in keep] for k in ("neg", "neg_ids", "neg_sources") if k in g}}
@@ -353,13 +358,7 @@ class TrainingAccess:
             if top > self.max_rank:
                 dropped[self.scale.levels[top]] += 1
                 continue
-            keep = []
-            for i, cid in enumerate(x["doc_ids"]):
-                rank = self.chunk_rank(cid, where)
-                if rank > self.max_rank:
-                    removed[self.scale.levels[rank]] += 1
-                else:
-                    keep.append(i)
+            keep = self._visible(x["doc_ids"], where, removed)
             if len(keep) < 2:
                 too_short += 1
                 continue
