@@ -85,9 +85,10 @@ def tune_weight(
         held_set = set(held)
         w = best([q for q in order if q not in held_set])
         out_of_fold.update({q: per_weight[w][q] for q in held})
-    curve = {w: round(sum(per_weight[w].values()) / max(len(qids), 1), 4) for w in weights}
-    top = max(round(sum(per_weight[w].values()) / max(len(qids), 1), 10) for w in weights)
-    tied = tuple(w for w in weights if round(sum(per_weight[w].values()) / max(len(qids), 1), 10) == top)
+    means = {w: sum(per_weight[w].values()) / max(len(qids), 1) for w in weights}
+    top = max(round(m, 10) for m in means.values())
+    tied = tuple(w for w in weights if round(means[w], 10) == top)  # compared as best() compares them
+    curve = {w: round(m, 4) for w, m in means.items()}
     return TunedWeight(weight=best(qids), curve=curve, out_of_fold=out_of_fold, tied=tied)
 
 

@@ -211,15 +211,13 @@ def rerank_proxy(
     bf16 = use_cpu_bf16(evaluate_p["rerank_bf16"])
     scores = rerank_scores(start, {"proxy": {retriever: ranking}}, {"proxy": pool}, [retriever], chunks, k, bf16)
     s = {qid: [scores["proxy"][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
-    plain = ndcg_per_query(ranking, pool, r.chunk_to_doc)
     tied = dev.ties.get(name, ())
-    if len(tied) < 2:
-        weight = dev.weights[name]
-        return RerankEvidence(ndcg_per_query(apply_rerank(ranking, s, weight), pool, r.chunk_to_doc), plain, weight)
-    per_w = {w: ndcg_per_query(apply_rerank(ranking, s, w), pool, r.chunk_to_doc) for w in tied}
+    tied = tied if len(tied) > 1 else ()
+    # one weight (dev's) is "chosen" by tune_weight as itself, its out-of-fold scores being its own
+    per_w = {w: ndcg_per_query(apply_rerank(ranking, s, w), pool, r.chunk_to_doc) for w in tied or [dev.weights[name]]}
     folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
     tw = tune_weight(per_w, prefer=lambda w: -w, folds=folds, seed=seed)  # as dev breaks its ties: less reranker
-    return RerankEvidence(tw.out_of_fold, plain, tw.weight, tied)
+    return RerankEvidence(tw.out_of_fold, ndcg_per_query(ranking, pool, r.chunk_to_doc), tw.weight, tied)
 
 
 @dataclass
