@@ -75,7 +75,9 @@ def make_project(project: Path, corpus: Path) -> None:
     params["ingest"] |= {
         "root": str(corpus),
         "documents": [{"path": "corpus.jsonl"}],
-        "queries": [{"path": "questions.jsonl", "columns": {"id": "id", "query": "query", "positives": "positive_ids"}}],
+        "queries": [
+            {"path": "questions.jsonl", "columns": {"id": "id", "query": "query", "positives": "positive_ids"}}
+        ],
     }
     params["negatives"]["n_dense"] = 0
     (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -93,7 +95,7 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
         wall, rss, out = run_measured([*dvc, "repro", "--single-item", name], project, env)
         line = next((ln.strip() for ln in out.splitlines() if ln.lstrip().startswith(f"[{name}]")), "")
         stages[name] = {"seconds": round(wall, 1), "docs_per_s": round(docs / wall, 1), "peak_rss_mib": round(rss)}
-        print(f"{docs:>9} docs  {name:<10} {wall:8.1f} s  {docs / wall:10.1f} docs/s  {rss:8.0f} MiB  {line}", flush=True)
+        print(f"{docs:>9} docs {name:<10} {wall:8.1f} s {docs / wall:10.1f} docs/s {rss:8.0f} MiB  {line}", flush=True)
     noop = min(run_measured([*dvc, "repro", "negatives"], project, env)[0] for _ in range(3))
     outputs = [p for p in (project / "data").rglob("*") if p.is_file()]
     row = {
