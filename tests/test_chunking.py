@@ -193,3 +193,67 @@ def test_run_chunk_refuses_chunks_training_would_cut(tmp_path, tiny_embedder_pat
         err.value
     )
     assert not paths.chunks.exists() and not paths.metrics("chunk").exists()
+
+
+def joins_cost_two(texts):
+    """A tokenizer whose joins cost more than the chunker's estimate (a word a token, a line break two)."""
+    return [len(t.split()) + 2 * t.count("\n") for t in texts]
+
+
+def test_chunk_documents_equals_one_document_at_a_time_even_when_the_estimate_is_wrong():
+    import random
+    import statistics
+
+    from ragtune.chunking import TokenStats
+
+    rng = random.Random(0)
+    words = [
+        "nhân",
+        "viên",
+        "được",
+        "nghỉ",
+        "phép",
+        "năm",
+        "theo",
+        "quy",
+        "định",
+        "của",
+        "công",
+        "ty",
+        "và",
+        "pháp",
+        "luật",
+        "hiện",
+        "hành",
+    ]
+    docs = []
+    for i in range(40):
+        sections = []
+        for s in range(rng.randint(1, 4)):
+            sentences = [" ".join(rng.choices(words, k=rng.randint(3, 14))).capitalize() + "." for _ in range(6)]
+            sections.append(f"## Mục {s}\n" + " ".join(sentences[: rng.randint(1, 6)]))
+        docs.append({"doc_id": f"d{i}", "title": f"Quy định {i}" if i % 3 else "", "text": "\n\n".join(sections)})
+    for count in (word_count, joins_cost_two):
+        chunker = Chunker(count, word_split, max_tokens=24, overlap_tokens=6)
+        one_by_one = [c for d in docs for c in chunker.chunk_document(d["doc_id"], d["title"], d["text"])]
+        batched = list(chunker.chunk_documents(docs, batch_size=7))
+        assert [c.to_record() for c in batched] == [c.to_record() for c in one_by_one]
+        stats = TokenStats()
+        for c in batched:
+            stats.add(c.n_tokens)
+        tokens = [c.n_tokens for c in one_by_one]
+        assert (stats.n, stats.max, stats.median, stats.mean) == (
+            len(tokens),
+            max(tokens),
+            statistics.median(tokens),
+            statistics.fmean(tokens),
+        )
+    # the second tokenizer really takes the exact path: assumed fits differ from checked ones for some document
+    optimistic = [
+        c.to_record()
+        for d in docs
+        for c in Chunker(joins_cost_two, word_split, max_tokens=24, overlap_tokens=6).chunk_document(
+            d["doc_id"], d["title"], d["text"], deferred=[]
+        )
+    ]
+    assert [{**c, "n_tokens": 0} for c in optimistic] != [{**c.to_record(), "n_tokens": 0} for c in batched]

@@ -39,6 +39,35 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     return n
 
 
+class JsonlSink:
+    """A JSONL file written record by record and published only on success: ``with JsonlSink(path) as out:
+    out.write(rec)`` writes ``path.tmp`` and renames it over ``path`` when the block ends without an exception; an
+    exception (a check that fails after the last record) removes the tmp file and leaves ``path`` as it was.
+    Streaming stages write through it, so memory holds one record, not the corpus."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.count = 0
+
+    def __enter__(self) -> JsonlSink:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = self.tmp.open("w", encoding="utf-8", newline="\n")
+        return self
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(dumps(record))
+        self._fh.write("\n")
+        self.count += 1
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self._fh.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, record)``; blank lines are skipped, malformed lines raise :class:`JsonlError`."""
     path = Path(path)
@@ -56,6 +85,15 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             if not isinstance(rec, dict):
                 raise JsonlError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}.")
             yield lineno, rec
+
+
+def count_lines(path: str | Path) -> int:
+    """Newlines in a file, read in 1 MiB blocks: a progress bar's total for a streamed JSONL file."""
+    n = 0
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            n += block.count(b"\n")
+    return n
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
