@@ -170,3 +170,24 @@ def test_decode_bytes_western_legacy_and_binary() -> None:
             decode_bytes(junk)
     with pytest.raises(DecodeError, match="byte-order mark"):
         decode_bytes(b"\xff\xfe\x00\xd8")  # UTF-16 BOM + a lone surrogate
+
+
+def test_tone_normalization_touches_only_candidate_words_and_equals_every_word_rule() -> None:
+    """The fast path (a regex for words ending in o+a, o+e, u+y) gives what applying the rule to every word gives."""
+    import random
+    import re
+    import unicodedata
+
+    from ragtune import text as T
+
+    rng = random.Random(0)
+    letters = "aăâeêioôơuưyđqhkgnctr" + "".join(
+        unicodedata.normalize("NFC", v + t) for v in "aeiouy" for t in T._TONE_MARKS
+    )
+    words = ["".join(rng.choices(letters + letters.upper(), k=rng.randint(1, 6))) for _ in range(20_000)]
+    words += ["hòa", "hoà", "thủy", "thuỷ", "KHOẺ", "quý", "ngoài", "khuỷu", "Chloé", "hoà1", "_hoà", "hoà_", "xOẠ"]
+    text = unicodedata.normalize("NFC", " ".join(w + rng.choice([" ", "-", "1", "_", ".", "/"]) for w in words))
+    for style in ("old", "new"):
+        every_word = re.sub(r"[^\W\d_]+", lambda m, style=style: T._retone_word(m.group(0), style), text)
+        assert T.normalize_tone_marks(text, style) == every_word
+        assert every_word != text  # the sample holds words the rule changes

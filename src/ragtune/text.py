@@ -158,6 +158,20 @@ _RIMES = {("o", "a"), ("o", "e"), ("u", "y")}
 _WORD = re.compile(r"[^\W\d_]+")
 
 
+def _with_tones(letters: str) -> str:
+    """A regex character class of ``letters`` in both cases, bare and with each tone mark (NFC)."""
+    chars = {unicodedata.normalize("NFC", c + t) for c in letters + letters.upper() for t in ["", *_TONE_MARKS]}
+    return "[" + "".join(sorted(chars)) + "]"
+
+
+# The only words _retone_word can change end in o+a, o+e or u+y (toned or not): matching those alone, as whole
+# words, skips the Python call for the other 99% of words (ingest spent 60% of its time here).
+_CANDIDATE = re.compile(
+    r"(?<![^\W\d_])[^\W\d_]*(?:" + _with_tones("o") + _with_tones("ae") + "|" + _with_tones("u") + _with_tones("y")
+    + r")(?![^\W\d_])"
+)  # fmt: skip
+
+
 def _split_tone(ch: str) -> tuple[str, str]:
     """``"ỏ"`` → ``("o", "\\u0309")``; returns ``(ch, "")`` for letters with other diacritics or none."""
     decomposed = unicodedata.normalize("NFD", ch)
@@ -192,7 +206,7 @@ def normalize_tone_marks(s: str, style: ToneStyle = "old") -> str:
     """
     if style not in ("old", "new"):
         raise ValueError(f"tone style must be 'old' or 'new', got {style!r} (params.yaml: ingest.tone_style)")
-    return _WORD.sub(lambda m: _retone_word(m.group(0), style), s)
+    return _CANDIDATE.sub(lambda m: _retone_word(m.group(0), style), s)
 
 
 # --------------------------------------------------------------------------------------------------------------

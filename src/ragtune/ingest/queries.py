@@ -41,6 +41,7 @@ def ingest_queries(run: IngestRun, source: SourceConfig) -> tuple[list[dict[str,
     run.reject_bad_rows(table, "query", src)
     out: list[dict[str, Any]] = []
     known = frozenset(run.doc_ids)
+    nameable = known | frozenset(run.aliases)  # once per file: per question it cost O(documents) each time
     for row in table.rows:
         where = f"{src}:{row.line}"
         rec = row.record
@@ -67,7 +68,7 @@ def ingest_queries(run: IngestRun, source: SourceConfig) -> tuple[list[dict[str,
         if not text:
             run.reject("query", where, "empty_query", rec)
             continue
-        named = parse_positives(rec.get(columns["positives"]), known | frozenset(run.aliases))
+        named = parse_positives(rec.get(columns["positives"]), nameable)
         positives = list(dict.fromkeys(run.aliases.get(p, p) for p in named))
         # an id reached through a duplicate_text alias names that exact text, so it is never ambiguous
         ambiguous = [p for p in named if p in run.ambiguous_ids and p not in {run.aliases.get(n) for n in named}]
