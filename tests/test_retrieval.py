@@ -70,3 +70,55 @@ def test_dense_encoder_caches_by_text(tiny_embedder_path):
     assert calls == [2, 1]
     np.testing.assert_allclose(a, b[:2], atol=1e-6)
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+
+
+def test_bigram_tokens_are_syllables_and_adjacent_pairs_within_a_phrase():
+    assert bm25_tokenize("Chất ma túy, tiền chất.", "bigram") == [
+        "chất",
+        "ma",
+        "túy",
+        "chất_ma",
+        "ma_túy",
+        "tiền",
+        "chất",
+        "tiền_chất",
+    ]
+    # single digits are dropped as in every tokenizer; no pair spans a line break or punctuation
+    assert bm25_tokenize("Điều 15\nkhoản 2, điểm a", "bigram") == [
+        "điều",
+        "15",
+        "điều_15",
+        "khoản",
+        "điểm",
+        "a",
+        "điểm_a",
+    ]
+
+
+def test_auto_tokenizer_resolves_on_corpus_size_and_unknown_names_are_refused():
+    from ragtune.retrieval import AUTO_PYVI_MAX_TEXTS, build_bm25, resolve_tokenizer
+
+    assert resolve_tokenizer("auto", AUTO_PYVI_MAX_TEXTS) == "pyvi"
+    assert resolve_tokenizer("auto", AUTO_PYVI_MAX_TEXTS + 1) == "syllable"
+    assert resolve_tokenizer("bigram", 10) == "bigram"
+    with pytest.raises(ValueError, match=r"bm25\.tokenizer"):
+        resolve_tokenizer("jieba", 10)
+    chunks = [{"chunk_id": f"c{i}", "text": f"Người lao động được nghỉ {i} ngày"} for i in range(3)]
+    assert build_bm25(chunks, {"tokenizer": "auto"}).tokenizer == "pyvi"
+    assert (
+        BM25Index([c["chunk_id"] for c in chunks], tokenizer="auto").fit([c["text"] for c in chunks]).tokenizer
+        == "pyvi"
+    )
+
+
+def test_parallel_tokenizing_equals_serial(monkeypatch):
+    import ragtune.retrieval as R
+
+    texts = [f"Người lao động được nghỉ phép năm {i} ngày; Chất ma túy số {i}." for i in range(300)]
+    serial = [bm25_tokenize(t, "pyvi") for t in texts]
+    monkeypatch.setattr(R, "PARALLEL_MIN_TEXTS", 10)
+    monkeypatch.setattr(R, "PARALLEL_BATCH", 7)  # 43 batches: out-of-order results would show
+    monkeypatch.setenv("RAGTUNE_WORKERS", "2")
+    assert R.bm25_tokenize_many(texts, "pyvi") == serial
+    monkeypatch.setenv("RAGTUNE_WORKERS", "1")
+    assert R.bm25_tokenize_many(texts, "pyvi") == serial

@@ -8,6 +8,7 @@ given per document while retrieval for RAG happens per chunk.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 import unicodedata
@@ -32,25 +33,93 @@ def _pyvi():
     return ViTokenizer
 
 
-def bm25_tokenize(text: str, method: Literal["pyvi", "syllable"] = "pyvi") -> list[str]:
+Tokenizer = Literal["pyvi", "syllable", "bigram"]
+TOKENIZERS = ("pyvi", "syllable", "bigram")
+# Phrase breaks for bigrams: punctuation and line breaks end a phrase (no bigram spans "điều 5." and "khoản 2").
+_PHRASE_BREAK = re.compile(r"[^\w\s]+|\n")
+
+
+def _keep(token: str) -> bool:
+    return not token.isdigit() or len(token) > 1
+
+
+def bm25_tokenize(text: str, method: Tokenizer = "pyvi") -> list[str]:
     """Tokens for BM25.
 
     Vietnamese writes one syllable per space-separated unit, so a "word" like *ma túy* is two syllables; BM25 on
     syllables matches ``ma`` everywhere. ``pyvi`` joins multi-syllable words (``ma_túy``) first, which makes IDF
-    meaningful. Segmentation runs before lower-casing because pyvi uses capitalisation as a feature.
+    meaningful. Segmentation runs before lower-casing because pyvi uses capitalisation as a feature. ``bigram``
+    gets most of that without a segmenter: every syllable plus every pair of adjacent syllables in a phrase
+    (``ma``, ``túy``, ``ma_túy``), at regex speed (pyvi costs ~5 ms a chunk: hours at a million chunks).
     """
     text = unicodedata.normalize("NFC", text)
+    if method == "bigram":
+        tokens: list[str] = []
+        for phrase in _PHRASE_BREAK.split(text.lower()):
+            words = [t for t in _WORD.findall(phrase) if _keep(t)]
+            tokens += words
+            tokens += [f"{a}_{b}" for a, b in itertools.pairwise(words)]
+        return tokens
     if method == "pyvi":
         text = _pyvi().tokenize(text)
     elif method != "syllable":
-        raise ValueError(f"bm25 tokenizer must be 'pyvi' or 'syllable', got {method!r} (params.yaml: bm25.tokenizer)")
-    return [t for t in _WORD.findall(text.lower()) if not t.isdigit() or len(t) > 1]
+        raise ValueError(
+            f"bm25 tokenizer must be one of {', '.join(TOKENIZERS)}, got {method!r} (params.yaml: bm25.tokenizer)"
+        )
+    return [t for t in _WORD.findall(text.lower()) if _keep(t)]
 
 
-def bm25_tokenize_many(texts: Sequence[str], method: Literal["pyvi", "syllable"] = "pyvi") -> list[list[str]]:
+# bm25.tokenizer auto: pyvi up to this many indexed texts, syllable above. pyvi costs ~5 ms a chunk on one core
+# (4 min per BM25 build at 50,000 chunks, and several stages build one); syllable costs ~0.1 ms and matched or beat
+# pyvi on the sample's and ALQAC's train+dev questions (benchmarks/bm25_tokenizers.py, docs/benchmarks.md).
+AUTO_PYVI_MAX_TEXTS = 50_000
+# Fewer texts than this are tokenized in-process: starting worker processes costs more than it saves.
+PARALLEL_MIN_TEXTS = 4_096
+PARALLEL_BATCH = 512  # texts per task sent to a worker
+
+
+def resolve_tokenizer(method: str, n_texts: int) -> Tokenizer:
+    """``bm25.tokenizer`` made concrete for an index of ``n_texts`` texts (``auto`` → pyvi or syllable)."""
+    if method == "auto":
+        return "pyvi" if n_texts <= AUTO_PYVI_MAX_TEXTS else "syllable"
+    if method not in TOKENIZERS:
+        raise ValueError(
+            f"bm25 tokenizer must be auto or one of {', '.join(TOKENIZERS)}, got {method!r} "
+            "(params.yaml: bm25.tokenizer)"
+        )
+    return method  # type: ignore[return-value]
+
+
+def workers() -> int:
+    """Processes for CPU-bound text work: the cores this process may run on (``RAGTUNE_WORKERS`` overrides)."""
+    return int(os.environ.get("RAGTUNE_WORKERS") or len(os.sched_getaffinity(0)))
+
+
+def _tokenize_batch(args: tuple[list[str], Tokenizer]) -> list[list[str]]:
+    texts, method = args
+    return [bm25_tokenize(t, method) for t in texts]
+
+
+def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:
+    """:func:`bm25_tokenize` of every text, in order. Large inputs are split into batches tokenized by a pool of
+    :func:`workers` processes (pyvi is pure Python: threads would not help); the batches come back in order, so the
+    tokens are the same whatever the worker count."""
     from ragtune.console import track
 
-    return [bm25_tokenize(t, method) for t in track(texts, f"BM25 tokenizing ({method})", total=len(texts))]
+    n_workers = min(workers(), 32)
+    if n_workers < 2 or len(texts) < PARALLEL_MIN_TEXTS:
+        return [bm25_tokenize(t, method) for t in track(texts, f"BM25 tokenizing ({method})", total=len(texts))]
+    import multiprocessing
+
+    size = PARALLEL_BATCH
+    batches = [(list(texts[i : i + size]), method) for i in range(0, len(texts), size)]
+    out: list[list[str]] = []
+    # spawn, not fork: the parent may hold torch and tokenizer threads, which a forked child would inherit broken
+    with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
+        label = f"BM25 tokenizing ({method}, {n_workers} processes)"
+        for tokens in track(pool.imap(_tokenize_batch, batches), label, total=len(batches)):
+            out.extend(tokens)
+    return out
 
 
 @dataclass
@@ -62,12 +131,13 @@ class BM25Index:
     """
 
     ids: list[str]
-    tokenizer: Literal["pyvi", "syllable"] = "pyvi"
+    tokenizer: Tokenizer = "pyvi"
     backend: Literal["bm25s", "rank_bm25"] = "bm25s"
     k1: float = 1.5
     b: float = 0.75
 
     def fit(self, texts: Sequence[str]) -> BM25Index:
+        self.tokenizer = resolve_tokenizer(self.tokenizer, len(texts))
         return self.fit_tokens(bm25_tokenize_many(texts, self.tokenizer))
 
     def fit_tokens(self, tokens: list[list[str]]) -> BM25Index:
@@ -300,10 +370,11 @@ def to_doc_ranking(ranking: Ranking, chunk_to_doc: dict[str, str]) -> Ranking:
 
 # --------------------------------------------------------------------------------------------------- factories
 def build_bm25(chunks: Sequence[dict[str, Any]], params: dict[str, Any]) -> BM25Index:
-    """BM25 over chunk texts, configured by the ``bm25:`` params section."""
+    """BM25 over chunk texts, configured by the ``bm25:`` params section (``tokenizer: auto`` resolved on the number
+    of chunks; a caller indexing a subset passes the corpus's resolved tokenizer, as search does)."""
     return BM25Index(
         ids=[c["chunk_id"] for c in chunks],
-        tokenizer=params.get("tokenizer", "pyvi"),
+        tokenizer=resolve_tokenizer(params.get("tokenizer", "auto"), len(chunks)),
         backend=params.get("backend", "bm25s"),
         k1=float(params.get("k1", 1.5)),
         b=float(params.get("b", 0.75)),

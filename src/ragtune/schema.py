@@ -98,7 +98,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "prepend_title": Bool("put the title (and section) on top of each chunk"),
     },
     "bm25": {
-        "tokenizer": Choice("BM25 tokenizer", "pyvi", "syllable"),
+        "tokenizer": Choice("BM25 tokenizer", "auto", "pyvi", "syllable", "bigram"),
         "backend": Choice("BM25 implementation", "bm25s", "rank_bm25"),
         "k1": Float("BM25 term-frequency saturation", low=0),
         "b": Float("BM25 length normalisation", **PROBABILITY),

@@ -35,7 +35,17 @@ from ragtune.io import read_jsonl
 from ragtune.models.identity import model_fingerprint
 from ragtune.paths import Paths
 from ragtune.precision import use_cpu_bf16
-from ragtune.retrieval import BM25Index, DenseIndex, Ranking, build_bm25, convex_fusion, load_dense, rrf, top_k
+from ragtune.retrieval import (
+    BM25Index,
+    DenseIndex,
+    Ranking,
+    build_bm25,
+    convex_fusion,
+    load_dense,
+    resolve_tokenizer,
+    rrf,
+    top_k,
+)
 
 if TYPE_CHECKING:
     from ragtune.paths import Paths
@@ -392,7 +402,10 @@ def run_index(
             # embedder with a stale index would embed queries into another space)
             "query_prompt": embedder.query_prompt,
             "passage_prompt": embedder.passage_prompt,
-            "bm25": {k: bm25_params[k] for k in ("tokenizer", "backend", "k1", "b") if k in bm25_params},
+            # the tokenizer as resolved for the whole corpus: search fits one BM25 per access level over fewer
+            # chunks, and `auto` must not resolve differently there
+            "bm25": {k: bm25_params[k] for k in ("backend", "k1", "b") if k in bm25_params}
+            | {"tokenizer": resolve_tokenizer(bm25_params.get("tokenizer", "auto"), len(chunks))},
         },
         access,
     )
