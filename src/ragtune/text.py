@@ -49,6 +49,10 @@ _UPPER_WORD_PUNCT = re.compile(
 _UTF8_RUN = re.compile(f"[\xc2-\xdf][{_CONT}]|[\xe0-\xef][{_CONT}]{{2}}|[\xf0-\xf4][{_CONT}]{{3}}")
 
 
+# Anything _badness counts: text without a match (nearly all text) needs no repair, found with one regex search.
+_ANY_BAD = re.compile(f"[\xc2-\xf4][{_CONT}]|[\x80-\x9f\ufffd]")
+
+
 def _badness(s: str) -> int:
     """How mojibake-like a string looks: lead+continuation pairs, stray C1 controls, replacement chars."""
     c1 = sum(1 for ch in s if "\x80" <= ch <= "\x9f")
@@ -124,6 +128,8 @@ def repair_mojibake(s: str) -> tuple[str, bool]:
     when the whole text is Latin-1-looking, because in mixed text "Ã " can be a real letter and a space.
     """
     original = s
+    if not _ANY_BAD.search(s):  # badness 0, also after the protection below (it only removes characters)
+        return original, False
     # In text that is all CP1252-encodable (pure mojibake), "Ã”" is the damage itself: protect nothing there.
     s, protected = (s, {}) if _is_pure_latin1ish(s) else _protect_upper_words(s)
     before = _badness(s)
@@ -231,7 +237,7 @@ def clean_whitespace(s: str) -> str:
     s = _NEWLINES.sub("\n", s)
     s = _INVISIBLE.sub("", s)
     s = _CONTROLS.sub("", s)
-    lines = [_SPACES.sub(" ", line).strip() for line in s.split("\n")]
+    lines = [line.strip() for line in _SPACES.sub(" ", s).split("\n")]  # _SPACES never matches a line break
     return _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip()
 
 

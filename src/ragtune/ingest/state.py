@@ -50,11 +50,15 @@ class IngestRun:
         # entries of document folders (ingest.walk): each ends read, quarantined (kind "file") or skipped
         self.files_seen = 0
         self.folder_files_read = 0
+        self._rel: dict[Path, str] = {}
         self.files_skipped: list[dict[str, str]] = []  # {"source", "reason"}: read elsewhere (a sidecar, a table)
 
     def rel(self, path: Path) -> str:
-        """A path as written in output `source` fields: relative to the repository root, POSIX separators."""
-        return Path(os.path.relpath(path.resolve(), self.repo)).as_posix()
+        """A path as written in output `source` fields: relative to the repository root, POSIX separators (memoized:
+        a table source asks once per row, and resolving costs several system calls)."""
+        if path not in self._rel:
+            self._rel[path] = Path(os.path.relpath(path.resolve(), self.repo)).as_posix()
+        return self._rel[path]
 
     def reject(self, kind: str, source: str, reason: str, record: Any) -> None:
         self.quarantine.append({"stage": "ingest", "kind": kind, "source": source, "reason": reason, "record": record})
