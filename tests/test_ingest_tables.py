@@ -2,6 +2,7 @@
 (`run_ingest`), checked on the files written: an error that says what, where and how to fix, or a counted
 quarantine record; never a record that is silently lost or kept as a Python repr."""
 
+import codecs
 import json
 from pathlib import Path
 from typing import Any
@@ -367,3 +368,51 @@ def test_a_spreadsheet_named_csv_or_jsonl_is_refused_with_the_fix(tmp_path: Path
     path.write_bytes(magic + bytes(range(256)) * 4)
     with pytest.raises(IngestError, match=rf"bang{suffix}: this {suffix} file is an? {what}.*not text"):
         ingest(tmp_path, [{"path": f"bang{suffix}"}])
+
+
+# ---------------------------------------------------------------- streamed JSONL tables
+
+
+def test_utf8_jsonl_is_streamed_with_the_rows_lines_and_bad_rows_of_the_in_memory_path(tmp_path: Path) -> None:
+    from ragtune.ingest import tables
+
+    lines = ['{"id": "a", "text": "Điều 1"}', "", "not json", '{"id": "b", "text": "x", "text": "y"}', "[1]"]
+    lines += ['{"id": "c", "text": "  "}\r', '{"id": "d", "text": ["ma", "túy"]}']
+    body = "\n".join(lines) + "\n"
+    streamed = tmp_path / "s.jsonl"
+    streamed.write_bytes(codecs.BOM_UTF8 + body.encode("utf-8"))
+    legacy = tmp_path / "l.jsonl"
+    legacy.write_bytes(body.replace("Điều", "Đô").encode("cp1258"))  # not UTF-8: read whole, decoded
+    s = tables.read_table(streamed, max_bad_fraction=0.9)
+    assert isinstance(s.rows, tables.JsonlRows) and len(s.rows) == 3 and s.rows
+    assert [r.line for r in s.rows] == [1, 6, 7]
+    assert [r.record for r in s.rows] == [r.record for r in s.rows]  # re-iterable: read from disk each time
+    assert next(iter(s.rows)).record == {"id": "a", "text": "Điều 1"}
+    assert [(b.line, b.reason) for b in s.bad] == [(3, "malformed_json"), (4, "malformed_json"), (5, "malformed_json")]
+    assert s.columns == ["id", "text"]
+    monkey = tables._is_utf8
+    try:
+        tables._is_utf8 = lambda path: False  # the in-memory path on the same file gives the same table
+        m = tables.read_table(streamed, max_bad_fraction=0.9)
+    finally:
+        tables._is_utf8 = monkey
+    assert isinstance(m.rows, list)
+    assert [(r.line, r.record) for r in m.rows] == [(r.line, r.record) for r in s.rows]
+    assert [(b.line, b.raw, b.error) for b in m.bad] == [(b.line, b.raw, b.error) for b in s.bad]
+    assert isinstance(tables.read_table(legacy, max_bad_fraction=0.9).rows, list)
+
+
+def test_ingest_into_a_sink_writes_what_the_in_memory_run_returns(tmp_path: Path) -> None:
+    from ragtune.ingest import ingest
+    from ragtune.ingest.config import load_config
+    from ragtune.io import JsonlSink, read_jsonl
+
+    docs = [{"id": f"d{i}", "text": f"{BODY} Số {i % 5}."} for i in range(12)] + [{"id": "d3", "text": BODY + " khác"}]
+    jsonl(tmp_path / "docs.jsonl", docs)
+    config = load_config({"documents": [{"path": "docs.jsonl"}], "queries": []}, tmp_path)
+    in_memory = ingest(config)
+    with JsonlSink(tmp_path / "out.jsonl") as sink:
+        streamed = ingest(config, sink=sink)
+    assert streamed.documents == [] and read_jsonl(tmp_path / "out.jsonl") == in_memory.documents
+    assert streamed.metrics == in_memory.metrics and streamed.quarantine == in_memory.quarantine
+    assert {q["reason"] for q in in_memory.quarantine} == {"duplicate_text", "duplicate_id"}

@@ -28,7 +28,7 @@ from ragtune.ingest.readers import read_failure
 from ragtune.ingest.state import IngestRun, run_metrics
 from ragtune.ingest.tables import check_columns, read_table
 from ragtune.ingest.walk import READERS, FolderEntry, claimed_paths, file_metrics, walk_folder
-from ragtune.io import write_json, write_jsonl
+from ragtune.io import JsonlSink, write_json, write_jsonl
 from ragtune.paths import Paths
 
 # Wraps the file iteration: the stage passes a progress bar (ragtune.console.track), tests pass nothing.
@@ -186,15 +186,14 @@ def _set_aside(run: IngestRun, entry: FolderEntry, sidecar: dict[str, dict[str, 
     sidecar.pop(unicodedata.normalize("NFC", entry.rel), None)
 
 
-def ingest(
-    config: IngestConfig,
-    track: Track | None = None,
-) -> IngestResult:
-    """Read every source and return documents, queries, quarantine and metrics (nothing is written here).
+def ingest(config: IngestConfig, track: Track | None = None, sink: JsonlSink | None = None) -> IngestResult:
+    """Read every source and return documents, queries, quarantine and metrics.
 
-    ``track`` wraps the file iteration (the stage passes a rich progress bar; tests pass nothing).
+    ``track`` wraps the file iteration (the stage passes a rich progress bar; tests pass nothing). With ``sink``
+    kept documents are written to it as they are read, and ``documents`` comes back empty: the stage's memory then
+    holds ids and digests, not the corpus. Without it nothing is written.
     """
-    run = IngestRun(config)
+    run = IngestRun(config, sink)
     files = plan(config)
     # Sidecars first: a config error in any of them should stop the run before minutes of PDF parsing.
     sidecars = {s.key: _read_sidecar(run, s) for s in config.documents if s.is_folder and s.metadata}
@@ -246,8 +245,8 @@ def run_ingest(section: dict[str, Any], paths: Paths, track: Track | None = None
     A config problem raises :class:`IngestError` before anything is written.
     """
     config = load_config(section, paths.root)
-    result = ingest(config, track=track)
-    write_jsonl(paths.documents, result.documents)
+    with JsonlSink(paths.documents) as sink:
+        result = ingest(config, track=track, sink=sink)
     write_jsonl(paths.queries, result.queries)
     write_jsonl(paths.ingest_quarantine, result.quarantine)
     write_json(paths.metrics("ingest"), result.metrics)
@@ -258,8 +257,8 @@ def run_ingest(section: dict[str, Any], paths: Paths, track: Track | None = None
         warn(f"{len(result.quarantine)} quarantined ({reasons}); see {paths.ingest_quarantine}")
     # Written first, so the quarantine that explains it is on disk; the error stops chunk and pairs from running.
     for kind, key, records, sources in (
-        ("document", "documents", result.documents, config.documents),
-        ("query", "queries", result.queries, config.queries),
+        ("document", "documents", sink.count, config.documents),
+        ("query", "queries", len(result.queries), config.queries),
     ):
         if sources and not records:
             raise IngestError(
@@ -269,7 +268,5 @@ def run_ingest(section: dict[str, Any], paths: Paths, track: Track | None = None
             )
     return {
         "read": f"{result.files_read} files / {result.records_read} records",
-        "wrote": (
-            f"{len(result.documents)} documents, {len(result.queries)} queries, {len(result.quarantine)} quarantined"
-        ),
+        "wrote": (f"{sink.count} documents, {len(result.queries)} queries, {len(result.quarantine)} quarantined"),
     }

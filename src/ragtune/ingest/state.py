@@ -7,6 +7,7 @@ rules and duplicate detection are the same for a Markdown file and a CSV row.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import statistics
 from collections import Counter
@@ -17,20 +18,33 @@ from ragtune.ingest.config import IngestConfig, IngestError, SourceConfig, Unrea
 from ragtune.ingest.fields import first_line_title, is_id_title, json_safe, parse_tags
 from ragtune.ingest.readers import read_failure
 from ragtune.ingest.tables import Table, read_table
+from ragtune.io import JsonlSink
 from ragtune.text import normalize_text, normalize_text_with_flags
+
+
+def text_digest(text: str) -> bytes:
+    """A 16-byte BLAKE2b digest: two texts share one only if they are equal (a collision is 2^-64 likely at 4
+    billion documents)."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 class IngestRun:
     """Mutable state of one ingest run: kept records, quarantine, counters."""
 
-    def __init__(self, config: IngestConfig):
+    def __init__(self, config: IngestConfig, sink: JsonlSink | None = None):
         self.config = config
         self.repo = config.repo.resolve()
+        # Kept documents go to ``sink`` as they are accepted (the stage: memory does not grow with the corpus), or
+        # to ``documents`` without one (tests, out-of-domain sets).
+        self.sink = sink
         self.documents: list[dict[str, Any]] = []
+        self.kept = 0
+        self.by_type: Counter[str] = Counter()
         self.doc_ids: dict[str, str] = {}  # doc_id → source
-        self.texts: dict[str, str] = {}  # normalized text → doc_id of the first document with it
+        # Duplicate detection keeps digests, not texts: 16 bytes a document instead of the corpus twice over.
+        self.texts: dict[bytes, str] = {}  # digest of a normalized text → doc_id of the first document with it
         self.aliases: dict[str, str] = {}  # quarantined duplicate_text doc_id → kept doc_id
-        self.kept_texts: dict[str, str] = {}  # kept doc_id → its normalized text
+        self.kept_texts: dict[str, bytes] = {}  # kept doc_id → digest of its normalized text
         # a doc_id that two documents with different texts carry → where each is: labels naming it are ambiguous
         self.ambiguous_ids: dict[str, list[str]] = {}
         self.quarantined_ids: dict[str, str] = {}  # doc_id of a quarantined document → "reason (source)"
@@ -117,20 +131,26 @@ class IngestRun:
             self.reject_document(doc_id, source, "too_short", record)
             return
         assert doc_id is not None
+        digest = text_digest(norm_text)
         if doc_id in self.doc_ids:
-            if norm_text != self.kept_texts[doc_id]:  # the same id on two different texts: which one do labels mean?
+            if digest != self.kept_texts[doc_id]:  # the same id on two different texts: which one do labels mean?
                 self.ambiguous_ids.setdefault(doc_id, [self.doc_ids[doc_id]]).append(source)
             self.reject("document", source, "duplicate_id", {**record, "duplicate_of": self.doc_ids[doc_id]})
             return
-        if norm_text in self.texts:
-            first = self.texts[norm_text]
+        if digest in self.texts:
+            first = self.texts[digest]
             self.aliases[doc_id] = first
             self.reject("document", source, "duplicate_text", {**record, "duplicate_of": first})
             return
         self.doc_ids[doc_id] = source
-        self.kept_texts[doc_id] = norm_text
-        self.texts[norm_text] = doc_id
-        self.documents.append(record)
+        self.kept_texts[doc_id] = digest
+        self.texts[digest] = doc_id
+        self.kept += 1
+        self.by_type[str(meta.get("document_type", "unknown"))] += 1
+        if self.sink is not None:
+            self.sink.write(record)
+        else:
+            self.documents.append(record)
         self.by_format[path.suffix.lower().lstrip(".")] += 1
         self.by_source[self.rel(source_config.path)] += 1
 
@@ -189,13 +209,13 @@ def run_metrics(run: IngestRun, queries: list[dict[str, Any]], query_read: int) 
     doc_quarantined = sum(1 for q in run.quarantine if q["kind"] == "document")
     kept_sources = {q["source"] for q in queries}
     query_quarantined = len({q["source"] for q in run.quarantine if q["kind"] == "query"} - kept_sources)
-    check_balance("documents", run.doc_read, len(run.documents), doc_quarantined)
+    check_balance("documents", run.doc_read, run.kept, doc_quarantined)
     check_balance("queries", query_read, len(queries), query_quarantined)
-    by_type = Counter(str(d["metadata"].get("document_type", "unknown")) for d in run.documents)
+    by_type = run.by_type
     return {
         "documents": {
             "read": run.doc_read,
-            "kept": len(run.documents),
+            "kept": run.kept,
             "repaired_mojibake": run.repaired,
             "quarantined": doc_quarantined,
             "duplicates": reasons["duplicate_id"] + reasons["duplicate_text"],

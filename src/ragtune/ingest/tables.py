@@ -5,11 +5,13 @@ Every format gives the same :class:`Table`, so documents, queries and metadata s
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,32 @@ class BadRow:
     reason: str  # malformed_json (JSONL), malformed_row / unclosed_quote (CSV)
 
 
+class JsonlRows:
+    """The parsed rows of a UTF-8 JSONL file, read from disk each time they are iterated: a 1.8-million-line table
+    costs one line of memory, not the file three times over (bytes, text, rows). ``len`` and truth are known from
+    the first pass, which :func:`read_table` makes to find the columns and the malformed lines."""
+
+    def __init__(self, path: Path, n_rows: int):
+        self.path = path
+        self.n_rows = n_rows
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def __bool__(self) -> bool:
+        return self.n_rows > 0
+
+    def __iter__(self) -> Iterator[Row]:
+        for lineno, line in _utf8_lines(self.path):
+            if line.strip():
+                rec = _parse_json_line(line)
+                if isinstance(rec, dict):
+                    yield Row(lineno, {k: _clean_cell(v) for k, v in rec.items()})
+
+
 @dataclass
 class Table:
-    rows: list[Row]
+    rows: list[Row] | JsonlRows
     columns: list[str]  # header (CSV/XLSX) or union of keys (JSONL)
     bad: list[BadRow]
     sheet: str | None = None  # XLSX: the sheet read
@@ -61,30 +86,28 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
     if fmt == "xlsx":
         return _read_xlsx(path, sheet)
     _refuse_spreadsheet_named_as_text(path, fmt)
-    text = decode_file(path)
     if fmt == "csv":
-        return _read_csv(text, path)
+        return _read_csv(decode_file(path), path)
+    streamed = _is_utf8(path)
+    lines = _utf8_lines(path) if streamed else enumerate(decode_file(path).split("\n"), start=1)
     rows: list[Row] = []
+    n_rows = 0
     bad: list[BadRow] = []
     keys: dict[str, None] = {}
     total = 0
-    for lineno, line in enumerate(text.split("\n"), start=1):
+    for lineno, line in lines:
         if not line.strip():
             continue
         total += 1
-        try:
-            rec = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-        except json.JSONDecodeError as exc:
-            bad.append(BadRow(lineno, line, f"not valid JSON ({exc.msg} at column {exc.colno})", "malformed_json"))
-            continue
-        except _DuplicateKey as exc:
-            bad.append(BadRow(lineno, line, str(exc), "malformed_json"))
-            continue
-        if not isinstance(rec, dict):
-            bad.append(BadRow(lineno, line, f"expected a JSON object, got {type(rec).__name__}", "malformed_json"))
+        rec = _parse_json_line(line)
+        if isinstance(rec, BadRow):
+            rec.line = lineno
+            bad.append(rec)
             continue
         keys.update(dict.fromkeys(rec))
-        rows.append(Row(lineno, {k: _clean_cell(v) for k, v in rec.items()}))
+        n_rows += 1
+        if not streamed:
+            rows.append(Row(lineno, {k: _clean_cell(v) for k, v in rec.items()}))
     if total and len(bad) / total > max_bad_fraction:
         first = bad[0]
         raise IngestError(
@@ -92,7 +115,48 @@ def read_table(path: Path, sheet: str | None = None, max_bad_fraction: float = 0
             "Is this really JSONL (one JSON object per line)? Fix the file, or raise `ingest.max_bad_fraction` "
             f"(now {max_bad_fraction}) to quarantine the bad lines instead."
         )
-    return Table(rows, list(keys), bad)
+    return Table(JsonlRows(path, n_rows) if streamed else rows, list(keys), bad)
+
+
+def _parse_json_line(line: str) -> dict[str, Any] | BadRow:
+    """One JSONL line as an object, or the :class:`BadRow` saying why not (its ``line`` set by the caller)."""
+    try:
+        rec = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        return BadRow(0, line, f"not valid JSON ({exc.msg} at column {exc.colno})", "malformed_json")
+    except _DuplicateKey as exc:
+        return BadRow(0, line, str(exc), "malformed_json")
+    if not isinstance(rec, dict):
+        return BadRow(0, line, f"expected a JSON object, got {type(rec).__name__}", "malformed_json")
+    return rec
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a UTF-8 file (a UTF-8 BOM dropped), split at ``\\n`` only, as ``str.split`` splits
+    the decoded text: the same lines and numbers as the in-memory path."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            yield lineno, raw.decode("utf-8").removesuffix("\n")
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether the file is strict UTF-8 (optionally with a UTF-8 BOM) and has no other BOM: such a file is streamed;
+    anything else (UTF-16, a legacy encoding) goes through :func:`decode_file`, whole."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    with path.open("rb") as fh:
+        head = fh.read(4)
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+            return False
+        fh.seek(0)
+        try:
+            while block := fh.read(1 << 20):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 # first bytes of the spreadsheet files people rename or export by mistake: decoded as text they give garbage rows
