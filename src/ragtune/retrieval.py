@@ -12,7 +12,7 @@ import itertools
 import os
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -100,26 +100,31 @@ def _tokenize_batch(args: tuple[list[str], Tokenizer]) -> list[list[str]]:
     return [bm25_tokenize(t, method) for t in texts]
 
 
-def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:
-    """:func:`bm25_tokenize` of every text, in order. Large inputs are split into batches tokenized by a pool of
-    :func:`workers` processes (pyvi is pure Python: threads would not help); the batches come back in order, so the
-    tokens are the same whatever the worker count."""
+def iter_token_batches(texts: Sequence[str], method: Tokenizer = "pyvi") -> Iterator[list[list[str]]]:
+    """:func:`bm25_tokenize` of every text, in order, in batches of :data:`PARALLEL_BATCH`. Large inputs are
+    tokenized by a pool of :func:`workers` processes (pyvi is pure Python: threads would not help); the batches
+    come back in order, so the tokens are the same whatever the worker count. A consumer that turns each batch into
+    term ids holds one batch of strings at a time."""
     from ragtune.console import track
 
+    size = PARALLEL_BATCH
+    batches = ((list(texts[i : i + size]), method) for i in range(0, len(texts), size))
+    n_batches = -(-len(texts) // size)
     n_workers = min(workers(), 32)
     if n_workers < 2 or len(texts) < PARALLEL_MIN_TEXTS:
-        return [bm25_tokenize(t, method) for t in track(texts, f"BM25 tokenizing ({method})", total=len(texts))]
+        yield from track(map(_tokenize_batch, batches), f"BM25 tokenizing ({method})", total=n_batches)
+        return
     import multiprocessing
 
-    size = PARALLEL_BATCH
-    batches = [(list(texts[i : i + size]), method) for i in range(0, len(texts), size)]
-    out: list[list[str]] = []
     # spawn, not fork: the parent may hold torch and tokenizer threads, which a forked child would inherit broken
     with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
         label = f"BM25 tokenizing ({method}, {n_workers} processes)"
-        for tokens in track(pool.imap(_tokenize_batch, batches), label, total=len(batches)):
-            out.extend(tokens)
-    return out
+        yield from track(pool.imap(_tokenize_batch, batches), label, total=n_batches)
+
+
+def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:
+    """:func:`bm25_tokenize` of every text, in order (see :func:`iter_token_batches`)."""
+    return [tokens for batch in iter_token_batches(texts, method) for tokens in batch]
 
 
 @dataclass
@@ -138,16 +143,21 @@ class BM25Index:
 
     def fit(self, texts: Sequence[str]) -> BM25Index:
         self.tokenizer = resolve_tokenizer(self.tokenizer, len(texts))
+        if self.backend == "bm25s":  # streamed: one batch of token strings in memory at a time
+            return self._fit_bm25s(iter_token_batches(texts, self.tokenizer))
         return self.fit_tokens(bm25_tokenize_many(texts, self.tokenizer))
+
+    def _fit_bm25s(self, batches: Iterable[list[list[str]]]) -> BM25Index:
+        from ragtune.bm25_matrix import bm25s_retriever, build_bm25_matrix
+
+        self._engine = bm25s_retriever(build_bm25_matrix(batches, self.k1, self.b), self.k1, self.b)
+        return self
 
     def fit_tokens(self, tokens: list[list[str]]) -> BM25Index:
         """Index pre-tokenized texts (lets a benchmark time indexing apart from word segmentation)."""
         if self.backend == "bm25s":
-            import bm25s
-
-            self._engine = bm25s.BM25(k1=self.k1, b=self.b, method="lucene")
-            self._engine.index(tokens, show_progress=False)
-        elif self.backend == "rank_bm25":
+            return self._fit_bm25s([tokens])
+        if self.backend == "rank_bm25":
             from rank_bm25 import BM25Okapi
 
             # rank_bm25 divides by zero on an all-empty corpus; a placeholder token keeps it defined.

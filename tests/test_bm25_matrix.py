@@ -1,0 +1,51 @@
+"""The streamed BM25 matrix is bm25s's own, value for value, and scores queries bit for bit the same."""
+
+import random
+
+import numpy as np
+import pytest
+
+from ragtune.bm25_matrix import bm25s_retriever, build_bm25_matrix
+
+
+def corpus(seed: int, n_docs: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(60)] + ["ma_túy", "người", "của"]
+    docs = [rng.choices(words, weights=range(len(words), 0, -1), k=rng.randint(1, 40)) for _ in range(n_docs)]
+    docs[3] = ["lẻ"]  # a term in one document only
+    docs[5] = docs[5] * 3  # repeated terms
+    return docs
+
+
+@pytest.mark.parametrize(("seed", "batch", "k1", "b"), [(0, 7, 1.5, 0.75), (1, 1000, 1.2, 0.3), (2, 1, 0.9, 1.0)])
+def test_streamed_matrix_equals_bm25s_index(seed: int, batch: int, k1: float, b: float) -> None:
+    import bm25s
+
+    docs = corpus(seed, 300)
+    reference = bm25s.BM25(k1=k1, b=b, method="lucene")
+    reference.index(docs, show_progress=False)
+    ours = build_bm25_matrix((docs[i : i + batch] for i in range(0, len(docs), batch)), k1, b)
+    assert ours.num_docs == reference.scores["num_docs"] == len(docs)
+    assert set(ours.vocab) == set(reference.vocab_dict) - {""}
+    ref = reference.scores
+    for token, t in ours.vocab.items():
+        r = reference.vocab_dict[token]
+        mine = slice(ours.indptr[t], ours.indptr[t + 1])
+        theirs = slice(ref["indptr"][r], ref["indptr"][r + 1])
+        assert np.array_equal(ours.indices[mine], ref["indices"][theirs])
+        assert ours.data[mine].tobytes() == ref["data"][theirs].tobytes()  # the same float32 bits
+    engine = bm25s_retriever(ours, k1, b)
+    rng = random.Random(seed)
+    vocab = sorted(ours.vocab)
+    for _ in range(50):
+        query = rng.choices(vocab, k=rng.randint(1, 6)) + (["không_có"] if rng.random() < 0.3 else [])
+        assert engine.get_scores(query).tobytes() == reference.get_scores(query).tobytes()
+
+
+def test_a_document_without_tokens_is_kept_and_scores_zero() -> None:
+    docs = [["a", "b"], [], ["a"], ["c", "c", "a"]]
+    ours = build_bm25_matrix([docs], 1.5, 0.75)
+    assert ours.num_docs == 4
+    engine = bm25s_retriever(ours, 1.5, 0.75)
+    scores = engine.get_scores(["a"])
+    assert scores[1] == 0 and scores[0] > 0 and scores[2] > scores[0]  # shorter document, same tf: higher score
