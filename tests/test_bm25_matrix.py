@@ -49,3 +49,15 @@ def test_a_document_without_tokens_is_kept_and_scores_zero() -> None:
     engine = bm25s_retriever(ours, 1.5, 0.75)
     scores = engine.get_scores(["a"])
     assert scores[1] == 0 and scores[0] > 0 and scores[2] > scores[0]  # shorter document, same tf: higher score
+
+
+def test_descending_is_the_stable_full_sort_one_prefix_at_a_time() -> None:
+    from ragtune.mining import descending
+
+    rng = np.random.default_rng(0)
+    for n, levels in [(1, 3), (5, 2), (300, 4), (1000, 1000), (2000, 7)]:
+        scores = rng.integers(0, levels, n).astype(np.float32) / 3  # many ties, also at every prefix boundary
+        expected = np.argsort(-scores, kind="stable").tolist()
+        assert list(descending(scores, first=3)) == expected
+        lazy = descending(scores, first=3)
+        assert [next(lazy) for _ in range(min(n, 10))] == expected[:10]

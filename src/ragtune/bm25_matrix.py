@@ -34,7 +34,11 @@ def build_bm25_matrix(token_batches: Iterable[list[list[str]]], k1: float, b: fl
     docs, terms, tfs, lengths = [], [], [], []
     first_doc = 0
     for batch in token_batches:
-        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for tokens in batch for t in tokens), dtype=np.int64)
+        flat = [t for tokens in batch for t in tokens]
+        for t in dict.fromkeys(flat):  # new terms get ids in order of first appearance
+            if t not in vocab:
+                vocab[t] = len(vocab)
+        ids = np.fromiter(map(vocab.__getitem__, flat), dtype=np.int64, count=len(flat))
         n_tokens = np.fromiter((len(tokens) for tokens in batch), dtype=np.int64, count=len(batch))
         local = np.repeat(np.arange(len(batch), dtype=np.int64), n_tokens)
         # one (document, term) pair per distinct term of each document, with its count, sorted by document
