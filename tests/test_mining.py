@@ -120,3 +120,27 @@ def test_run_negatives_writes_groups_and_metrics(tmp_path, tiny_embedder_path):
     assert metrics["groups"] == 2 and metrics["negatives"] == n_neg
     assert sum(metrics["by_source"].values()) == n_neg and set(metrics["by_source"]) == {"bm25", "dense", "random"}
     assert summary == {"read": f"2 training pairs, {len(CHUNKS)} chunks", "wrote": f"2 groups with {n_neg} negatives"}
+    assert metrics["dense_mining"] == {"used": True, "reason": "negatives.dense auto"}  # 5 chunks: well in budget
+    assert "dense_positive_score_mean" in metrics  # the base embedder mined
+
+    # over budget: auto measures, says why, and mines BM25 and random negatives only
+    run_negatives({**negatives_p, "dense_budget_s": 1e-9}, model_p, shipped_params("bm25"), paths)
+    metrics = read_json(paths.metrics("negatives"))
+    assert metrics["dense_mining"] == {"used": False, "reason": "negatives.dense auto"}
+    assert "dense_positive_score_mean" not in metrics and metrics["by_source"]["dense"] == 0
+    assert metrics["by_source"]["bm25"] > 0
+
+
+def test_dense_auto_decides_on_the_measured_encode_time():
+    from ragtune.mining import decide_dense
+
+    def never() -> float:
+        raise AssertionError("on, off and n_dense 0 need no probe")
+
+    assert decide_dense("on", 3, 10**7, 1.0, never).use
+    assert not decide_dense("off", 3, 10, 1e9, never).use
+    assert not decide_dense("auto", 0, 10, 1e9, never).use
+    fits = decide_dense("auto", 3, 1_000, 1800, lambda: 10.0)  # 100 s
+    assert fits.use and fits.estimated_encode_s == 100.0 and "within" in fits.reason
+    over = decide_dense("auto", 3, 1_875_511, 1800, lambda: 12.0)  # ~43 h
+    assert not over.use and "over" in over.reason and "43.4 h" in over.reason

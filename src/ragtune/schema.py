@@ -166,6 +166,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "seed": Int("seed of the random negatives"),
         "n_bm25": Int("BM25 negatives per pair", low=0),
         "n_dense": Int("base-embedder negatives per pair", low=0),
+        "dense": Choice(
+            "base-embedder mining: auto (if encoding the corpus fits dense_budget_s) | on | off",
+            *("auto", "on", "off", True, False),
+        ),
+        "dense_budget_s": Float("negatives.dense auto: the most seconds of corpus encoding it accepts", low=0),
         "n_random": Int("random negatives per pair", low=0),
         "bm25_skip_top": Int("top BM25 ranks skipped", low=0),
         "bm25_max_ratio": Float("drop BM25 candidates scoring ≥ this × the positive's score", low=0, low_open=True),
