@@ -122,3 +122,56 @@ def test_parallel_tokenizing_equals_serial(monkeypatch):
     assert R.bm25_tokenize_many(texts, "pyvi") == serial
     monkeypatch.setenv("RAGTUNE_WORKERS", "1")
     assert R.bm25_tokenize_many(texts, "pyvi") == serial
+
+
+KILL_SCRIPT = """
+import sys, time
+from sentence_transformers import SentenceTransformer
+from ragtune.retrieval import DenseEncoder
+
+model = SentenceTransformer(sys.argv[1], device="cpu")
+encode = model.encode
+def slow(*args, **kwargs):
+    time.sleep(0.2)
+    return encode(*args, **kwargs)
+model.encode = slow
+enc = DenseEncoder(model, fingerprint="tiny", batch_size=2)
+enc.shard_size = 16
+enc.encode([f"văn bản số {i}" for i in range(200)], "passage: ")
+"""
+
+
+def test_an_encode_killed_midway_resumes_at_the_first_unfinished_shard(tmp_path, tiny_embedder_path):
+    """A real SIGKILL of a process encoding in shards: the rerun encodes only what no finished shard holds, and
+    gives the vectors an uninterrupted encode gives."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sentence_transformers import SentenceTransformer
+
+    texts = [f"văn bản số {i}" for i in range(200)]
+    cache = tmp_path / "ragtune-cache"
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tiny_embedder_path)], env={**os.environ, "RAGTUNE_CACHE": str(cache)}
+    )
+    deadline = time.monotonic() + 120
+    while len(list(cache.rglob("*.keys.npy"))) < 3 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    done = len(list(cache.rglob("*.keys.npy")))
+    assert 3 <= done < 200 // 16  # killed midway, after some shards
+
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    encoded: list[int] = []
+    encode = model.encode
+    model.encode = lambda texts, *a, **kw: encoded.append(len(texts)) or encode(texts, *a, **kw)
+    enc = DenseEncoder(model, fingerprint="tiny", batch_size=2)
+    enc.shard_size = 16
+    resumed = enc.encode(texts, "passage: ")
+    assert sum(encoded) == len(texts) - 16 * done
+    fresh = DenseEncoder(SentenceTransformer(str(tiny_embedder_path), device="cpu"), "tiny", 2, use_cache=False)
+    assert np.allclose(resumed, fresh.encode(texts, "passage: "), atol=1e-6)

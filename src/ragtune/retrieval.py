@@ -12,7 +12,7 @@ import itertools
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -219,12 +219,48 @@ def model_prompt(model: Any, role: Literal["query", "passage"], override: str | 
     return ""
 
 
+class VectorShards:
+    """A folder of embedding shards: ``<name>.vecs.npy`` (float32 rows) and ``<name>.keys.npy`` (their text hashes).
+
+    Each shard is written as soon as it is encoded, vectors first and keys last, both through a rename: a shard is
+    there whole or not at all, so an encode killed after hours resumes at the first shard it had not finished.
+    Vectors are read memory-mapped, only the rows asked for.
+    """
+
+    def __init__(self, folder: Path, legacy: Path | None = None):
+        self.folder = folder
+        self.legacy = legacy  # the single-file cache of earlier versions, still read
+
+    def lookup(self, wanted: set[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        if self.legacy is not None and self.legacy.exists():
+            with np.load(self.legacy) as data:
+                vecs = data["vecs"]
+                found |= {k: vecs[i] for i, k in enumerate(data["keys"].tolist()) if k in wanted}
+        for keys_path in sorted(self.folder.glob("*.keys.npy")) if self.folder.exists() else []:
+            keys = np.load(keys_path).tolist()
+            rows = [i for i, k in enumerate(keys) if k in wanted and k not in found]
+            if rows:
+                vecs = np.load(keys_path.with_name(keys_path.name.replace(".keys.", ".vecs.")), mmap_mode="r")
+                found |= {keys[i]: np.array(vecs[i]) for i in rows}
+        return found
+
+    def add(self, keys: list[str], vecs: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha256("\x00".join(keys).encode()).hexdigest()[:24]
+        for kind, array in (("vecs", vecs.astype(np.float32)), ("keys", np.array(keys))):
+            tmp = self.folder / f"{name}.{kind}.{os.getpid()}.tmp.npy"
+            np.save(tmp, array)
+            os.replace(tmp, self.folder / f"{name}.{kind}.npy")
+
+
 class DenseEncoder:
     """Encodes texts with a SentenceTransformer, caching vectors on disk by (model, prompt, text).
 
     Several stages embed the same chunks with the same base model (pairs alignment, negatives, evaluate); the cache
     makes that cost paid once, and ``dvc exp run`` over non-model params becomes cheap. Keys include the model's
-    weight fingerprint, so a fine-tuned model never reads the base model's vectors.
+    weight fingerprint, so a fine-tuned model never reads the base model's vectors. The cache is written in shards
+    (:class:`VectorShards`) of :attr:`shard_size` texts as they are encoded, so a killed encode resumes.
     """
 
     def __init__(self, model: Any, fingerprint: str, batch_size: int = 32, use_cache: bool = True):
@@ -232,61 +268,51 @@ class DenseEncoder:
         self.fingerprint = fingerprint
         self.batch_size = batch_size
         self.use_cache = use_cache
+        # a multiple of the encode block (batch_size × 8), so blocks, and so padding, are the same with or without
+        # shards: the vectors do not depend on how the work was cut
+        self.shard_size = batch_size * 8 * 32
 
-    def _cache_file(self, prompt: str) -> Path:
+    def _store(self, prompt: str) -> VectorShards:
         key = hashlib.sha256(f"{self.fingerprint}\x00{prompt}".encode()).hexdigest()[:24]
-        return cache_root() / "embeddings" / f"{key}.npz"
+        return VectorShards(cache_root() / "embeddings" / key, legacy=cache_root() / "embeddings" / f"{key}.npz")
 
     def encode(self, texts: Sequence[str], prompt: str, description: str = "Encoding") -> np.ndarray:
+        from ragtune.console import progress
+
         texts = list(texts)
         if not texts:
             dim = self.model.get_sentence_embedding_dimension()
             return np.zeros((0, dim), dtype=np.float32)
         hashes = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        cached: dict[str, np.ndarray] = {}
-        path = self._cache_file(prompt)
-        if self.use_cache and path.exists():
-            with np.load(path) as data:
-                keys = data["keys"].tolist()
-                vecs = data["vecs"]
-                want = set(hashes)
-                cached = {k: vecs[i] for i, k in enumerate(keys) if k in want}
-                all_keys, all_vecs = keys, vecs
-        else:
-            all_keys, all_vecs = [], None
+        store = self._store(prompt)
+        cached = store.lookup(set(hashes)) if self.use_cache else {}
         missing = sorted({h: t for h, t in zip(hashes, texts, strict=True) if h not in cached}.items())
         if missing:
-            new = self._encode_raw([t for _, t in missing], prompt, description)
-            for (h, _), v in zip(missing, new, strict=True):
-                cached[h] = v
-            if self.use_cache:
-                keys = list(all_keys) + [h for h, _ in missing]
-                vecs = new if all_vecs is None else np.concatenate([all_vecs, new])
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, keys=np.array(keys), vecs=vecs)
-                os.replace(tmp, path)
+            with progress() as bar:
+                task = bar.add_task(description, total=len(missing))
+                for start in range(0, len(missing), self.shard_size):
+                    part = missing[start : start + self.shard_size]
+                    new = self._encode_raw([t for _, t in part], prompt, lambda n: bar.advance(task, n))
+                    cached.update(zip([h for h, _ in part], new, strict=True))
+                    if self.use_cache:
+                        store.add([h for h, _ in part], new)
         return np.stack([cached[h] for h in hashes]).astype(np.float32)
 
-    def _encode_raw(self, texts: list[str], prompt: str, description: str) -> np.ndarray:
-        from ragtune.console import progress
-
+    def _encode_raw(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> np.ndarray:
         out = []
-        with progress() as bar:
-            task = bar.add_task(description, total=len(texts))
-            for start in range(0, len(texts), self.batch_size * 8):
-                block = texts[start : start + self.batch_size * 8]
-                out.append(
-                    self.model.encode(
-                        block,
-                        prompt=prompt,
-                        batch_size=self.batch_size,
-                        normalize_embeddings=True,
-                        convert_to_numpy=True,
-                        show_progress_bar=False,
-                    )
+        for start in range(0, len(texts), self.batch_size * 8):
+            block = texts[start : start + self.batch_size * 8]
+            out.append(
+                self.model.encode(
+                    block,
+                    prompt=prompt,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
                 )
-                bar.advance(task, len(block))
+            )
+            advance(len(block))
         return np.concatenate(out).astype(np.float32)
 
 
