@@ -89,7 +89,7 @@ def test_deterministic_ids(tiny_embedder_path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
-    count, split = hf_token_functions(tok)
+    count, split, _ = hf_token_functions(tok)
     a = Chunker(count, split, max_tokens=32, overlap_tokens=8).chunk_document("x", "Tiêu đề", DOC)
     b = Chunker(count, split, max_tokens=32, overlap_tokens=8).chunk_document("x", "Tiêu đề", DOC)
     assert [c.to_record() for c in a] == [c.to_record() for c in b]
@@ -121,7 +121,7 @@ def test_token_counting_does_not_warn_about_long_documents(tiny_embedder_path, c
 
     tok = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
     tok.model_max_length = 16
-    count, split = hf_token_functions(tok)
+    count, split, _ = hf_token_functions(tok)
     long = " ".join(["nhân viên được nghỉ phép năm"] * 20)
     assert count([long])[0] > 16 and len(split(long, 16)) > 1
     assert "Token indices sequence length" not in caplog.text
@@ -257,3 +257,39 @@ def test_chunk_documents_equals_one_document_at_a_time_even_when_the_estimate_is
         )
     ]
     assert [{**c, "n_tokens": 0} for c in optimistic] != [{**c.to_record(), "n_tokens": 0} for c in batched]
+
+
+def test_word_counts_add_up_to_the_tokenizer_s_count(tiny_embedder_path):
+    from transformers import AutoTokenizer
+
+    from ragtune.chunking import WordCounts, splits_on_whitespace
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_embedder_path))
+    _, _, exact = hf_token_functions(tok)
+    texts = [u.text for s in split_units(DOC) for u in s.units] + [DOC, "Điều 5.\nKhoản 2,  điểm a) 15%;   x", ""]
+    assert splits_on_whitespace(tok)
+    assert WordCounts(tok).count(texts) == exact(texts)
+
+
+def test_run_chunk_falls_back_to_exact_counts_when_words_do_not_add_up(tmp_path, tiny_embedder_path, monkeypatch):
+    """The word-additive fast path is checked against the tokenizer; a tokenizer where it is wrong (simulated: one
+    token too many per text) makes the stage chunk again exactly, with the output of the exact path."""
+    from ragtune import chunking
+
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "fast", tiny_embedder_path)
+    run_chunk(model_p, chunk_p, 128, paths)
+    fast = paths.chunks.read_bytes()
+    monkeypatch.setattr(chunking, "splits_on_whitespace", lambda tok: False)
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "exact", tiny_embedder_path)
+    run_chunk(model_p, chunk_p, 128, paths)
+    assert paths.chunks.read_bytes() == fast  # the fast path changes nothing on a word-additive tokenizer
+
+    monkeypatch.undo()
+    wrong = chunking.WordCounts.count
+    monkeypatch.setattr(chunking.WordCounts, "count", lambda self, texts: [n + 1 for n in wrong(self, texts)])
+    paths, _, model_p, chunk_p = _chunk_inputs(tmp_path / "wrong", tiny_embedder_path)
+    warnings = []
+    monkeypatch.setattr("ragtune.console.warn", warnings.append)
+    run_chunk(model_p, chunk_p, 128, paths)
+    assert paths.chunks.read_bytes() == fast
+    assert len(warnings) == 1 and "chunking again with the tokenizer's exact counts" in warnings[0]

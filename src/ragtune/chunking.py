@@ -106,6 +106,7 @@ class Chunker:
         max_tokens: int = 256,
         overlap_tokens: int = 32,
         prepend_title: bool = True,
+        verify: Callable[[list[str]], list[int]] | None = None,
     ):
         if overlap_tokens >= max_tokens // 2:
             raise ParamsError(
@@ -120,6 +121,10 @@ class Chunker:
         # Token counts already measured in this batch of documents (see chunk_documents): the tokenizer is called
         # once per batch, not five times per document (50,000 calls per 10,000 documents cost 37 s of a 40 s stage).
         self._memo: dict[str, int] = {}
+        # ``count_tokens`` may be a fast estimate that is exact for word-additive tokenizers (hf_token_functions);
+        # ``verify`` is then the exact count, run on the texts where an error would matter (see _verify_batch).
+        self.verify = verify
+        self._batches = 0
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Token counts, from this batch's memo where known; the rest in one tokenizer call."""
@@ -304,13 +309,46 @@ class Chunker:
                 chunks = self.chunk_document(doc["doc_id"], title, doc["text"], sections, deferred)
                 results.append((doc, title, sections, chunks, deferred))
             self.count_tokens([t for *_, chunks, deferred in results for t in [*deferred, *(c.text for c in chunks)]])
+            final = []
             for doc, title, sections, chunks, deferred in results:
                 if any(self._memo[t] > self.max_tokens for t in deferred):
                     chunks = self.chunk_document(doc["doc_id"], title, doc["text"], sections)
                 for c in chunks:
                     c.n_tokens = self.count_tokens([c.text])[0]
-                    yield c
+                final.append(chunks)
+            if self.verify is not None:
+                self._verify_batch(prepared, final)
+            for chunks in final:
+                yield from chunks
         self._memo.clear()
+
+    def _verify_batch(self, prepared: list[Any], results: list[Any]) -> None:
+        """Check the fast counts against the tokenizer where they decide something: the whole first batch, every
+        chunk within 16 tokens of the limit (a fit decision), every 50th chunk and every 50th unit. A difference
+        means the tokenizer is not word-additive on this corpus: :class:`TokenCountMismatch` makes the stage
+        chunk again with exact counts, so the output never rests on a wrong count."""
+        first = self._batches == 0
+        self._batches += 1
+        texts = [
+            u.text for i, (_, _, secs) in enumerate(prepared) for s in secs for u in s.units if first or i % 50 == 0
+        ]
+        texts += [
+            c.text
+            for chunks in results
+            for j, c in enumerate(chunks)
+            if first or j % 50 == 0 or c.n_tokens >= self.max_tokens - 16
+        ]
+        texts = list(dict.fromkeys(texts))
+        assert self.verify is not None
+        for text, exact in zip(texts, self.verify(texts), strict=True):
+            if self._memo[text] != exact:
+                raise TokenCountMismatch(
+                    f"token count of a text: {self._memo[text]} by words, {exact} by the tokenizer ({text[:80]!r})"
+                )
+
+
+class TokenCountMismatch(RuntimeError):
+    """The word-additive token count differed from the tokenizer's: chunk again with exact counts."""
 
 
 def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
@@ -324,10 +362,44 @@ def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def hf_token_functions(
-    tokenizer: Any,
-) -> tuple[Callable[[list[str]], list[int]], Callable[[str, int], list[tuple[int, int]]]]:
-    """Token counting and splitting backed by a Hugging Face fast tokenizer.
+def splits_on_whitespace(tokenizer: Any) -> bool:
+    """Whether a fast tokenizer's pre-tokenizer cuts at whitespace before anything else (XLM-R/e5's
+    WhitespaceSplit + Metaspace, BERT's, Whitespace): its model then never sees two words at once, so a text's token
+    count is the sum of its words' counts, provided the normalizer keeps words apart (checked as we go)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = repr(getattr(backend, "pre_tokenizer", None))
+    first = pre.removeprefix("Sequence(pretokenizers=[")
+    return first.startswith(("WhitespaceSplit(", "Whitespace(", "BertPreTokenizer(")) or (
+        first.startswith("Metaspace(") and "split=True" in first
+    )
+
+
+class WordCounts:
+    """Token counts summed over whitespace-separated words, each distinct word tokenized once: a corpus of a million
+    documents has a few hundred thousand distinct words, so chunking stops being bound by the tokenizer (it was 90%
+    of the chunk stage). Exact for tokenizers that :func:`splits_on_whitespace`; :class:`Chunker` verifies it."""
+
+    def __init__(self, tokenizer: Any):
+        self.backend = tokenizer.backend_tokenizer
+        self.words: dict[str, int] = {}
+
+    def count(self, texts: list[str]) -> list[int]:
+        split = [t.split() for t in texts]
+        new = list(dict.fromkeys(w for words in split for w in words if w not in self.words))
+        if new:
+            counts = (len(e) for e in self.backend.encode_batch(new, add_special_tokens=False))
+            self.words.update(zip(new, counts, strict=True))
+        words = self.words
+        return [sum(words[w] for w in ws) for ws in split]
+
+
+CountFn = Callable[[list[str]], list[int]]
+SplitFn = Callable[[str, int], list[tuple[int, int]]]
+
+
+def hf_token_functions(tokenizer: Any, word_additive: bool = False) -> tuple[CountFn, SplitFn, CountFn]:
+    """Token counting, splitting and exact counting backed by a Hugging Face fast tokenizer. With ``word_additive``
+    (and a tokenizer that :func:`splits_on_whitespace`) the first is :class:`WordCounts`, checked against the third.
 
     Both measure whole documents and units on purpose, so inputs longer than the model's limit are normal here:
     ``verbose=False`` silences transformers' "Token indices sequence length is longer than the specified maximum
@@ -350,7 +422,9 @@ def hf_token_functions(
             spans.append((window[0][0], window[-1][1]))
         return spans
 
-    return count, split
+    if word_additive and splits_on_whitespace(tokenizer):
+        return WordCounts(tokenizer).count, split, count
+    return count, split, count
 
 
 def chunk_corpus(documents: Iterable[dict[str, Any]], chunker: Chunker) -> list[dict[str, Any]]:
@@ -428,17 +502,21 @@ def passage_overhead(tokenizer: Any, model_params: dict[str, Any]) -> tuple[int,
     return prompt_tokens, tokenizer.num_special_tokens_to_add(pair=False)
 
 
-def chunker_for(tokenizer: Any, model_params: dict[str, Any], chunk_params: dict[str, Any]) -> Chunker:
-    """The chunker the ``chunk:`` params describe over ``tokenizer``, its size checked against the model first."""
+def chunker_for(
+    tokenizer: Any, model_params: dict[str, Any], chunk_params: dict[str, Any], word_additive: bool = False
+) -> Chunker:
+    """The chunker the ``chunk:`` params describe over ``tokenizer``, its size checked against the model first
+    (``word_additive``: count by words where the tokenizer allows it; the chunk stage does, and falls back)."""
     max_tokens = int(chunk_params["max_tokens"])
     check_fits_model(max_tokens, int(model_params["max_seq_length"]), *passage_overhead(tokenizer, model_params))
-    count, split = hf_token_functions(tokenizer)
+    count, split, exact = hf_token_functions(tokenizer, word_additive)
     return Chunker(
         count,
         split,
         max_tokens=max_tokens,
         overlap_tokens=int(chunk_params["overlap_tokens"]),
         prepend_title=bool(chunk_params["prepend_title"]),
+        verify=exact if count is not exact else None,
     )
 
 
@@ -493,6 +571,33 @@ class TokenStats:
         return sum(v for k, v in self.hist.items() if k > limit)
 
 
+def _write_chunks(chunker: Chunker, paths: Paths, check: Callable[[TokenStats], None]) -> tuple[int, TokenStats, int]:
+    """Stream documents.jsonl through ``chunker`` into chunks.jsonl; ``(documents, token statistics, most chunks of
+    one document)``. The file is published only if chunking finishes and ``check`` passes (JsonlSink)."""
+    from ragtune.console import track
+
+    stats = TokenStats()
+    per_doc_max = run = 0
+    last_doc = None
+    read = [0]
+
+    def documents() -> Iterator[dict[str, Any]]:
+        for _, rec in iter_jsonl(paths.documents):
+            read[0] += 1
+            yield rec
+
+    with JsonlSink(paths.chunks) as out:
+        for chunk in chunker.chunk_documents(track(documents(), "Chunking", total=count_lines(paths.documents))):
+            out.write(chunk.to_record())
+            stats.add(chunk.n_tokens)
+            if chunk.doc_id != last_doc:
+                run, last_doc = 0, chunk.doc_id
+            run += 1
+            per_doc_max = max(per_doc_max, run)
+        check(stats)
+    return read[0], stats, per_doc_max
+
+
 def run_chunk(
     model_params: dict[str, Any], chunk_params: dict[str, Any], train_max_seq_length: int, paths: Paths
 ) -> dict[str, str]:
@@ -503,7 +608,7 @@ def run_chunk(
     limit is a training param, but the chunks are what break it, and this is the first stage that knows their
     lengths.
     """
-    from ragtune.console import track
+    from ragtune.console import warn
     from ragtune.models import load_tokenizer
 
     if next(iter_jsonl(paths.documents), None) is None:  # before minutes of model loading
@@ -512,27 +617,17 @@ def run_chunk(
             "when it keeps no document."
         )
     tokenizer = load_tokenizer(model_params["embedder"], revision=model_params.get("revision"))
-    chunker = chunker_for(tokenizer, model_params, chunk_params)
-    stats = TokenStats()
-    per_doc_max = run = 0
-    last_doc = None
-    with JsonlSink(paths.chunks) as out:
-        read = [0]
 
-        def documents() -> Iterator[dict[str, Any]]:
-            for _, rec in iter_jsonl(paths.documents):
-                read[0] += 1
-                yield rec
-
-        for chunk in chunker.chunk_documents(track(documents(), "Chunking", total=count_lines(paths.documents))):
-            out.write(chunk.to_record())
-            stats.add(chunk.n_tokens)
-            if chunk.doc_id != last_doc:
-                run, last_doc = 0, chunk.doc_id
-            run += 1
-            per_doc_max = max(per_doc_max, run)
-        docs = read[0]
+    def fits_training(stats: TokenStats) -> None:
         check_fits_training(stats.max, *passage_overhead(tokenizer, model_params), train_max_seq_length)
+
+    try:
+        chunker = chunker_for(tokenizer, model_params, chunk_params, word_additive=True)
+        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training)
+    except TokenCountMismatch as exc:
+        warn(f"{exc}; chunking again with the tokenizer's exact counts (slower)")
+        chunker = chunker_for(tokenizer, model_params, chunk_params)
+        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training)
     write_json(
         paths.metrics("chunk"),
         {
