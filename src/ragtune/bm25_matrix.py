@@ -31,7 +31,9 @@ class BM25Matrix:
 def build_bm25_matrix(token_batches: Iterable[list[list[str]]], k1: float, b: float) -> BM25Matrix:
     """The Lucene-variant BM25 matrix of every document in ``token_batches`` (batches of token lists, in order)."""
     vocab: dict[str, int] = {}
-    docs, terms, tfs, lengths = [], [], [], []
+    # per batch: each document's number of distinct terms, then (term, count) pairs in document order: 6 bytes a
+    # pair (the documents are rebuilt from the first array when the matrix is placed)
+    per_doc, terms, tfs, lengths = [], [], [], []
     first_doc = 0
     for batch in token_batches:
         flat = [t for tokens in batch for t in tokens]
@@ -43,9 +45,9 @@ def build_bm25_matrix(token_batches: Iterable[list[list[str]]], k1: float, b: fl
         local = np.repeat(np.arange(len(batch), dtype=np.int64), n_tokens)
         # one (document, term) pair per distinct term of each document, with its count, sorted by document
         keys, counts = np.unique(local * (len(vocab) + 1) + ids, return_counts=True)
-        docs.append((keys // (len(vocab) + 1) + first_doc).astype(np.int32))
+        per_doc.append(np.bincount(keys // (len(vocab) + 1), minlength=len(batch)).astype(np.int32))
         terms.append((keys % (len(vocab) + 1)).astype(np.int32))
-        tfs.append(counts.astype(np.int32))
+        tfs.append(counts.astype(np.uint16 if counts.max(initial=0) < 65_536 else np.int64))  # 2 bytes for a chunk
         lengths.append(n_tokens)
         first_doc += len(batch)
     n_vocab = len(vocab)
@@ -61,7 +63,10 @@ def build_bm25_matrix(token_batches: Iterable[list[list[str]]], k1: float, b: fl
     data = np.empty(int(indptr[-1]), dtype=np.float32)
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     free = indptr[:-1].copy()  # next free slot of each column
-    for d, t, tf in zip(docs, terms, tfs, strict=True):
+    first_doc_of_batch = 0
+    for n_terms, t, tf in zip(per_doc, terms, tfs, strict=True):
+        d = np.repeat(np.arange(first_doc_of_batch, first_doc_of_batch + len(n_terms), dtype=np.int32), n_terms)
+        first_doc_of_batch += len(n_terms)
         # tfc = tf / (k1·((1 − b) + b·|d|/avgdl) + tf), in float64 as bm25s's scalar expression promotes it
         tf64 = tf.astype(np.float64)
         tfc = tf64 / (k1 * ((1 - b) + b * doc_len[d].astype(np.float64) / avg_doc_len) + tf64)
