@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep each size's DVC project (outputs, cache)")
     ap.add_argument("--out", type=Path, default=ROOT / "metrics/benchmarks/scale_data.json")
     args = ap.parse_args(argv)
-    rows = [measure(int(n), args) for n in args.docs.split(",")]
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
+    rows = [measure(int(n), args) | {"commit": commit.stdout.strip()} for n in args.docs.split(",")]
+    if args.out.exists():  # a curve is built a size at a time: rows of sizes not run now are kept
+        measured = {r["docs"] for r in rows}
+        kept = [r for r in json.loads(args.out.read_text(encoding="utf-8"))["rows"] if r["docs"] not in measured]
+        rows = sorted(kept + rows, key=lambda r: r["docs"])
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "protocol": "benchmarks/make_corpus.py --seed 0 corpus per size; dvc repro --single-item per data stage in a "
