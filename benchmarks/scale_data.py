@@ -55,7 +55,7 @@ def make_corpus(docs: int, sources: list[Path], out: Path) -> dict[str, Any]:
     manifest = out / "manifest.json"
     if manifest.exists():
         made = json.loads(manifest.read_text(encoding="utf-8"))
-        if made.get("args", {}).get("docs") == docs and made.get("args", {}).get("seed") == 0:
+        if made.get("docs") == docs and made.get("seed") == 0:
             return made
     cmd = [sys.executable, str(ROOT / "benchmarks/make_corpus.py"), "--docs", str(docs), "--seed", "0"]
     cmd += ["--out", str(out), "--sources", *map(str, sources)]
@@ -101,7 +101,7 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
     row = {
         "docs": docs,
         "corpus_bytes": (corpus / "corpus.jsonl").stat().st_size,
-        "corpus_mean_chars": made.get("stats", {}).get("mean_chars", made.get("mean_chars")),
+        "corpus_mean_chars": made["chars"]["mean"],
         "stages": stages,
         "data_stages_s": round(sum(s["seconds"] for s in stages.values()), 1),
         "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
