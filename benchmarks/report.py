@@ -38,6 +38,9 @@ def render() -> str:
                 for k, v in obj.items():
                     if k != "machine":
                         walk(f"{prefix}.{k}" if prefix else k, v)
+            elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
+                for i, item in enumerate(obj):  # a table's rows: one line per figure, not one unreadable cell
+                    walk(f"{prefix}[{i}]", item)
             else:
                 lines.append(f"| {prefix} | {obj} |")
 

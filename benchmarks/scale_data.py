@@ -107,7 +107,8 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
         "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
         "noop_repro_s": round(noop, 2),
         "output_bytes": sum(p.stat().st_size for p in outputs),
-        "metrics": {n: _read(project / "metrics" / f"{n}.json") for n in ("ingest", "chunk", "pairs", "negatives")},
+        "chunks": _read(project / "metrics" / "chunk.json").get("chunks"),
+        "ingest_quarantined": _read(project / "metrics" / "ingest.json").get("documents", {}).get("quarantined"),
     }
     if not args.keep:
         shutil.rmtree(project)
