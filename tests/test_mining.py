@@ -141,6 +141,6 @@ def test_dense_auto_decides_on_the_measured_encode_time():
     assert not decide_dense("off", 3, 10, 1e9, never).use
     assert not decide_dense("auto", 0, 10, 1e9, never).use
     fits = decide_dense("auto", 3, 1_000, 1800, lambda: 10.0)  # 100 s
-    assert fits.use and fits.estimated_encode_s == 100.0 and "within" in fits.reason
+    assert fits.use and fits.estimated_encode_s == 100.0 and "within" in fits.why
     over = decide_dense("auto", 3, 1_875_511, 1800, lambda: 12.0)  # ~43 h
-    assert not over.use and "over" in over.reason and "43.4 h" in over.reason
+    assert not over.use and "over" in over.why and "43.4 h" in over.why and over.rule == "negatives.dense auto"

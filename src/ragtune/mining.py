@@ -236,8 +236,8 @@ class DenseDecision:
     """Whether the negatives stage mines with the base embedder, and why (``negatives.dense``)."""
 
     use: bool
-    reason: str  # printed, and kept in metrics/negatives.json
-    passages_per_s: float | None = None  # measured by the auto probe
+    rule: str  # the setting that decided, kept in metrics/negatives.json
+    why: str = ""  # auto's measured estimate, printed
     estimated_encode_s: float | None = None
 
 
@@ -247,18 +247,16 @@ def decide_dense(mode: str, n_dense: int, n_chunks: int, budget_s: float, probe:
     e5-small encodes ~12 chunks/s here: the sample's 357 chunks take half a minute, a 1.8M-chunk corpus two days."""
     if not n_dense:
         return DenseDecision(False, "negatives.n_dense is 0")
-    if mode == "off":
-        return DenseDecision(False, "negatives.dense is off")
-    if mode == "on":
-        return DenseDecision(True, "negatives.dense is on")
+    if mode in ("on", "off"):
+        return DenseDecision(mode == "on", f"negatives.dense is {mode}")
     rate = probe()
     estimate = n_chunks / rate
     within = estimate <= budget_s
-    reason = (
-        f"negatives.dense auto: encoding {n_chunks:,} chunks at the measured {rate:.1f} passages/s takes about "
-        f"{_duration(estimate)}, {'within' if within else 'over'} negatives.dense_budget_s ({_duration(budget_s)})"
+    why = (
+        f"encoding {n_chunks:,} chunks at the measured {rate:.1f} passages/s takes about {_duration(estimate)}, "
+        f"{'within' if within else 'over'} negatives.dense_budget_s ({_duration(budget_s)})"
     )
-    return DenseDecision(within, reason, rate, estimate)
+    return DenseDecision(within, "negatives.dense auto", why, estimate)
 
 
 def _duration(seconds: float) -> str:
@@ -304,12 +302,12 @@ def run_negatives(
         loaded.append(load_dense(model_params))
         return encode_rate(loaded[0], [c["text"] for c in chunks], int(model_params["batch_size"]))
 
-    mode = {True: "on", False: "off"}.get(n.get("dense", "on"), n.get("dense", "on"))  # YAML reads on/off as bools
-    decision = decide_dense(str(mode), int(n["n_dense"]), len(chunks), float(n.get("dense_budget_s", 0)), probe)
+    mode = {True: "on", False: "off"}.get(n["dense"], n["dense"])  # YAML reads a bare on/off as a boolean
+    decision = decide_dense(str(mode), int(n["n_dense"]), len(chunks), float(n["dense_budget_s"]), probe)
     if not decision.use and decision.estimated_encode_s is not None:
         warn(
-            f"{decision.reason}: dense mining is off; BM25 and random negatives are mined. Set negatives.dense: on "
-            "to mine anyway, or raise negatives.dense_budget_s."
+            f"{decision.rule}: {decision.why}: dense mining is off; BM25 and random negatives are mined. Set "
+            "negatives.dense: on to mine anyway, or raise negatives.dense_budget_s."
         )
     if decision.use:
         dense = loaded[0] if loaded else load_dense(model_params)
@@ -351,7 +349,7 @@ def run_negatives(
             "by_source": {k: stats.get(k, 0) for k in ("bm25", "dense", "random")},
             "guards": {k: v for k, v in sorted(stats.items()) if k not in ("bm25", "dense", "random")},
             **dense_stats,
-            "dense_mining": {"used": decision.use, "reason": decision.reason.split(": encoding")[0]},
+            "dense_mining": {"used": decision.use, "reason": decision.rule},
         },
     )
     return {

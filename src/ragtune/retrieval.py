@@ -92,7 +92,10 @@ def resolve_tokenizer(method: str, n_texts: int) -> Tokenizer:
 
 def workers() -> int:
     """Processes for CPU-bound text work: the cores this process may run on (``RAGTUNE_WORKERS`` overrides)."""
-    return int(os.environ.get("RAGTUNE_WORKERS") or len(os.sched_getaffinity(0)))
+    if os.environ.get("RAGTUNE_WORKERS"):
+        return int(os.environ["RAGTUNE_WORKERS"])
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux; macOS and Windows have only cpu_count
+    return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
 def _tokenize_batch(args: tuple[list[str], Tokenizer]) -> list[list[str]]:
