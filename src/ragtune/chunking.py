@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragtune.io import EmptyInputError, JsonlSink, count_lines, iter_jsonl, write_json
+from ragtune.io import JsonlSink, count_lines, iter_jsonl, require_records, write_json
 from ragtune.params import ParamsError
 
 if TYPE_CHECKING:
@@ -313,8 +313,8 @@ class Chunker:
             for doc, title, sections, chunks, deferred in results:
                 if any(self._memo[t] > self.max_tokens for t in deferred):
                     chunks = self.chunk_document(doc["doc_id"], title, doc["text"], sections)
-                for c in chunks:
-                    c.n_tokens = self.count_tokens([c.text])[0]
+                for c, n in zip(chunks, self.count_tokens([c.text for c in chunks]), strict=True):
+                    c.n_tokens = n
                 final.append(chunks)
             if self.verify is not None:
                 self._verify_batch(prepared, final)
@@ -605,11 +605,8 @@ def run_chunk(
     from ragtune.console import warn
     from ragtune.models import load_tokenizer
 
-    if next(iter_jsonl(paths.documents), None) is None:  # before minutes of model loading
-        raise EmptyInputError(
-            f"{paths.documents}: no records, so there is nothing to work on. Run the ingest stage first; it fails "
-            "when it keeps no document."
-        )
+    # before the model loads: the file is streamed, not read whole, from here on
+    require_records(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
     tokenizer = load_tokenizer(model_params["embedder"], revision=model_params.get("revision"))
 
     def fits_training(stats: TokenStats) -> None:

@@ -25,18 +25,11 @@ def dumps(record: Any) -> str:
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
-    """Write records atomically (tmp file + rename) and return how many were written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+    """Write records atomically (tmp file + rename, :class:`JsonlSink`) and return how many were written."""
+    with JsonlSink(path) as out:
         for rec in records:
-            fh.write(dumps(rec))
-            fh.write("\n")
-            n += 1
-    os.replace(tmp, path)
-    return n
+            out.write(rec)
+    return out.count
 
 
 class JsonlSink:
@@ -104,11 +97,18 @@ class EmptyInputError(UserError, ValueError):
     """A stage's input holds no records: running on it would write empty outputs and pass the problem on."""
 
 
+def require_records(path: str | Path, fix: str) -> None:
+    """Refuse a JSONL file with no records, reading only up to its first one; ``fix`` says which stage or params
+    make them."""
+    if next(iter_jsonl(path), None) is None:
+        raise EmptyInputError(f"{path}: no records, so there is nothing to work on. {fix}")
+
+
 def read_nonempty_jsonl(path: str | Path, fix: str) -> list[dict[str, Any]]:
-    """:func:`read_jsonl`, refusing a file with no records; ``fix`` says which stage or params make them."""
+    """:func:`read_jsonl`, refusing a file with no records (:func:`require_records`)."""
     records = read_jsonl(path)
     if not records:
-        raise EmptyInputError(f"{path}: no records, so there is nothing to work on. {fix}")
+        require_records(path, fix)
     return records
 
 
