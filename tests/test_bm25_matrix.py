@@ -61,3 +61,31 @@ def test_descending_is_the_stable_full_sort_one_prefix_at_a_time() -> None:
         assert list(descending(scores, first=3)) == expected
         lazy = descending(scores, first=3)
         assert [next(lazy) for _ in range(min(n, 10))] == expected[:10]
+
+
+@pytest.mark.parametrize(
+    ("seed", "batch", "keep"), [(0, 7, [0, 3, 5, 299]), (1, 1000, [150]), (2, 1, list(range(300)))]
+)
+def test_subset_scores_are_the_full_matrix_scores_of_its_documents(seed: int, batch: int, keep: list[int]) -> None:
+    import bm25s
+
+    from ragtune.bm25_matrix import build_bm25_subset
+
+    docs = corpus(seed, 300)
+    reference = bm25s.BM25(k1=1.2, b=0.75, method="lucene")
+    reference.index(docs, show_progress=False)
+    subset = build_bm25_subset((docs[i : i + batch] for i in range(0, len(docs), batch)), reversed(keep), 1.2, 0.75)
+    rng = random.Random(seed)
+    vocab = sorted(subset.vocab)
+    for _ in range(50):
+        query = rng.choices(vocab, k=rng.randint(1, 6)) + (["không_có"] if rng.random() < 0.3 else [])
+        full = reference.get_scores(query)
+        assert subset.scores(query).tobytes() == full[sorted(keep)].tobytes()  # the same float32 bits
+    assert not subset.scores(["không_có"]).any()
+
+
+def test_subset_refuses_a_position_past_the_stream() -> None:
+    from ragtune.bm25_matrix import build_bm25_subset
+
+    with pytest.raises(IndexError, match="holds 2 documents"):
+        build_bm25_subset([[["a"], ["b"]]], [2], 1.5, 0.75)

@@ -459,3 +459,44 @@ def test_run_pairs_on_a_tiny_corpus(tmp_path, tiny_embedder_path):
     assert not {query_key(p["query"]) for p in synthetic} & heldout
     assert summary == {"read": "24 labeled queries, 16 chunks",
                        "wrote": "train 12 / dev 5 / test 7 labeled + 24 synthetic pairs"}  # fmt: skip
+
+
+def test_without_synthetic_pairs_run_pairs_holds_only_the_named_chunks_and_aligns_the_same(
+    tmp_path, tiny_embedder_path, monkeypatch
+):
+    """Without self-supervised pairs, pairs reads the chunks of the documents questions name (and streams the rest
+    past BM25's statistics): the splits it writes are those of the run that holds every chunk."""
+    import ragtune.pairs.run as run_module
+
+    docs, chunks, _ = tiny_corpus(tmp_path)
+    # documents no question names, whose words change BM25's idf: the alignment must still see them
+    extra = [{"doc_id": f"X{i}", "title": "", "text": f"Chính sách nghỉ phép số {i}", "source": "x", "metadata": {}}
+             for i in range(5)]  # fmt: skip
+    extra_chunks = [{"chunk_id": f"X{i}#0000", "doc_id": f"X{i}", "title": "", "section": "", "text": d["text"],
+                     "n_tokens": 5} for i, d in enumerate(extra)]  # fmt: skip
+    write_jsonl(tmp_path / "data/interim/documents.jsonl", extra[:2] + docs + extra[2:])
+    write_jsonl(tmp_path / "data/chunks/chunks.jsonl", extra_chunks[:2] + chunks + extra_chunks[2:])
+    model = shipped_params("model", embedder=str(tiny_embedder_path), max_seq_length=64)
+    seen = []
+
+    def spy(queries, chunks, *args):
+        seen.append(chunks)
+        return positive_chunks(queries, chunks, *args)
+
+    positive_chunks = run_module.positive_chunks
+    monkeypatch.setattr(run_module, "positive_chunks", spy)
+    written = {}
+    for enabled in (True, False):
+        pairs = shipped_params("pairs", dev_ratio=0.2, test_ratio=0.3, synthetic={**SYNTHETIC_OFF, "enabled": enabled})
+        pairs["synthetic"]["max_pairs"] = 0  # the synthetic pairs themselves are not under test here
+        run_pairs(pairs, model, shipped_params("bm25"), Paths(tmp_path))
+        written[enabled] = {s: read_jsonl(tmp_path / f"data/pairs/{s}.jsonl") for s in ("train", "dev", "test")}
+        written[enabled]["metrics"] = {
+            s: read_json(tmp_path / "metrics/pairs.json")[s] for s in ("train", "dev", "test")
+        }
+    assert written[True] == written[False]
+    assert [c.n_chunks for c in seen] == [21, 21]
+    assert len(seen[0].records) == 21  # self-supervised pairs need every chunk
+    assert [c["chunk_id"] for c in seen[1].records] == [c["chunk_id"] for c in chunks]  # only the named documents'
+    assert seen[1].positions == list(range(2, 18))
+    assert len(list(seen[1].texts())) == 21  # BM25's statistics still come from every chunk

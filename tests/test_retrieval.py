@@ -122,6 +122,24 @@ def test_parallel_tokenizing_equals_serial(monkeypatch):
     assert R.bm25_tokenize_many(texts, "pyvi") == serial
     monkeypatch.setenv("RAGTUNE_WORKERS", "1")
     assert R.bm25_tokenize_many(texts, "pyvi") == serial
+    # a stream (a generator, as a file is read) with its length given: the same batches, in order
+    monkeypatch.setenv("RAGTUNE_WORKERS", "2")
+    streamed = R.iter_token_batches((t for t in texts), "pyvi", n_texts=len(texts))
+    assert [tokens for batch in streamed for tokens in batch] == serial
+
+
+@pytest.mark.parametrize("backend", ["bm25s", "rank_bm25"])
+def test_bm25_row_scorer_scores_kept_texts_as_the_full_index_does(backend):
+    from ragtune.retrieval import bm25_row_scorer, build_bm25
+
+    words = ["lao động", "nghỉ phép", "ma túy", "hợp đồng", "tiền lương", "bảo hiểm", "kỷ luật", "thời giờ"]
+    texts = [" ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 5)) + f" điều {i}" for i in range(60)]
+    params = {"tokenizer": "syllable", "backend": backend, "k1": 1.2, "b": 0.7}
+    full = build_bm25([{"chunk_id": f"c{i}", "text": t} for i, t in enumerate(texts)], params)
+    keep = [41, 2, 17, 59]
+    scorer = bm25_row_scorer((t for t in texts), len(texts), keep, params)
+    for query in ["nghỉ phép và tiền lương", "ma túy ma túy điều 17", "không liên quan", "!!!"]:
+        assert scorer(query).tobytes() == full.scores(query)[sorted(keep)].tobytes()
 
 
 KILL_SCRIPT = """

@@ -7,6 +7,7 @@ given per document while retrieval for RAG happens per chunk.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import os
@@ -103,18 +104,26 @@ def _tokenize_batch(args: tuple[list[str], Tokenizer]) -> list[list[str]]:
     return [bm25_tokenize(t, method) for t in texts]
 
 
-def iter_token_batches(texts: Sequence[str], method: Tokenizer = "pyvi") -> Iterator[list[list[str]]]:
+def iter_token_batches(
+    texts: Iterable[str], method: Tokenizer = "pyvi", n_texts: int | None = None
+) -> Iterator[list[list[str]]]:
     """:func:`bm25_tokenize` of every text, in order, in batches of :data:`PARALLEL_BATCH`. Large inputs are
     tokenized by a pool of :func:`workers` processes (pyvi is pure Python: threads would not help); the batches
     come back in order, so the tokens are the same whatever the worker count. A consumer that turns each batch into
-    term ids holds one batch of strings at a time."""
+    term ids holds one batch of strings at a time.
+
+    ``texts`` may be a stream (a generator reading a file) when ``n_texts`` says how many it holds: it is read one
+    batch ahead of the workers (at most two batches a worker in flight), never whole.
+    """
     from ragtune.console import track
 
     size = PARALLEL_BATCH
-    batches = ((list(texts[i : i + size]), method) for i in range(0, len(texts), size))
-    n_batches = -(-len(texts) // size)
+    n = len(texts) if n_texts is None else n_texts  # type: ignore[arg-type]
+    stream = iter(texts)
+    batches = ((batch, method) for batch in iter(lambda: list(itertools.islice(stream, size)), []))
+    n_batches = -(-n // size)
     n_workers = min(workers(), 32)
-    if n_workers < 2 or len(texts) < PARALLEL_MIN_TEXTS:
+    if n_workers < 2 or n < PARALLEL_MIN_TEXTS:
         yield from track(map(_tokenize_batch, batches), f"BM25 tokenizing ({method})", total=n_batches)
         return
     import multiprocessing
@@ -122,7 +131,19 @@ def iter_token_batches(texts: Sequence[str], method: Tokenizer = "pyvi") -> Iter
     # spawn, not fork: the parent may hold torch and tokenizer threads, which a forked child would inherit broken
     with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
         label = f"BM25 tokenizing ({method}, {n_workers} processes)"
-        yield from track(pool.imap(_tokenize_batch, batches), label, total=n_batches)
+        yield from track(_bounded_imap(pool, _tokenize_batch, batches, 2 * n_workers), label, total=n_batches)
+
+
+def _bounded_imap(pool: Any, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
+    """``pool.imap(fn, items)`` with at most ``window`` items in flight: ``imap`` reads its whole input ahead, which
+    for a streamed corpus is the corpus in memory."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
 
 
 def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:
@@ -411,13 +432,39 @@ def to_doc_ranking(ranking: Ranking, chunk_to_doc: dict[str, str]) -> Ranking:
 def build_bm25(chunks: Sequence[dict[str, Any]], params: dict[str, Any]) -> BM25Index:
     """BM25 over chunk texts, configured by the ``bm25:`` params section (``tokenizer: auto`` resolved on the number
     of chunks; a caller indexing a subset passes the corpus's resolved tokenizer, as search does)."""
-    return BM25Index(
-        ids=[c["chunk_id"] for c in chunks],
-        tokenizer=resolve_tokenizer(params.get("tokenizer", "auto"), len(chunks)),
-        backend=params.get("backend", "bm25s"),
-        k1=float(params.get("k1", 1.5)),
-        b=float(params.get("b", 0.75)),
-    ).fit([c["text"] for c in chunks])
+    return BM25Index(ids=[c["chunk_id"] for c in chunks], **_bm25_settings(params, len(chunks))).fit(
+        [c["text"] for c in chunks]
+    )
+
+
+def _bm25_settings(params: dict[str, Any], n_texts: int) -> dict[str, Any]:
+    """:class:`BM25Index`'s settings from the ``bm25:`` params section, for an index of ``n_texts`` texts."""
+    return {
+        "tokenizer": resolve_tokenizer(params.get("tokenizer", "auto"), n_texts),
+        "backend": params.get("backend", "bm25s"),
+        "k1": float(params.get("k1", 1.5)),
+        "b": float(params.get("b", 0.75)),
+    }
+
+
+def bm25_row_scorer(
+    texts: Iterable[str], n_texts: int, keep: Iterable[int], params: dict[str, Any]
+) -> Callable[[str], np.ndarray]:
+    """A query's BM25 scores for the texts at positions ``keep`` (ascending) of ``n_texts`` streamed ``texts``: what
+    :func:`build_bm25` over all of them would score there, without its index. With the ``bm25s`` backend only the
+    kept texts' rows are held (:func:`~ragtune.bm25_matrix.build_bm25_subset`, bit for bit the same scores); the
+    ``rank_bm25`` backend builds its full index."""
+    from ragtune.bm25_matrix import build_bm25_subset
+
+    index = BM25Index(ids=[], **_bm25_settings(params, n_texts))
+    rows = sorted(set(keep))
+    if index.backend == "bm25s":
+        batches = iter_token_batches(texts, index.tokenizer, n_texts=n_texts)
+        subset = build_bm25_subset(batches, rows, index.k1, index.b)
+        return lambda query: subset.scores(bm25_tokenize(query, index.tokenizer))
+    index.ids = [str(i) for i in range(n_texts)]
+    index.fit(list(texts))
+    return lambda query: index.scores(query)[rows]
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ragtune.retrieval import build_bm25, load_dense
+from ragtune.pairs.corpus import ChunkSlice
+from ragtune.retrieval import bm25_row_scorer, load_dense
 
 ScoreFn = Callable[[int, list[int]], np.ndarray]
 
@@ -48,37 +49,40 @@ def align_positive_chunks(
 
 def positive_chunks(
     queries: Sequence[dict[str, Any]],
-    chunks: Sequence[dict[str, Any]],
+    chunks: ChunkSlice,
     model_params: dict[str, Any],
     bm25_params: dict[str, Any],
 ) -> list[list[str]]:
-    """Each query's positive chunk ids, one per relevant document: :func:`align_positive_chunks` with BM25 over all
-    chunks and the base dense model (``model:`` params) as the two scorers.
+    """Each query's positive chunk ids, one per relevant document: :func:`align_positive_chunks` with BM25 (over
+    the whole corpus's statistics) and the base dense model (``model:`` params) as the two scorers.
 
-    Only relevant documents with several chunks need a choice, so only their chunks are embedded, and neither model
-    is loaded when no relevant document has more than one chunk.
+    ``chunks`` must hold every chunk of the queries' relevant documents. Only relevant documents with several chunks
+    need a choice, so only their chunks are embedded and given BM25 rows, and neither model is loaded when no
+    relevant document has more than one chunk.
     """
-    chunk_ids = [c["chunk_id"] for c in chunks]
+    records = chunks.records
+    chunk_ids = [c["chunk_id"] for c in records]
     chunks_by_doc: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(chunks):
+    for i, c in enumerate(records):
         chunks_by_doc[c["doc_id"]].append(i)
     needed = sorted(
         {i for q in queries for d in q["positive_doc_ids"] if len(chunks_by_doc[d]) > 1 for i in chunks_by_doc[d]}
     )
     if not needed:
         return [[chunk_ids[chunks_by_doc[d][0]] for d in q["positive_doc_ids"]] for q in queries]
-    bm25 = build_bm25(chunks, bm25_params)
+    # records are in corpus order, so ascending ``needed`` is ascending positions: row r is needed[r]'s scores
+    bm25 = bm25_row_scorer(chunks.texts(), chunks.n_chunks, [chunks.positions[i] for i in needed], bm25_params)
     dense = load_dense(model_params)
     q_vecs = dense.encode_queries([q["query"] for q in queries])
     row = {ci: r for r, ci in enumerate(needed)}
-    c_vecs = dense.encode_passages([chunks[i]["text"] for i in needed])
+    c_vecs = dense.encode_passages([records[i]["text"] for i in needed])
     bm25_cache: dict[int, np.ndarray] = {}
 
     def bm25_scorer(qi: int, idx: list[int]) -> np.ndarray:
-        if qi not in bm25_cache:  # one query's scores over the whole corpus, kept while its documents are aligned
+        if qi not in bm25_cache:  # one query's scores, kept while its documents are aligned
             bm25_cache.clear()
-            bm25_cache[qi] = bm25.scores(queries[qi]["query"])
-        return bm25_cache[qi][idx]
+            bm25_cache[qi] = bm25(queries[qi]["query"])
+        return bm25_cache[qi][[row[i] for i in idx]]
 
     def dense_scorer(qi: int, idx: list[int]) -> np.ndarray:
         return c_vecs[[row[i] for i in idx]] @ q_vecs[qi]

@@ -65,7 +65,8 @@ def mix_generated(
 ) -> Mixed:
     """Split ``generated`` into held-out rows (for the labeled splits that are empty) and capped training pairs.
 
-    ``splits`` are the labeled splits, ``chunk_docs`` maps every chunk id to its document. Held-out chunks are
+    ``splits`` are the labeled splits, ``chunk_docs`` maps chunk ids to their documents (at least every
+    chunk a generated question names: a chunk missing from it is a stale question). Held-out chunks are
     drawn (seeded by ``pairs.seed``) among the chunks with a generated question that is no labeled training
     question's positive; dev and test chunks are disjoint. Returns nothing but zero counts when ``generated`` is
     empty, so a run without generated questions is the run it was before.

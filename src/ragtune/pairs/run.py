@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from ragtune.console import warn
-from ragtune.io import read_jsonl, read_nonempty_jsonl, write_json, write_jsonl
+from ragtune.io import iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
 from ragtune.pairs.align import positive_chunks
 from ragtune.pairs.checks import validate
+from ragtune.pairs.corpus import ChunkSlice
 from ragtune.pairs.generated import describe_generated, mix_generated, read_generated, split_source
 from ragtune.pairs.split import SPLITS, split_queries
-from ragtune.pairs.synthetic import training_synthetic
+from ragtune.pairs.synthetic import training_synthetic, use_synthetic
 from ragtune.paths import Paths
 
 
@@ -34,13 +35,25 @@ def run_pairs(
     outputs = [*(paths.split(name) for name in SPLITS), paths.synthetic, paths.pairs_quarantine, paths.metrics("pairs")]
     for path in outputs:
         path.unlink(missing_ok=True)
-    docs = read_nonempty_jsonl(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
+    require_records(paths.documents, "Run the ingest stage first; it fails when it keeps no document.")
+    require_records(paths.chunks, "Run the chunk stage first.")
     queries = read_jsonl(paths.queries)  # may be empty: without labeled questions, pairs are synthetic only
-    chunks = read_nonempty_jsonl(paths.chunks, "Run the chunk stage first.")
+    generated = read_generated(paths.questions)
 
     plan = split_queries(
         queries, float(pairs_params["dev_ratio"]), float(pairs_params["test_ratio"]), int(pairs_params["seed"])
     )
+    syn_p = pairs_params["synthetic"]
+    # Self-supervised pairs are drawn from every document; otherwise only the chunks and documents that questions
+    # name are held (a corpus of 1.8 million chunks is streamed past, not loaded).
+    every_chunk = use_synthetic(syn_p["enabled"], len(plan.splits["train"]), int(syn_p["min_labeled_train"]))
+    if every_chunk:
+        docs = read_jsonl(paths.documents)
+        chunks = ChunkSlice.whole(read_jsonl(paths.chunks))
+    else:
+        named_docs = {d for q in queries for d in q["positive_doc_ids"]}
+        named_chunks = {q["chunk_id"] for q in generated}
+        chunks = ChunkSlice.read(paths.chunks, lambda c: c["doc_id"] in named_docs or c["chunk_id"] in named_chunks)
     aligned = positive_chunks(queries, chunks, model_params, bm25_params)
     by_qid = {q["query_id"]: a for q, a in zip(queries, aligned, strict=True)}
     splits = {
@@ -57,17 +70,24 @@ def run_pairs(
         for name in SPLITS
     }
     n_labeled = {name: len(rows) for name, rows in splits.items()}
-    generated = read_generated(paths.questions)
-    chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks}
+    chunk_docs = {c["chunk_id"]: c["doc_id"] for c in chunks.records}
     mixed = mix_generated(generated, splits, chunk_docs, pairs_params, paths.questions)
     splits.update(mixed.heldout)
-    synthetic, syn_counts = training_synthetic(docs, chunks, splits, pairs_params, mixed.held_out_chunks)
+    synthetic: list[dict[str, Any]] = []
+    syn_counts: dict[str, int] = {}
+    if every_chunk:
+        synthetic, syn_counts = training_synthetic(docs, chunks.records, splits, pairs_params, mixed.held_out_chunks)
     mixed.counts["dropped_self_supervised_from_held_out_chunks"] = syn_counts.get("dropped_from_held_out_chunk", 0)
     n_self_supervised = len(synthetic)
     synthetic += mixed.train
+    if not every_chunk:  # the documents the checks below look up: every pair's positives
+        named = {
+            d for pair in [*synthetic, *(q for rows in splits.values() for q in rows)] for d in pair["positive_doc_ids"]
+        }
+        docs = [doc for _, doc in iter_jsonl(paths.documents) if doc["doc_id"] in named]
 
     # The leak check raises before anything is written: a leaked split never reaches the training stages.
-    report = validate(splits, synthetic, {c["chunk_id"]: c for c in chunks}, {d["doc_id"]: d for d in docs})
+    report = validate(splits, synthetic, chunks.by_id(), {d["doc_id"]: d for d in docs})
     report["synthetic"]["by_kind_and_drops"] = dict(sorted(syn_counts.items()))
     report["split_sources"] = plan.sources
     report["quarantined"] = plan.quarantined
@@ -96,7 +116,7 @@ def run_pairs(
         f"labeled + {n_self_supervised} synthetic pairs"
     )
     return {
-        "read": f"{len(queries)} labeled queries, {len(chunks)} chunks"
+        "read": f"{len(queries)} labeled queries, {chunks.n_chunks} chunks"
         + (f", {len(generated)} generated questions" if generated else ""),
         "wrote": wrote + describe_generated(mixed) if generated else wrote,
     }
