@@ -144,3 +144,29 @@ def test_dense_auto_decides_on_the_measured_encode_time():
     assert fits.use and fits.estimated_encode_s == 100.0 and "within" in fits.why
     over = decide_dense("auto", 3, 1_875_511, 1800, lambda: 12.0)  # ~43 h
     assert not over.use and "over" in over.why and "43.4 h" in over.why and over.rule == "negatives.dense auto"
+
+
+def test_a_streamed_corpus_holds_only_named_texts_and_mines_the_same_groups(tmp_path):
+    """The stage reads chunks in a stream (MiningCorpus.read): it keeps the texts of the pairs' positives, finds
+    other texts by digest, and fetches only the chosen negatives' texts; the groups equal those of the whole list."""
+    from ragtune.io import write_jsonl
+    from ragtune.mining import MiningCorpus
+
+    copy = {"chunk_id": "faq#0", "doc_id": "faq", "text": CHUNKS[1]["text"]}  # leave#1's text, another document
+    chunks = [*CHUNKS, copy, *({"chunk_id": f"x{i}#0", "doc_id": f"x{i}", "text": f"Đăng ký mục {i} trên LamHR."}
+                                for i in range(30))]  # fmt: skip
+    write_jsonl(tmp_path / "chunks.jsonl", chunks)
+    ict = {**PAIR, "query_id": "q2", "positive_texts": ["Đăng ký nghỉ phép trên LamHR."]}
+    pairs = [PAIR, ict]
+    fetched: list[set[int]] = []
+    streamed = MiningCorpus.read(tmp_path / "chunks.jsonl", pairs)
+    read_texts = streamed.texts
+    streamed.texts = lambda wanted: fetched.append(wanted) or read_texts(wanted)  # type: ignore[method-assign]
+    assert streamed.text_of == {"leave#1": CHUNKS[1]["text"]}  # no other text is held
+    assert dict(streamed.doc_chunks) == {"leave": [0, 1]}
+    bm25 = BM25Index([c["chunk_id"] for c in chunks]).fit([c["text"] for c in chunks])
+    kwargs = {"n_bm25": 3, "n_dense": 0, "n_random": 3, "bm25_skip_top": 0, "bm25_max_ratio": 1.0, "seed": 1}
+    whole, whole_stats = build_groups(pairs, chunks, bm25, {}, **kwargs)
+    groups, stats = build_groups(pairs, streamed, bm25, {}, **kwargs)
+    assert groups == whole and stats == whole_stats
+    assert fetched == [{i for g in groups for i in map([c["chunk_id"] for c in chunks].index, g["neg_ids"])}]

@@ -20,15 +20,17 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragtune.console import warn
-from ragtune.io import EmptyInputError, read_jsonl, read_nonempty_jsonl, write_json, write_jsonl
-from ragtune.retrieval import BM25Index, build_bm25, cache_root, load_dense
+from ragtune.io import EmptyInputError, iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
+from ragtune.retrieval import BM25Index, bm25_settings, cache_root, load_dense
+from ragtune.text import text_digest
 
 if TYPE_CHECKING:
     from ragtune.paths import Paths
@@ -126,9 +128,72 @@ def descending(scores: np.ndarray, first: int = 64) -> Iterator[int]:
         k *= 4
 
 
+class MiningCorpus:
+    """What mining needs of every chunk, in one streamed pass and without the texts: ids, the first chunk of each
+    text (by :func:`~ragtune.text.text_digest`), the chunks of the documents the pairs name and the texts of their
+    positive chunks. The texts of the chosen negatives are fetched at the end (:meth:`texts`).
+
+    Why: at a million chunks, holding every chunk record, a text → index map and the id maps cost 4.8 GB; this
+    costs about a fifth of that, and the groups are the same.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[dict[str, Any]],
+        named_docs: Collection[str],
+        named_chunks: Collection[str],
+        fetch: Callable[[set[int]], dict[int, str]],
+    ):
+        self.ids: list[str] = []
+        self.first_of_text: dict[bytes, int] = {}
+        self.doc_chunks: dict[str, list[int]] = defaultdict(list)
+        self.index_of: dict[str, int] = {}  # the named chunks' positions
+        self.text_of: dict[str, str] = {}  # the named chunks' texts
+        for i, c in enumerate(chunks):
+            self.ids.append(c["chunk_id"])
+            self.first_of_text.setdefault(text_digest(c["text"]), i)
+            if c["doc_id"] in named_docs:
+                self.doc_chunks[c["doc_id"]].append(i)
+            if c["chunk_id"] in named_chunks:
+                self.index_of[c["chunk_id"]] = i
+                self.text_of[c["chunk_id"]] = c["text"]
+        self._fetch = fetch
+
+    @classmethod
+    def of(cls, chunks: Sequence[dict[str, Any]]) -> MiningCorpus:
+        """Every chunk of an in-memory list."""
+        return cls(
+            chunks,
+            {c["doc_id"] for c in chunks},
+            {c["chunk_id"] for c in chunks},
+            lambda wanted: {i: chunks[i]["text"] for i in wanted},
+        )
+
+    @classmethod
+    def read(cls, path: Path, pairs: Sequence[dict[str, Any]]) -> MiningCorpus:
+        """The chunks of JSONL file ``path``, streamed, holding the texts ``pairs`` need; fetching reads it again."""
+
+        def fetch(wanted: set[int]) -> dict[int, str]:
+            return {i: c["text"] for i, (_, c) in enumerate(iter_jsonl(path)) if i in wanted}
+
+        records = (c for _, c in iter_jsonl(path))
+        named_docs = {d for p in pairs for d in p["positive_doc_ids"]}
+        return cls(records, named_docs, {c for p in pairs for c in p["positive_chunk_ids"]}, fetch)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_of_text(self, text: str) -> int | None:
+        """The first chunk whose text is ``text``."""
+        return self.first_of_text.get(text_digest(text))
+
+    def texts(self, wanted: set[int]) -> dict[int, str]:
+        return self._fetch(wanted)
+
+
 def build_groups(
     pairs: Sequence[dict[str, Any]],
-    chunks: Sequence[dict[str, Any]],
+    corpus: MiningCorpus | Sequence[dict[str, Any]],
     bm25: BM25Index | None,
     dense_candidates: dict[str, list[tuple[str, float]]],
     *,
@@ -141,36 +206,28 @@ def build_groups(
 ) -> tuple[list[dict[str, Any]], Counter]:
     """Assemble groups from the three sources, applying the same-document guard to all of them.
 
-    Negatives are ordered dense, then BM25, then random: a trainer that takes only the first n uses the
+    ``corpus`` names the chunks the pairs' documents and positives come from (a list of chunk records is read
+    whole). Negatives are ordered dense, then BM25, then random: a trainer that takes only the first n uses the
     margin-filtered dense negatives first (lexical top hits are likelier to be unlabeled positives).
     """
+    if not isinstance(corpus, MiningCorpus):
+        corpus = MiningCorpus.of(corpus)
     rng = random.Random(seed)
-    ids = [c["chunk_id"] for c in chunks]
-    texts = [c["text"] for c in chunks]
-    chunk_text = dict(zip(ids, texts, strict=True))
-    text_to_idx: dict[str, int] = {}
-    for i, t in enumerate(texts):
-        text_to_idx.setdefault(t, i)
-    doc_chunks: dict[str, list[int]] = defaultdict(list)
-    for i, c in enumerate(chunks):
-        doc_chunks[c["doc_id"]].append(i)
-    id_to_idx = {cid: i for i, cid in enumerate(ids)}
-
     stats: Counter = Counter()
     groups = []
     from ragtune.console import track
 
     for p in track(pairs, "Mining negatives", total=len(pairs)):
-        pos_texts = _positive_texts(p, chunk_text)
-        excluded = {i for d in p["positive_doc_ids"] for i in doc_chunks.get(d, [])}
-        excluded |= {text_to_idx[t] for t in pos_texts if t in text_to_idx}
+        pos_texts = _positive_texts(p, corpus.text_of)
+        excluded = {i for d in p["positive_doc_ids"] for i in corpus.doc_chunks.get(d, [])}
+        excluded |= {i for i in map(corpus.index_of_text, pos_texts) if i is not None}
         chosen: list[int] = []
         sources: list[str] = []
 
         if n_dense:
             taken = 0
             for text, _score in dense_candidates.get(p["query_id"], []):
-                i = text_to_idx.get(text)
+                i = corpus.index_of_text(text)
                 if i is None or i in excluded or i in chosen:
                     if i is not None and i in excluded:
                         stats["dense_dropped_same_document"] += 1
@@ -183,7 +240,7 @@ def build_groups(
 
         if n_bm25 and bm25 is not None:
             scores = bm25.scores(p["query"])
-            pos_idx = [id_to_idx[c] for c in p["positive_chunk_ids"] if c in id_to_idx]
+            pos_idx = [corpus.index_of[c] for c in p["positive_chunk_ids"] if c in corpus.index_of]
             pos_score = max((float(scores[i]) for i in pos_idx), default=0.0)
             taken = 0
             for rank, i in enumerate(descending(scores)):
@@ -206,7 +263,7 @@ def build_groups(
             taken, tries = 0, 0
             while taken < n_random and tries < 50 * n_random:
                 tries += 1
-                i = rng.randrange(len(ids))
+                i = rng.randrange(len(corpus))
                 if i in excluded or i in chosen:
                     continue
                 chosen.append(i)
@@ -223,11 +280,14 @@ def build_groups(
                 "query": p["query"],
                 "pos": pos_texts,
                 "pos_ids": list(p["positive_chunk_ids"]),
-                "neg": [texts[i] for i in chosen],
-                "neg_ids": [ids[i] for i in chosen],
+                "neg": chosen,  # positions until every group is built: their texts are fetched in one pass
+                "neg_ids": [corpus.ids[i] for i in chosen],
                 "neg_sources": sources,
             }
         )
+    texts = corpus.texts({i for g in groups for i in g["neg"]})
+    for g in groups:
+        g["neg"] = [texts[i] for i in g["neg"]]
     return groups, stats
 
 
@@ -265,11 +325,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def encode_rate(dense: Any, texts: Sequence[str], batch_size: int) -> float:
-    """Passages per second of ``dense`` on a sample of ``texts`` (one warm-up batch, then two timed batches, spread
-    over the corpus so that their lengths are typical), as ``mine_hard_negatives`` encodes them."""
-    step = max(1, len(texts) // (3 * batch_size))
-    sample = [texts[i] for i in range(0, len(texts), step)][: 3 * batch_size]
+def encode_rate(dense: Any, corpus: MiningCorpus, batch_size: int) -> float:
+    """Passages per second of ``dense`` on a sample of the corpus's texts (one warm-up batch, then two timed batches,
+    spread over the corpus so that their lengths are typical), as ``mine_hard_negatives`` encodes them."""
+    step = max(1, len(corpus) // (3 * batch_size))
+    picked = list(range(0, len(corpus), step))[: 3 * batch_size]
+    texts = corpus.texts(set(picked))
+    sample = [texts[i] for i in picked]
     warm, timed = sample[:batch_size], sample[batch_size:] or sample
     dense.model.encode(warm, prompt=dense.passage_prompt, batch_size=batch_size, show_progress_bar=False)
     start = time.perf_counter()
@@ -283,7 +345,7 @@ def run_negatives(
     """The negatives stage: training pairs (train + synthetic, those with a positive) and chunks → the embedder's
     training groups and ``metrics/negatives.json``."""
     n = negatives_params
-    chunks = read_nonempty_jsonl(paths.chunks, "Run the chunk stage first.")
+    require_records(paths.chunks, "Run the chunk stage first.")
     pairs = read_jsonl(paths.train) + read_jsonl(paths.synthetic)
     pairs = [p for p in pairs if p["positive_chunk_ids"]]
     if not pairs:
@@ -292,18 +354,23 @@ def run_negatives(
             "negatives for, nor to train on. Label questions (`ingest.queries`) or set "
             "`pairs.synthetic.enabled: true` in params.yaml, and run pairs again."
         )
-    chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
+    corpus = MiningCorpus.read(paths.chunks, pairs)
 
-    bm25 = build_bm25(chunks, bm25_params) if int(n["n_bm25"]) else None
+    def all_texts() -> Iterator[str]:  # streamed from the file again: a million texts are not held
+        return (c["text"] for _, c in iter_jsonl(paths.chunks))
+
+    bm25 = None
+    if int(n["n_bm25"]):
+        bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, len(corpus))).fit(all_texts())
     dense_candidates, dense_stats = {}, {}
     loaded: list[Any] = []
 
     def probe() -> float:
         loaded.append(load_dense(model_params))
-        return encode_rate(loaded[0], [c["text"] for c in chunks], int(model_params["batch_size"]))
+        return encode_rate(loaded[0], corpus, int(model_params["batch_size"]))
 
     mode = {True: "on", False: "off"}.get(n["dense"], n["dense"])  # YAML reads a bare on/off as a boolean
-    decision = decide_dense(str(mode), int(n["n_dense"]), len(chunks), float(n["dense_budget_s"]), probe)
+    decision = decide_dense(str(mode), int(n["n_dense"]), len(corpus), float(n["dense_budget_s"]), probe)
     if not decision.use and decision.estimated_encode_s is not None:
         warn(
             f"{decision.rule}: {decision.why}: dense mining is off; BM25 and random negatives are mined. Set "
@@ -313,7 +380,7 @@ def run_negatives(
         dense = loaded[0] if loaded else load_dense(model_params)
         dense_candidates, dense_stats = mine_dense(
             pairs,
-            [c["text"] for c in chunks],
+            list(all_texts()),  # the encoder takes the corpus as one list
             dense.model,
             # over-fetch: same-document chunks are removed afterwards
             num_candidates=int(n["n_dense"]) * 3 + 5,
@@ -322,13 +389,13 @@ def run_negatives(
             relative_margin=float(n["dense_relative_margin"]),
             query_prompt=dense.query_prompt,
             passage_prompt=dense.passage_prompt,
-            chunk_text=chunk_text,
+            chunk_text=corpus.text_of,
             batch_size=int(model_params["batch_size"]),
             cache_folder=str(cache_root() / "mining"),
         )
     groups, stats = build_groups(
         pairs,
-        chunks,
+        corpus,
         bm25,
         dense_candidates,
         n_bm25=int(n["n_bm25"]),
@@ -353,6 +420,6 @@ def run_negatives(
         },
     )
     return {
-        "read": f"{len(pairs)} training pairs, {len(chunks)} chunks",
+        "read": f"{len(pairs)} training pairs, {len(corpus)} chunks",
         "wrote": f"{len(groups)} groups with {n_neg} negatives",
     }

@@ -165,11 +165,13 @@ class BM25Index:
     k1: float = 1.5
     b: float = 0.75
 
-    def fit(self, texts: Sequence[str]) -> BM25Index:
-        self.tokenizer = resolve_tokenizer(self.tokenizer, len(texts))
+    def fit(self, texts: Iterable[str]) -> BM25Index:
+        """Index ``texts``, one per id: a sequence, or a stream of ``len(ids)`` texts (read from a file: with the
+        ``bm25s`` backend the corpus's texts are never all in memory)."""
+        self.tokenizer = resolve_tokenizer(self.tokenizer, len(self.ids))
         if self.backend == "bm25s":  # streamed: one batch of token strings in memory at a time
-            return self._fit_bm25s(iter_token_batches(texts, self.tokenizer))
-        return self.fit_tokens(bm25_tokenize_many(texts, self.tokenizer))
+            return self._fit_bm25s(iter_token_batches(texts, self.tokenizer, n_texts=len(self.ids)))
+        return self.fit_tokens(bm25_tokenize_many(list(texts), self.tokenizer))
 
     def _fit_bm25s(self, batches: Iterable[list[list[str]]]) -> BM25Index:
         from ragtune.bm25_matrix import bm25s_retriever, build_bm25_matrix
@@ -432,12 +434,12 @@ def to_doc_ranking(ranking: Ranking, chunk_to_doc: dict[str, str]) -> Ranking:
 def build_bm25(chunks: Sequence[dict[str, Any]], params: dict[str, Any]) -> BM25Index:
     """BM25 over chunk texts, configured by the ``bm25:`` params section (``tokenizer: auto`` resolved on the number
     of chunks; a caller indexing a subset passes the corpus's resolved tokenizer, as search does)."""
-    return BM25Index(ids=[c["chunk_id"] for c in chunks], **_bm25_settings(params, len(chunks))).fit(
+    return BM25Index(ids=[c["chunk_id"] for c in chunks], **bm25_settings(params, len(chunks))).fit(
         [c["text"] for c in chunks]
     )
 
 
-def _bm25_settings(params: dict[str, Any], n_texts: int) -> dict[str, Any]:
+def bm25_settings(params: dict[str, Any], n_texts: int) -> dict[str, Any]:
     """:class:`BM25Index`'s settings from the ``bm25:`` params section, for an index of ``n_texts`` texts."""
     return {
         "tokenizer": resolve_tokenizer(params.get("tokenizer", "auto"), n_texts),
@@ -456,7 +458,7 @@ def bm25_row_scorer(
     ``rank_bm25`` backend builds its full index."""
     from ragtune.bm25_matrix import build_bm25_subset
 
-    index = BM25Index(ids=[], **_bm25_settings(params, n_texts))
+    index = BM25Index(ids=[], **bm25_settings(params, n_texts))
     rows = sorted(set(keep))
     if index.backend == "bm25s":
         batches = iter_token_batches(texts, index.tokenizer, n_texts=n_texts)

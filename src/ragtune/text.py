@@ -14,6 +14,7 @@ spurious variation, each handled here as a pure function:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from typing import Literal
@@ -353,3 +354,9 @@ def decode_bytes(data: bytes) -> tuple[str, str]:
             "save it as UTF-8"
         )
     return text, encoding
+
+
+def text_digest(text: str) -> bytes:
+    """A 16-byte BLAKE2b digest: two texts share one only if they are equal (a collision is 2^-64 likely at 4
+    billion texts). Lets a stage remember which texts it has seen without holding them."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()

@@ -7,7 +7,6 @@ rules and duplicate detection are the same for a Markdown file and a CSV row.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import statistics
 from collections import Counter
@@ -19,13 +18,7 @@ from ragtune.ingest.fields import first_line_title, is_id_title, json_safe, pars
 from ragtune.ingest.readers import read_failure
 from ragtune.ingest.tables import Table, read_table
 from ragtune.io import JsonlSink
-from ragtune.text import normalize_text, normalize_text_with_flags
-
-
-def text_digest(text: str) -> bytes:
-    """A 16-byte BLAKE2b digest: two texts share one only if they are equal (a collision is 2^-64 likely at 4
-    billion documents)."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+from ragtune.text import normalize_text, normalize_text_with_flags, text_digest
 
 
 class IngestRun:
