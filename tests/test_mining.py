@@ -170,3 +170,18 @@ def test_a_streamed_corpus_holds_only_named_texts_and_mines_the_same_groups(tmp_
     groups, stats = build_groups(pairs, streamed, bm25, {}, **kwargs)
     assert groups == whole and stats == whole_stats
     assert fetched == [{i for g in groups for i in map([c["chunk_id"] for c in chunks].index, g["neg_ids"])}]
+
+
+def test_no_copy_of_a_positive_text_is_a_negative():
+    """A chunk whose text equals a positive's answers the query as well as the positive does, whichever document it
+    sits in. Before, only the first chunk with that text was excluded: later copies could be drawn (here, with BM25's
+    ratio guard off and every chunk drawable at random, they were)."""
+    copies = [{"chunk_id": f"faq{i}#0", "doc_id": f"faq{i}", "text": CHUNKS[1]["text"]} for i in range(3)]
+    chunks = [*copies, *CHUNKS]  # a copy comes before the positive itself, two after
+    bm25 = BM25Index([c["chunk_id"] for c in chunks]).fit([c["text"] for c in chunks])
+    for seed in range(20):
+        groups, _ = build_groups(
+            [PAIR], chunks, bm25, {}, n_bm25=3, n_dense=0, n_random=4, bm25_skip_top=0, bm25_max_ratio=9.0, seed=seed
+        )
+        assert not any(n.startswith("faq") for n in groups[0]["neg_ids"])
+        assert len(groups[0]["neg_ids"]) == 4  # the four chunks of other documents: bm25 and random take them all

@@ -149,9 +149,12 @@ class MiningCorpus:
         self.doc_chunks: dict[str, list[int]] = defaultdict(list)
         self.index_of: dict[str, int] = {}  # the named chunks' positions
         self.text_of: dict[str, str] = {}  # the named chunks' texts
+        self.copies: dict[bytes, list[int]] = {}  # the later chunks of a text that occurs more than once
         for i, c in enumerate(chunks):
             self.ids.append(c["chunk_id"])
-            self.first_of_text.setdefault(text_digest(c["text"]), i)
+            digest = text_digest(c["text"])
+            if self.first_of_text.setdefault(digest, i) != i:
+                self.copies.setdefault(digest, []).append(i)
             if c["doc_id"] in named_docs:
                 self.doc_chunks[c["doc_id"]].append(i)
             if c["chunk_id"] in named_chunks:
@@ -187,6 +190,12 @@ class MiningCorpus:
         """The first chunk whose text is ``text``."""
         return self.first_of_text.get(text_digest(text))
 
+    def same_text(self, text: str) -> list[int]:
+        """Every chunk whose text is ``text``."""
+        digest = text_digest(text)
+        first = self.first_of_text.get(digest)
+        return [] if first is None else [first, *self.copies.get(digest, [])]
+
     def texts(self, wanted: set[int]) -> dict[int, str]:
         return self._fetch(wanted)
 
@@ -220,7 +229,7 @@ def build_groups(
     for p in track(pairs, "Mining negatives", total=len(pairs)):
         pos_texts = _positive_texts(p, corpus.text_of)
         excluded = {i for d in p["positive_doc_ids"] for i in corpus.doc_chunks.get(d, [])}
-        excluded |= {i for i in map(corpus.index_of_text, pos_texts) if i is not None}
+        excluded |= {i for t in pos_texts for i in corpus.same_text(t)}  # a copy of a positive is no negative
         chosen: list[int] = []
         sources: list[str] = []
 
