@@ -17,10 +17,11 @@ Random negatives keep easy contrast in the mix, so the model does not only see n
 
 from __future__ import annotations
 
+import collections
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ragtune.console import warn
-from ragtune.io import EmptyInputError, iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
+from ragtune.io import EmptyInputError, count_records, iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
 from ragtune.retrieval import BM25Index, bm25_settings, cache_root, load_dense
 from ragtune.text import text_digest
 
@@ -129,59 +130,70 @@ def descending(scores: np.ndarray, first: int = 64) -> Iterator[int]:
 
 
 class MiningCorpus:
-    """What mining needs of every chunk, in one streamed pass and without the texts: ids, the first chunk of each
-    text (by :func:`~ragtune.text.text_digest`), the chunks of the documents the pairs name and the texts of their
-    positive chunks. The texts of the chosen negatives are fetched at the end (:meth:`texts`).
+    """What mining needs of every chunk, without the texts: ids, the first chunk of each text (by
+    :func:`~ragtune.text.text_digest`) and its later copies, the chunks of the documents the pairs name and the texts
+    of their positive chunks. Chunks are added one at a time as a stream passes (:meth:`add`); the texts of the chosen
+    negatives are fetched at the end (:meth:`texts`).
 
     Why: at a million chunks, holding every chunk record, a text → index map and the id maps cost 4.8 GB; this
     costs about a fifth of that, and the groups are the same.
     """
 
     def __init__(
-        self,
-        chunks: Iterable[dict[str, Any]],
-        named_docs: Collection[str],
-        named_chunks: Collection[str],
-        fetch: Callable[[set[int]], dict[int, str]],
+        self, named_docs: Collection[str], named_chunks: Collection[str], fetch: Callable[[set[int]], dict[int, str]]
     ):
+        self.named_docs, self.named_chunks, self._fetch = named_docs, named_chunks, fetch
         self.ids: list[str] = []
         self.first_of_text: dict[bytes, int] = {}
+        self.copies: dict[bytes, list[int]] = {}  # the later chunks of a text that occurs more than once
         self.doc_chunks: dict[str, list[int]] = defaultdict(list)
         self.index_of: dict[str, int] = {}  # the named chunks' positions
         self.text_of: dict[str, str] = {}  # the named chunks' texts
-        self.copies: dict[bytes, list[int]] = {}  # the later chunks of a text that occurs more than once
-        for i, c in enumerate(chunks):
-            self.ids.append(c["chunk_id"])
-            digest = text_digest(c["text"])
-            if self.first_of_text.setdefault(digest, i) != i:
-                self.copies.setdefault(digest, []).append(i)
-            if c["doc_id"] in named_docs:
-                self.doc_chunks[c["doc_id"]].append(i)
-            if c["chunk_id"] in named_chunks:
-                self.index_of[c["chunk_id"]] = i
-                self.text_of[c["chunk_id"]] = c["text"]
-        self._fetch = fetch
+
+    def add(self, chunk: dict[str, Any]) -> str:
+        """Take the next chunk of the corpus; returns its text (so a BM25 index can be built from the same pass)."""
+        i, text = len(self.ids), chunk["text"]
+        self.ids.append(chunk["chunk_id"])
+        digest = text_digest(text)
+        if self.first_of_text.setdefault(digest, i) != i:
+            self.copies.setdefault(digest, []).append(i)
+        if chunk["doc_id"] in self.named_docs:
+            self.doc_chunks[chunk["doc_id"]].append(i)
+        if chunk["chunk_id"] in self.named_chunks:
+            self.index_of[chunk["chunk_id"]] = i
+            self.text_of[chunk["chunk_id"]] = text
+        return text
 
     @classmethod
     def of(cls, chunks: Sequence[dict[str, Any]]) -> MiningCorpus:
         """Every chunk of an in-memory list."""
-        return cls(
-            chunks,
+        corpus = cls(
             {c["doc_id"] for c in chunks},
             {c["chunk_id"] for c in chunks},
             lambda wanted: {i: chunks[i]["text"] for i in wanted},
         )
+        for c in chunks:
+            corpus.add(c)
+        return corpus
+
+    @classmethod
+    def for_pairs(cls, path: Path, pairs: Sequence[dict[str, Any]]) -> MiningCorpus:
+        """An empty corpus for the chunks of JSONL file ``path`` that holds the texts ``pairs`` need; the negatives'
+        texts are fetched from the file (only their lines are parsed)."""
+
+        def fetch(wanted: set[int]) -> dict[int, str]:
+            return {i: c["text"] for i, (_, c) in zip(sorted(wanted), iter_jsonl(path, only=wanted), strict=True)}
+
+        named_docs = {d for p in pairs for d in p["positive_doc_ids"]}
+        return cls(named_docs, {c for p in pairs for c in p["positive_chunk_ids"]}, fetch)
 
     @classmethod
     def read(cls, path: Path, pairs: Sequence[dict[str, Any]]) -> MiningCorpus:
-        """The chunks of JSONL file ``path``, streamed, holding the texts ``pairs`` need; fetching reads it again."""
-
-        def fetch(wanted: set[int]) -> dict[int, str]:
-            return {i: c["text"] for i, (_, c) in enumerate(iter_jsonl(path)) if i in wanted}
-
-        records = (c for _, c in iter_jsonl(path))
-        named_docs = {d for p in pairs for d in p["positive_doc_ids"]}
-        return cls(records, named_docs, {c for p in pairs for c in p["positive_chunk_ids"]}, fetch)
+        """:meth:`for_pairs`, filled from ``path`` in one streamed pass."""
+        corpus = cls.for_pairs(path, pairs)
+        for _, c in iter_jsonl(path):
+            corpus.add(c)
+        return corpus
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -363,14 +375,19 @@ def run_negatives(
             "negatives for, nor to train on. Label questions (`ingest.queries`) or set "
             "`pairs.synthetic.enabled: true` in params.yaml, and run pairs again."
         )
-    corpus = MiningCorpus.read(paths.chunks, pairs)
-
-    def all_texts() -> Iterator[str]:  # streamed from the file again: a million texts are not held
-        return (c["text"] for _, c in iter_jsonl(paths.chunks))
-
+    # One streamed pass fills the corpus and, with BM25 negatives, the index: a million texts are never held.
+    corpus = MiningCorpus.for_pairs(paths.chunks, pairs)
+    n_chunks = count_records(paths.chunks)
+    texts = (corpus.add(c) for _, c in iter_jsonl(paths.chunks))
     bm25 = None
     if int(n["n_bm25"]):
-        bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, len(corpus))).fit(all_texts())
+        bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, n_chunks)).fit(texts, n_texts=n_chunks)
+    else:
+        collections.deque(texts, maxlen=0)
+
+    def all_texts() -> Iterator[str]:  # read again: dense mining encodes the corpus as one list
+        return (c["text"] for _, c in iter_jsonl(paths.chunks))
+
     dense_candidates, dense_stats = {}, {}
     loaded: list[Any] = []
 

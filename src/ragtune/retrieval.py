@@ -165,13 +165,19 @@ class BM25Index:
     k1: float = 1.5
     b: float = 0.75
 
-    def fit(self, texts: Iterable[str]) -> BM25Index:
-        """Index ``texts``, one per id: a sequence, or a stream of ``len(ids)`` texts (read from a file: with the
-        ``bm25s`` backend the corpus's texts are never all in memory)."""
-        self.tokenizer = resolve_tokenizer(self.tokenizer, len(self.ids))
+    def fit(self, texts: Iterable[str], n_texts: int | None = None) -> BM25Index:
+        """Index ``texts``, one per id: a sequence, or a stream of ``n_texts`` texts (``len(ids)`` by default; a
+        caller may fill ``ids`` while the stream is read). With the ``bm25s`` backend a streamed corpus's texts are
+        never all in memory."""
+        n = len(self.ids) if n_texts is None else n_texts
+        self.tokenizer = resolve_tokenizer(self.tokenizer, n)
         if self.backend == "bm25s":  # streamed: one batch of token strings in memory at a time
-            return self._fit_bm25s(iter_token_batches(texts, self.tokenizer, n_texts=len(self.ids)))
-        return self.fit_tokens(bm25_tokenize_many(list(texts), self.tokenizer))
+            self._fit_bm25s(iter_token_batches(texts, self.tokenizer, n_texts=n))
+        else:
+            self.fit_tokens(bm25_tokenize_many(list(texts), self.tokenizer))
+        if len(self.ids) != n:
+            raise ValueError(f"BM25 index of {n} texts has {len(self.ids)} ids")
+        return self
 
     def _fit_bm25s(self, batches: Iterable[list[list[str]]]) -> BM25Index:
         from ragtune.bm25_matrix import bm25s_retriever, build_bm25_matrix
