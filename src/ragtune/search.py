@@ -114,6 +114,7 @@ class Searcher:
     access: AccessScale
     reranker: Any = None
     bm25_params: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict, repr=False)  # the index's manifest.json, as loaded
     bm25_cache: dict[int, BM25Index] = field(default_factory=dict, repr=False)
     load_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -172,6 +173,7 @@ class Searcher:
             access=AccessScale.from_params(manifest["access"]),
             reranker=reranker,
             bm25_params=manifest.get("bm25", {}),
+            manifest=manifest,
             load_seconds=time.perf_counter() - t0,
         )
 

@@ -66,11 +66,10 @@ class Service:
         ``pipeline`` overrides the one evaluate chose (``models/pipeline.json``).
         """
         pipeline = pipeline or Pipeline.load(paths.pipeline)
-        manifest_path = paths.index / "manifest.json"
-        if manifest_path.exists():
+        if (paths.index / "manifest.json").exists():
             searcher = Searcher.load(paths.index, pipeline, reranker_dir=paths.reranker)
             searcher.prepare()  # the level of a request that names none: ready before the first one
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = searcher.manifest
             embedder_dir = index_embedder_dir(paths.index, manifest)  # checked by Searcher.load
             model = searcher.embedder
             embedder = Embedder(
