@@ -127,12 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep each size's DVC project (outputs, cache)")
     ap.add_argument("--out", type=Path, default=ROOT / "metrics/benchmarks/scale_data.json")
     args = ap.parse_args(argv)
+    args.sources = [p.resolve() for p in args.sources]  # make_corpus runs from the repo root
+    missing = [str(p) for p in args.sources if not p.is_file()]
+    if missing:  # before hours of measuring, not after the first size
+        raise SystemExit(f"--sources: no such file: {', '.join(missing)} (run the pipeline on the sample first)")
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-    rows = [measure(int(n), args) | {"commit": commit.stdout.strip()} for n in args.docs.split(",")]
-    if args.out.exists():  # a curve is built a size at a time: rows of sizes not run now are kept
-        measured = {r["docs"] for r in rows}
-        kept = [r for r in json.loads(args.out.read_text(encoding="utf-8"))["rows"] if r["docs"] not in measured]
-        rows = sorted(kept + rows, key=lambda r: r["docs"])
+    for n in args.docs.split(","):  # each size's row is written when it is measured: a later failure keeps it
+        rows = save_row(args.out, measure(int(n), args) | {"commit": commit.stdout.strip()})
+    print(json.dumps([{k: r[k] for k in ("docs", "data_stages_s", "peak_rss_mib", "noop_repro_s")} for r in rows]))
+
+
+def save_row(out: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """Add ``row`` to ``out``, replacing the row of the same size: a curve is built a size at a time."""
+    rows = json.loads(out.read_text(encoding="utf-8"))["rows"] if out.exists() else []
+    rows = sorted([r for r in rows if r["docs"] != row["docs"]] + [row], key=lambda r: r["docs"])
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "protocol": "benchmarks/make_corpus.py --seed 0 corpus per size; dvc repro --single-item per data stage in a "
@@ -140,9 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         "goals_at_1875511_docs": GOALS,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    print(json.dumps([{k: r[k] for k in ("docs", "data_stages_s", "peak_rss_mib", "noop_repro_s")} for r in rows]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return rows
 
 
 if __name__ == "__main__":
