@@ -10,7 +10,7 @@ checks it against ``bm25s.BM25.index``), handed to a ``bm25s.BM25`` for scoring,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,11 +79,14 @@ class BM25Subset:
     rows: list[dict[int, np.float32]]
     vocab: dict[str, int]
 
-    def scores(self, tokens: list[str]) -> np.ndarray:
+    def scores(self, tokens: list[str], rows: Sequence[int] | None = None) -> np.ndarray:
+        """The scores of rows ``rows`` (default: every row) for a query of ``tokens``; only those rows are summed,
+        so a caller that needs a handful of rows per query does not pay for all of them."""
         ids = [self.vocab[t] for t in tokens if t in self.vocab]
-        out = np.zeros(len(self.rows), dtype=np.float32)
-        for i, row in enumerate(self.rows):
-            acc = np.float32(0.0)
+        picked = range(len(self.rows)) if rows is None else rows
+        out = np.zeros(len(picked), dtype=np.float32)
+        for i, r in enumerate(picked):
+            row, acc = self.rows[r], np.float32(0.0)
             for t in ids:
                 if t in row:
                     acc = acc + row[t]  # float32 + float32: rounded as bm25s's float32 accumulator rounds

@@ -17,7 +17,6 @@ Random negatives keep easy contrast in the mix, so the model does not only see n
 
 from __future__ import annotations
 
-import collections
 import random
 import time
 from collections import Counter, defaultdict
@@ -376,14 +375,14 @@ def run_negatives(
             "`pairs.synthetic.enabled: true` in params.yaml, and run pairs again."
         )
     # One streamed pass fills the corpus and, with BM25 negatives, the index: a million texts are never held.
-    corpus = MiningCorpus.for_pairs(paths.chunks, pairs)
-    n_chunks = count_records(paths.chunks)
-    texts = (corpus.add(c) for _, c in iter_jsonl(paths.chunks))
     bm25 = None
     if int(n["n_bm25"]):
+        corpus = MiningCorpus.for_pairs(paths.chunks, pairs)
+        n_chunks = count_records(paths.chunks)
+        texts = (corpus.add(c) for _, c in iter_jsonl(paths.chunks))
         bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, n_chunks)).fit(texts, n_texts=n_chunks)
     else:
-        collections.deque(texts, maxlen=0)
+        corpus = MiningCorpus.read(paths.chunks, pairs)
 
     def all_texts() -> Iterator[str]:  # read again: dense mining encodes the corpus as one list
         return (c["text"] for _, c in iter_jsonl(paths.chunks))

@@ -457,22 +457,22 @@ def bm25_settings(params: dict[str, Any], n_texts: int) -> dict[str, Any]:
 
 def bm25_row_scorer(
     texts: Iterable[str], n_texts: int, keep: Iterable[int], params: dict[str, Any]
-) -> Callable[[str], np.ndarray]:
-    """A query's BM25 scores for the texts at positions ``keep`` (ascending) of ``n_texts`` streamed ``texts``: what
-    :func:`build_bm25` over all of them would score there, without its index. With the ``bm25s`` backend only the
-    kept texts' rows are held (:func:`~ragtune.bm25_matrix.build_bm25_subset`, bit for bit the same scores); the
-    ``rank_bm25`` backend builds its full index."""
+) -> Callable[[str, Sequence[int]], np.ndarray]:
+    """BM25 scores of the texts at positions ``keep`` of ``n_texts`` streamed ``texts``: what :func:`build_bm25`
+    over all of them would score there, without its index. The scorer takes a query and row numbers into ``keep``
+    in ascending order (row ``r`` is the ``r``-th smallest kept position). With the ``bm25s`` backend only the kept
+    texts' rows are held and only the rows asked for are summed (:func:`~ragtune.bm25_matrix.build_bm25_subset`,
+    bit for bit the same scores); the ``rank_bm25`` backend builds its full index."""
     from ragtune.bm25_matrix import build_bm25_subset
 
-    index = BM25Index(ids=[], **bm25_settings(params, n_texts))
-    rows = sorted(set(keep))
-    if index.backend == "bm25s":
-        batches = iter_token_batches(texts, index.tokenizer, n_texts=n_texts)
-        subset = build_bm25_subset(batches, rows, index.k1, index.b)
-        return lambda query: subset.scores(bm25_tokenize(query, index.tokenizer))
-    index.ids = [str(i) for i in range(n_texts)]
-    index.fit(list(texts))
-    return lambda query: index.scores(query)[rows]
+    settings = bm25_settings(params, n_texts)
+    positions = sorted(set(keep))
+    if settings["backend"] == "bm25s":
+        batches = iter_token_batches(texts, settings["tokenizer"], n_texts=n_texts)
+        subset = build_bm25_subset(batches, positions, settings["k1"], settings["b"])
+        return lambda query, rows: subset.scores(bm25_tokenize(query, settings["tokenizer"]), rows)
+    index = BM25Index(ids=[str(i) for i in range(n_texts)], **settings).fit(texts)
+    return lambda query, rows: index.scores(query)[[positions[r] for r in rows]]
 
 
 @dataclass

@@ -76,13 +76,9 @@ def positive_chunks(
     q_vecs = dense.encode_queries([q["query"] for q in queries])
     row = {ci: r for r, ci in enumerate(needed)}
     c_vecs = dense.encode_passages([records[i]["text"] for i in needed])
-    bm25_cache: dict[int, np.ndarray] = {}
 
-    def bm25_scorer(qi: int, idx: list[int]) -> np.ndarray:
-        if qi not in bm25_cache:  # one query's scores, kept while its documents are aligned
-            bm25_cache.clear()
-            bm25_cache[qi] = bm25(queries[qi]["query"])
-        return bm25_cache[qi][[row[i] for i in idx]]
+    def bm25_scorer(qi: int, idx: list[int]) -> np.ndarray:  # only this document's rows are scored
+        return bm25(queries[qi]["query"], [row[i] for i in idx])
 
     def dense_scorer(qi: int, idx: list[int]) -> np.ndarray:
         return c_vecs[[row[i] for i in idx]] @ q_vecs[qi]
