@@ -183,6 +183,9 @@ class _DuplicateKey(ValueError):
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json.loads`` keeps the last of two equal keys; the first value would vanish without a trace."""
+    record = dict(pairs)
+    if len(record) == len(pairs):  # no key repeats (every row of a well-formed file): nothing to count
+        return record
     seen = Counter(k for k, _ in pairs)
     repeated = [k for k, n in seen.items() if n > 1]
     if repeated:
@@ -190,7 +193,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             f"key {repeated[0]!r} appears {seen[repeated[0]]} times in one object, so all but one value would be "
             "lost; rename the repeats"
         )
-    return dict(pairs)
+    return record
 
 
 def _header(names: list[str], path: Path) -> list[str]:
