@@ -293,3 +293,26 @@ def test_run_chunk_falls_back_to_exact_counts_when_words_do_not_add_up(tmp_path,
     run_chunk(model_p, chunk_p, 128, paths)
     assert paths.chunks.read_bytes() == fast
     assert len(warnings) == 1 and "chunking again with the tokenizer's exact counts" in warnings[0]
+
+
+def test_run_chunk_in_a_worker_pool_writes_the_bytes_of_one_process(tmp_path, tiny_embedder_path, monkeypatch):
+    """From PARALLEL_MIN_DOCS documents on, batches of documents go to worker processes, each with its own chunker;
+    the chunks file and metrics are the same bytes as chunking in-process, with batches cut mid-corpus."""
+    from ragtune import chunking
+
+    def run(name: str, workers: int, batch: int) -> tuple[bytes, bytes]:
+        monkeypatch.setenv("RAGTUNE_WORKERS", str(workers))
+        monkeypatch.setattr(chunking, "CHUNK_BATCH", batch)
+        paths, docs, model_p, chunk_p = _chunk_inputs(tmp_path / name, tiny_embedder_path)
+        copies = [{**d, "doc_id": f"{d['doc_id']}-{k}"} for k in range(3) for d in docs]
+        write_jsonl(paths.documents, copies)  # 3 × the topics: several batches of 2
+        run_chunk(model_p, chunk_p, 128, paths)
+        return paths.chunks.read_bytes(), paths.metrics("chunk").read_bytes()
+
+    one = run("one", 1, 1024)
+    used = []
+    real = chunking.ordered_map
+    monkeypatch.setattr(chunking, "ordered_map", lambda *a, **k: used.append(k["parallel"]) or real(*a, **k))
+    monkeypatch.setattr(chunking, "PARALLEL_MIN_DOCS", 1)
+    assert run("pool", 2, 2) == one
+    assert used == [True] and one[0].count(b"\n") > 6

@@ -109,3 +109,46 @@ def test_run_ingest_config_error_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(IngestError, match=r"ingest.documents\[2\].path.*'missing.csv'"):
         run_ingest(section, paths)
     assert not paths.documents.exists() and not paths.metrics("ingest").exists()
+
+
+def test_run_ingest_normalizes_a_large_table_in_a_worker_pool_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table source of PARALLEL_MIN_BYTES or more is normalized by worker processes a batch ahead; documents,
+    quarantine and metrics are the same bytes as in-process, with mojibake, both tone styles, string metadata, a
+    duplicate text, a too-short text and a malformed line spread over several batches."""
+    from ragtune.ingest import run as ingest_run
+    from ragtune.ingest import state
+
+    rows = [
+        {"id": f"D{i}", "title": f"Quy định {i} hòa giải", "text": f"Điều {i}.  Khỏe   mạnh\u00a0và thuỷ lợi. {BODY}",
+         "unit": f"Phòng  {i % 3}"}
+        for i in range(9)
+    ]  # fmt: skip
+    rows[3]["text"] = "Dá»±a trÃªn quy Ä‘á»‹nh cá»§a Luáº­t nÃ y, ngÆ°á»i lao Ä‘á»™ng Ä‘Æ°á»£c nghá»‰ phÃ©p."  # mojibake
+    rows[5]["text"] = rows[1]["text"]  # duplicate text
+    rows[7]["text"] = "ngắn"  # too short
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    lines.insert(4, '{"id": "broken", "text": "thiếu dấu ngoặc"')
+
+    def run(name: str, workers: int) -> list[bytes]:
+        monkeypatch.setenv("RAGTUNE_WORKERS", str(workers))
+        root = tmp_path / name
+        write(root / "src/docs.jsonl", "\n".join(lines) + "\n")
+        paths = Paths(root)
+        run_ingest(shipped_params("ingest", root="src", documents=["docs.jsonl"], queries=[]), paths)
+        files = (paths.documents, paths.ingest_quarantine, paths.metrics("ingest"))
+        return [p.read_bytes() for p in files]
+
+    one = run("one", 1)
+    used = []
+    real = state.ordered_map
+    monkeypatch.setattr(state, "ordered_map", lambda *a, **k: used.append(k["parallel"]) or real(*a, **k))
+    monkeypatch.setattr(ingest_run, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(ingest_run, "NORMALIZE_BATCH", 2)
+    assert run("pool", 2) == one
+    assert used == [True]
+    documents = one[0].decode()
+    assert "Dựa trên quy định" in documents and "Khỏe mạnh và thủy lợi" in documents and "Phòng 1" in documents
+    quarantine = one[1].decode()
+    assert all(reason in quarantine for reason in ("duplicate_text", "too_short", "malformed_json"))

@@ -18,11 +18,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ragtune.io import JsonlSink, count_lines, iter_jsonl, require_records, write_json
+from ragtune.io import JsonlSink, count_lines, dumps, iter_jsonl, require_records, write_json
+from ragtune.parallel import batched, ordered_map, workers
 from ragtune.params import ParamsError
 
 if TYPE_CHECKING:
     from ragtune.paths import Paths
+
+# Documents per task of the chunk stage's worker pool, and per tokenizer round trip (Chunker.chunk_documents).
+CHUNK_BATCH = 1024
+# The chunk stage chunks in a pool of worker processes from this many documents on: each worker loads the tokenizer
+# (1-3 s), which a small corpus would not win back. Every document is chunked on its own, so the bytes are the same.
+PARALLEL_MIN_DOCS = 20_000
 
 # Section headings: Markdown (ingest renders DOCX/HTML/PDF headings this way) and Vietnamese legal structure.
 _HEADING = re.compile(r"^(#{1,6}\s+\S.*|(?:Chương|CHƯƠNG|Mục|MỤC|Phần|PHẦN|Điều|ĐIỀU)\s+[\dIVXLCM]+[\.:]?(?:\s.*)?)$")
@@ -282,14 +289,19 @@ class Chunker:
                 c.n_tokens = n
         return out
 
-    def chunk_documents(self, documents: Iterable[dict[str, Any]], batch_size: int = 1024) -> Iterator[Chunk]:
+    def chunk_documents(
+        self, documents: Iterable[dict[str, Any]], batch_size: int = CHUNK_BATCH, first_index: int = 0
+    ) -> Iterator[Chunk]:
         """Every document's chunks, in order, the same as :meth:`chunk_document` one by one, with the tokenizer
         called a few times per ``batch_size`` documents instead of about five times per document.
 
         Per batch: one call counts every unit, title and heading; each document is chunked assuming every packed
         chunk fits (the per-unit sums are estimates); one call counts the chunks; a document where a chunk that
-        would have been checked does not fit is chunked again with exact checks. Memory holds one batch."""
-        for batch in _batched(documents, batch_size):
+        would have been checked does not fit is chunked again with exact checks. Memory holds one batch.
+        ``first_index`` is the first document's place in the corpus (a worker chunking one batch of a larger
+        stream): the verification sample (:meth:`_verify_batch`) is chosen by that place."""
+        self._checked_docs = first_index
+        for batch in batched(documents, batch_size):
             self._memo.clear()
             prepared = []
             for doc in batch:
@@ -343,17 +355,6 @@ class Chunker:
 
 class TokenCountMismatch(RuntimeError):
     """The word-additive token count differed from the tokenizer's: chunk again with exact counts."""
-
-
-def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def splits_on_whitespace(tokenizer: Any) -> bool:
@@ -565,14 +566,52 @@ class TokenStats:
         return sum(v for k, v in self.hist.items() if k > limit)
 
 
-def _write_chunks(chunker: Chunker, paths: Paths, check: Callable[[TokenStats], None]) -> tuple[int, TokenStats, int]:
+# The chunker of a chunk-stage worker process (set once by _init_chunk_worker; in-process, the stage's own).
+_worker_chunker: Chunker | None = None
+
+
+def _init_chunk_worker(
+    model_params: dict[str, Any], chunk_params: dict[str, Any], word_additive: bool, chunker: Chunker | None = None
+) -> None:
+    """Give this process its chunker: ``chunker`` when the stage chunks in-process, else one built from the params
+    (a worker: chunkers hold tokenizer closures, which do not pickle)."""
+    global _worker_chunker
+    if chunker is None:
+        from ragtune.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model_params["embedder"], revision=model_params.get("revision"))
+        chunker = chunker_for(tokenizer, model_params, chunk_params, word_additive)
+    _worker_chunker = chunker
+
+
+def _chunk_batch(job: tuple[int, list[dict[str, Any]]]) -> list[tuple[str, int, str]]:
+    """One batch's chunks as ``(doc_id, n_tokens, JSON line)``: serialized here, in the worker, because writing
+    was most of what the parent process did."""
+    first_index, documents = job
+    assert _worker_chunker is not None
+    chunks = _worker_chunker.chunk_documents(documents, first_index=first_index)
+    return [(c.doc_id, c.n_tokens, dumps(c.to_record())) for c in chunks]
+
+
+def _write_chunks(
+    chunker: Chunker,
+    paths: Paths,
+    check: Callable[[TokenStats], None],
+    worker_params: tuple[dict[str, Any], dict[str, Any], bool],
+) -> tuple[int, TokenStats, int]:
     """Stream documents.jsonl through ``chunker`` into chunks.jsonl; ``(documents, token statistics, most chunks of
-    one document)``. The file is published only if chunking finishes and ``check`` passes (JsonlSink)."""
+    one document)``. The file is published only if chunking finishes and ``check`` passes (JsonlSink).
+
+    From :data:`PARALLEL_MIN_DOCS` documents on, batches of :data:`CHUNK_BATCH` documents are chunked by a pool of
+    worker processes, each with a chunker built from ``worker_params`` (model params, chunk params, word_additive)
+    like ``chunker``, and written in document order: the same bytes as chunking in-process."""
     from ragtune.console import track
 
     stats = TokenStats()
     per_doc_max = run = 0
     last_doc = None
+    n_docs = count_lines(paths.documents)
+    parallel = n_docs >= PARALLEL_MIN_DOCS
     read = [0]
 
     def documents() -> Iterator[dict[str, Any]]:
@@ -580,14 +619,24 @@ def _write_chunks(chunker: Chunker, paths: Paths, check: Callable[[TokenStats], 
             read[0] += 1
             yield rec
 
+    jobs = ((i * CHUNK_BATCH, batch) for i, batch in enumerate(batched(documents(), CHUNK_BATCH)))
+    batches = ordered_map(
+        _chunk_batch,
+        jobs,
+        parallel=parallel,
+        initializer=_init_chunk_worker,
+        initargs=worker_params if parallel else (*worker_params, chunker),
+    )
+    label = f"Chunking ({min(workers(), 32)} processes)" if parallel and workers() > 1 else "Chunking"
     with JsonlSink(paths.chunks) as out:
-        for chunk in chunker.chunk_documents(track(documents(), "Chunking", total=count_lines(paths.documents))):
-            out.write(chunk.to_record())
-            stats.add(chunk.n_tokens)
-            if chunk.doc_id != last_doc:
-                run, last_doc = 0, chunk.doc_id
-            run += 1
-            per_doc_max = max(per_doc_max, run)
+        for batch in track(batches, label, total=-(-n_docs // CHUNK_BATCH)):
+            for doc_id, n_tokens, line in batch:
+                out.write_line(line)
+                stats.add(n_tokens)
+                if doc_id != last_doc:
+                    run, last_doc = 0, doc_id
+                run += 1
+                per_doc_max = max(per_doc_max, run)
         check(stats)
     return read[0], stats, per_doc_max
 
@@ -614,11 +663,11 @@ def run_chunk(
 
     try:
         chunker = chunker_for(tokenizer, model_params, chunk_params, word_additive=True)
-        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training)
+        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training, (model_params, chunk_params, True))
     except TokenCountMismatch as exc:
         warn(f"{exc}; chunking again with the tokenizer's exact counts (slower)")
         chunker = chunker_for(tokenizer, model_params, chunk_params)
-        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training)
+        docs, stats, per_doc_max = _write_chunks(chunker, paths, fits_training, (model_params, chunk_params, False))
     write_json(
         paths.metrics("chunk"),
         {

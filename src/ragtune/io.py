@@ -49,7 +49,11 @@ class JsonlSink:
         return self
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(dumps(record))
+        self.write_line(dumps(record))
+
+    def write_line(self, line: str) -> None:
+        """Write a record already serialized by :func:`dumps` (by a worker process, say), without its newline."""
+        self._fh.write(line)
         self._fh.write("\n")
         self.count += 1
 

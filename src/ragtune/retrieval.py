@@ -7,7 +7,6 @@ given per document while retrieval for RAG happens per chunk.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import itertools
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from ragtune.parallel import ordered_map, workers
 
 Ranking = dict[str, list[tuple[str, float]]]
 
@@ -91,14 +92,6 @@ def resolve_tokenizer(method: str, n_texts: int) -> Tokenizer:
     return method  # type: ignore[return-value]
 
 
-def workers() -> int:
-    """Processes for CPU-bound text work: the cores this process may run on (``RAGTUNE_WORKERS`` overrides)."""
-    if os.environ.get("RAGTUNE_WORKERS"):
-        return int(os.environ["RAGTUNE_WORKERS"])
-    affinity = getattr(os, "sched_getaffinity", None)  # Linux; macOS and Windows have only cpu_count
-    return len(affinity(0)) if affinity else os.cpu_count() or 1
-
-
 def _tokenize_batch(args: tuple[list[str], Tokenizer]) -> list[list[str]]:
     texts, method = args
     return [bm25_tokenize(t, method) for t in texts]
@@ -122,28 +115,9 @@ def iter_token_batches(
     stream = iter(texts)
     batches = ((batch, method) for batch in iter(lambda: list(itertools.islice(stream, size)), []))
     n_batches = -(-n // size)
-    n_workers = min(workers(), 32)
-    if n_workers < 2 or n < PARALLEL_MIN_TEXTS:
-        yield from track(map(_tokenize_batch, batches), f"BM25 tokenizing ({method})", total=n_batches)
-        return
-    import multiprocessing
-
-    # spawn, not fork: the parent may hold torch and tokenizer threads, which a forked child would inherit broken
-    with multiprocessing.get_context("spawn").Pool(n_workers) as pool:
-        label = f"BM25 tokenizing ({method}, {n_workers} processes)"
-        yield from track(_bounded_imap(pool, _tokenize_batch, batches, 2 * n_workers), label, total=n_batches)
-
-
-def _bounded_imap(pool: Any, fn: Callable[[Any], Any], items: Iterable[Any], window: int) -> Iterator[Any]:
-    """``pool.imap(fn, items)`` with at most ``window`` items in flight: ``imap`` reads its whole input ahead, which
-    for a streamed corpus is the corpus in memory."""
-    pending: collections.deque = collections.deque()
-    for item in items:
-        pending.append(pool.apply_async(fn, (item,)))
-        if len(pending) >= window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
+    parallel = n >= PARALLEL_MIN_TEXTS and workers() >= 2
+    label = f"BM25 tokenizing ({method}, {min(workers(), 32)} processes)" if parallel else f"BM25 tokenizing ({method})"
+    yield from track(ordered_map(_tokenize_batch, batches, parallel=parallel), label, total=n_batches)
 
 
 def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:

@@ -26,13 +26,20 @@ from ragtune.ingest.fields import as_id, first_line_title, text_cell, title_cell
 from ragtune.ingest.queries import ingest_queries, keep_query_ids
 from ragtune.ingest.readers import read_failure
 from ragtune.ingest.state import IngestRun, run_metrics
-from ragtune.ingest.tables import check_columns, read_table
+from ragtune.ingest.tables import Row, check_columns, read_table
 from ragtune.ingest.walk import READERS, FolderEntry, claimed_paths, file_metrics, walk_folder
 from ragtune.io import JsonlSink, write_json, write_jsonl
+from ragtune.parallel import batched
 from ragtune.paths import Paths
 
 # Wraps the file iteration: the stage passes a progress bar (ragtune.console.track), tests pass nothing.
 Track = Callable[[Iterable[tuple[SourceConfig, FolderEntry]], str], Iterator[tuple[SourceConfig, FolderEntry]]]
+
+
+# A table source of at least this many bytes (about 20,000 documents) is normalized by a pool of worker processes
+# (IngestRun.normalized_ahead); smaller ones in-process, where starting the workers would cost more than they save.
+PARALLEL_MIN_BYTES = 8 << 20
+NORMALIZE_BATCH = 512  # rows per task sent to a worker
 
 
 @dataclass
@@ -140,18 +147,25 @@ def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
     mapped = {column: name for name, column in columns.items()}
     has_id = columns["id"] in table.columns
     run.doc_read += run.reject_bad_rows(table, "document", src)
-    for row in table.rows:
+
+    def texts(row: Row) -> list[str]:  # what add_document will normalize: the text, the title, string metadata
+        rec = row.record
+        return [text_cell(rec.get(columns["text"]))[0] or "", title_cell(rec.get(columns["title"]))[0] or ""] + [
+            v for v in rec.values() if isinstance(v, str)
+        ]
+
+    def add_row(row: Row) -> None:
         where = f"{src}:{row.line}"
         rec = row.record
         if rec.get(columns["text"]) is None and columns["text"] not in rec:
             run.doc_read += 1
             run.reject("document", where, "missing_column", {**rec, "missing": columns["text"]})
-            continue
+            return
         doc_id = as_id(rec.get(columns["id"])) if has_id else f"{path.stem}:{row.line}"
         if doc_id is None:
             run.doc_read += 1
             run.reject("document", where, "missing_column", {**rec, "missing": columns["id"]})
-            continue
+            return
         text, problem = text_cell(rec.get(columns["text"]))
         title, title_problem = title_cell(rec.get(columns["title"]))
         if problem or title_problem:
@@ -159,9 +173,14 @@ def _ingest_table(run: IngestRun, source: SourceConfig) -> None:
             reason, column = ("text", columns["text"]) if problem else ("title", columns["title"])
             error = f"column {column!r} {problem or title_problem}; expected text (a list of strings is joined)"
             run.reject_document(doc_id, where, f"{reason}_not_a_string", {**rec, "error": error})
-            continue
+            return
         metadata = {mapped.get(k, k): v for k, v in rec.items() if mapped.get(k) not in ("id", "title", "text")}
         run.add_document(source, path, doc_id=doc_id, title=title, text=text, source=where, metadata=metadata, raw=rec)
+
+    parallel = path.stat().st_size >= PARALLEL_MIN_BYTES
+    for batch in run.normalized_ahead(batched(table.rows, NORMALIZE_BATCH), texts, parallel):
+        for row in batch:
+            add_row(row)
 
 
 def plan(config: IngestConfig) -> list[tuple[SourceConfig, FolderEntry]]:
