@@ -8,8 +8,8 @@ For each size it writes a corpus with benchmarks/make_corpus.py (seed 0, 3,000 p
 project beside it (this repo's dvc.yaml, stages/, src/ and params.yaml, with `ingest:` pointed at the corpus and
 `negatives.dense: off`: dense mining is measured by its own benchmark), and runs each data stage with
 `dvc repro --single-item STAGE`, as a user's `dvc repro` would (DVC's hashing and caching of the outputs are part of
-the cost). Per stage: wall time, documents/s and peak RSS (the stage's whole process tree, from wait4). Then the
-no-op `dvc repro negatives` (best of 3) and the disk taken by the outputs.
+the cost). Per stage: wall time, CPU seconds, documents/s and peak RSS (CPU and RSS of the stage's whole process
+tree, from wait4). Then the no-op `dvc repro negatives` (best of 3) and the disk taken by the outputs.
 
 The issue's goals at 1,875,511 documents on this 2-core machine: data stages ≤ 15 min in all, peak RSS ≤ 8 GB in any
 stage, no-op repro ≤ 5 s. Writes metrics/benchmarks/scale_data.json (one row per size, the curve) and prints each
@@ -36,9 +36,11 @@ STAGES = ("ingest", "chunk", "questions", "pairs", "negatives")
 GOALS = {"data_stages_s": 900, "peak_rss_mib": 8 * 1024, "noop_repro_s": 5}
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
-    """Run ``cmd`` and return (wall seconds, peak RSS in MiB of its process tree, output). RSS comes from wait4's
-    ru_maxrss, which Linux takes as the maximum over the child and the descendants it waited for."""
+def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str, float]:
+    """Run ``cmd`` and return (wall seconds, peak RSS in MiB of its process tree, output, CPU seconds of the tree).
+    RSS comes from wait4's ru_maxrss, which Linux takes as the maximum over the child and the descendants it waited
+    for; CPU is user + system time of the same tree: the work done, which moves less than wall time with this VM's
+    spells of slowness, and over wall time says how many cores a stage kept busy."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read() if proc.stdout else ""
@@ -47,7 +49,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     wall = time.perf_counter() - start
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{out[-4000:]}")
-    return wall, usage.ru_maxrss / 1024, out
+    return wall, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def make_corpus(docs: int, sources: list[Path], out: Path) -> dict[str, Any]:
@@ -92,10 +94,18 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
     dvc = [sys.executable, "-m", "dvc"]
     stages = {}
     for name in STAGES:
-        wall, rss, out = run_measured([*dvc, "repro", "--single-item", name], project, env)
+        wall, rss, out, cpu = run_measured([*dvc, "repro", "--single-item", name], project, env)
         line = next((ln.strip() for ln in out.splitlines() if ln.lstrip().startswith(f"[{name}]")), "")
-        stages[name] = {"seconds": round(wall, 1), "docs_per_s": round(docs / wall, 1), "peak_rss_mib": round(rss)}
-        print(f"{docs:>9} docs {name:<10} {wall:8.1f} s {docs / wall:10.1f} docs/s {rss:8.0f} MiB  {line}", flush=True)
+        stages[name] = {
+            "seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
+            "docs_per_s": round(docs / wall, 1),
+            "peak_rss_mib": round(rss),
+        }
+        print(
+            f"{docs:>9} docs {name:<10} {wall:8.1f} s {cpu:8.1f} cpu-s {docs / wall:9.1f} docs/s {rss:6.0f} MiB {line}",
+            flush=True,
+        )
     noop = min(run_measured([*dvc, "repro", "negatives"], project, env)[0] for _ in range(3))
     outputs = [p for p in (project / "data").rglob("*") if p.is_file()]
     row = {
@@ -104,6 +114,7 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
         "corpus_mean_chars": made["chars"]["mean"],
         "stages": stages,
         "data_stages_s": round(sum(s["seconds"] for s in stages.values()), 1),
+        "data_stages_cpu_s": round(sum(s["cpu_seconds"] for s in stages.values()), 1),
         "peak_rss_mib": max(s["peak_rss_mib"] for s in stages.values()),
         "noop_repro_s": round(noop, 2),
         "output_bytes": sum(p.stat().st_size for p in outputs),
