@@ -409,3 +409,50 @@ def test_a_file_that_is_not_rtf_is_quarantined(tmp_path: Path) -> None:
     documents, quarantine, _ = stage(tmp_path, ["docs"])
     assert [d["doc_id"] for d in documents] == ["ok"]
     assert quarantine[0]["reason"] == "unreadable_file" and "rename it to .txt" in quarantine[0]["record"]["error"]
+
+
+def test_a_large_folder_is_read_by_a_worker_pool_with_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From PARALLEL_MIN_FILES files a folder's files are extracted by worker processes a window ahead; documents,
+    quarantine and metrics are the same bytes as reading them here, with office formats, a corrupt file, a
+    duplicate, an unsupported entry and a table source interleaved in the output order."""
+    from ragtune.ingest import run as ingest_run
+
+    def corpus(root: Path) -> None:
+        docs = root / "corpus/docs"
+        docs.mkdir(parents=True)
+        make_pptx(docs / "b-slides.pptx")
+        make_odt(docs / "c-remote.odt")
+        write(docs / "d-leave.rtf", RTF)
+        write(docs / "e-broken.rtf", "not rtf at all")
+        write(docs / "f-copy.md", f"# Mục 0\n\n{BODY} Khỏe  mạnh, hòa giải số 0.")  # h0.md's text: a duplicate
+        write(docs / "g-notes.xyz", "unsupported")
+        for i in range(6):
+            write(docs / f"h{i}.md", f"# Mục {i}\n\n{BODY} Khỏe  mạnh, hòa giải số {i}.")
+        write(root / "corpus/quick.csv", "id,text\nQ1,Đặt phòng họp trên lịch chung ít nhất một ngày trước buổi họp.\n")
+
+    def run(workers: int) -> list[bytes]:  # the same root each time: error messages name the file's full path
+        monkeypatch.setenv("RAGTUNE_WORKERS", str(workers))
+        root = tmp_path / "repo"
+        shutil.rmtree(root, ignore_errors=True)
+        corpus(root)
+        stage(root, ["docs", "quick.csv"])
+        paths = Paths(root)
+        return [p.read_bytes() for p in (paths.documents, paths.ingest_quarantine, paths.metrics("ingest"))]
+
+    one = run(1)
+    used = []
+    real = ingest_run.ordered_map
+    monkeypatch.setattr(ingest_run, "ordered_map", lambda *a, **k: used.append(k["parallel"]) or real(*a, **k))
+    monkeypatch.setattr(ingest_run, "PARALLEL_MIN_FILES", 2)
+    assert run(2) == one
+    assert used == [True]
+    reasons = {q["source"].rsplit("/", 1)[-1]: q["reason"] for q in map(json.loads, one[1].decode().splitlines())}
+    assert reasons == {
+        "e-broken.rtf": "unreadable_file",
+        "g-notes.xyz": "unsupported_format:.xyz",
+        "h0.md": "duplicate_text",
+    }
+    kept = [json.loads(line)["doc_id"] for line in one[0].decode().splitlines()]
+    assert kept == ["b-slides", "c-remote", "d-leave", "f-copy", "h1", "h2", "h3", "h4", "h5", "Q1"]

@@ -24,12 +24,12 @@ from ragtune.ingest.config import (
 )
 from ragtune.ingest.fields import as_id, first_line_title, text_cell, title_cell
 from ragtune.ingest.queries import ingest_queries, keep_query_ids
-from ragtune.ingest.readers import read_failure
+from ragtune.ingest.readers import Extracted, read_failure
 from ragtune.ingest.state import IngestRun, run_metrics
 from ragtune.ingest.tables import Row, check_columns, read_table
 from ragtune.ingest.walk import READERS, FolderEntry, claimed_paths, file_metrics, walk_folder
 from ragtune.io import JsonlSink, write_json, write_jsonl
-from ragtune.parallel import batched
+from ragtune.parallel import batched, ordered_map
 from ragtune.paths import Paths
 
 # Wraps the file iteration: the stage passes a progress bar (ragtune.console.track), tests pass nothing.
@@ -40,6 +40,8 @@ Track = Callable[[Iterable[tuple[SourceConfig, FolderEntry]], str], Iterator[tup
 # (IngestRun.normalized_ahead); smaller ones in-process, where starting the workers would cost more than they save.
 PARALLEL_MIN_BYTES = 8 << 20
 NORMALIZE_BATCH = 512  # rows per task sent to a worker
+# Document folders with at least this many files to read are read by a pool of worker processes, a window ahead.
+PARALLEL_MIN_FILES = 64
 
 
 @dataclass
@@ -101,24 +103,57 @@ def _read_sidecar(run: IngestRun, source: SourceConfig) -> dict[str, dict[str, A
     return rows
 
 
-def _ingest_file(run: IngestRun, source: SourceConfig, path: Path, sidecar: dict[str, dict[str, Any]]) -> None:
+@dataclass
+class FileRead:
+    """What reading one folder file gave: its text and metadata, or why it could not be read. A value, not a raised
+    exception, so that a worker process can hand it back (and the order of the files is kept)."""
+
+    extracted: Extracted | None = None
+    unreadable: tuple[str, str] | None = None  # (reason, message): the file is not a document (corrupt, not text)
+    failure: tuple[str, str] | None = None  # read_failure's (reason, message): permissions, gone, an I/O error
+
+
+def read_file(path: Path) -> FileRead:
+    """Extract one folder file with its format's reader (pure: a worker process may run it)."""
+    try:
+        return FileRead(extracted=READERS[path.suffix.lower().lstrip(".")](path))
+    except UnreadableFile as exc:
+        return FileRead(unreadable=(exc.reason, str(exc)))
+    except OSError as exc:  # permissions, a file gone since the walk, an I/O error: this file only, the run goes on
+        return FileRead(failure=read_failure(exc))
+
+
+def _read_ahead(files: list[tuple[SourceConfig, FolderEntry]]) -> Iterator[FileRead | None]:
+    """:func:`read_file` of each folder file to be read, ``None`` for the other entries, in ``files`` order. From
+    :data:`PARALLEL_MIN_FILES` such files a pool of worker processes reads ahead (PDF and office extraction is
+    per-file Python); the results are the reader's either way, so the output is the same bytes."""
+    wanted = [entry.path for source, entry in files if source.is_folder and entry.reason is None]
+    reads = ordered_map(read_file, iter(wanted), parallel=len(wanted) >= PARALLEL_MIN_FILES)
+    for source, entry in files:
+        yield next(reads) if source.is_folder and entry.reason is None else None
+
+
+def _ingest_file(
+    run: IngestRun, source: SourceConfig, path: Path, sidecar: dict[str, dict[str, Any]], read: FileRead
+) -> None:
     fmt = path.suffix.lower().lstrip(".")
     rel = unicodedata.normalize("NFC", path.relative_to(source.path).as_posix())
     src = run.rel(path)
-    try:
-        extracted = READERS[fmt](path)
-    except UnreadableFile as exc:
+    if read.unreadable is not None:
+        reason, message = read.unreadable
         run.files_read += 1
         run.folder_files_read += 1
         run.doc_read += 1
-        run.reject("document", src, exc.reason, {"file": src, "error": str(exc)})
+        run.reject("document", src, reason, {"file": src, "error": message})
         sidecar.pop(rel, None)
         return
-    except OSError as exc:  # permissions, a file gone since the walk, an I/O error: this file only, the run goes on
-        reason, message = read_failure(exc)
+    if read.failure is not None:
+        reason, message = read.failure
         run.reject("file", src, reason, {"file": src, "error": f"{src}: {message}"})
         sidecar.pop(rel, None)
         return
+    extracted = read.extracted
+    assert extracted is not None
     run.files_read += 1
     run.folder_files_read += 1
     if extracted.warning:
@@ -217,13 +252,13 @@ def ingest(config: IngestConfig, track: Track | None = None, sink: JsonlSink | N
     # Sidecars first: a config error in any of them should stop the run before minutes of PDF parsing.
     sidecars = {s.key: _read_sidecar(run, s) for s in config.documents if s.is_folder and s.metadata}
     iterator = track(files, "ingest files") if track is not None else iter(files)
-    for source, entry in iterator:
+    for (source, entry), read in zip(iterator, _read_ahead(files), strict=True):
         if not source.is_folder:
             _ingest_table(run, source)
             continue
         run.files_seen += 1
-        if entry.reason is None:
-            _ingest_file(run, source, entry.path, sidecars.get(source.key, {}))
+        if read is not None:
+            _ingest_file(run, source, entry.path, sidecars.get(source.key, {}), read)
         else:
             _set_aside(run, entry, sidecars.get(source.key, {}))
     for source in config.documents:
