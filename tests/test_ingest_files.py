@@ -346,12 +346,17 @@ RTF = (
 )
 
 
+def office_files(docs: Path, slides: str = "slides", remote: str = "remote", leave: str = "leave") -> None:
+    """A new folder ``docs`` with a PPTX, an ODT and an RTF file of these names."""
+    docs.mkdir(parents=True)
+    make_pptx(docs / f"{slides}.pptx")
+    make_odt(docs / f"{remote}.odt")
+    write(docs / f"{leave}.rtf", RTF)
+
+
 def test_pptx_odt_and_rtf_are_read(tmp_path: Path) -> None:
     docs = tmp_path / "corpus/docs"
-    docs.mkdir(parents=True)
-    make_pptx(docs / "slides.pptx")
-    make_odt(docs / "remote.odt")
-    write(docs / "leave.rtf", RTF)
+    office_files(docs)
     documents, quarantine, metrics = stage(tmp_path, ["docs"])
     assert quarantine == []
     by_id = {d["doc_id"]: d for d in documents}
@@ -421,10 +426,7 @@ def test_a_large_folder_is_read_by_a_worker_pool_with_the_same_bytes(
 
     def corpus(root: Path) -> None:
         docs = root / "corpus/docs"
-        docs.mkdir(parents=True)
-        make_pptx(docs / "b-slides.pptx")
-        make_odt(docs / "c-remote.odt")
-        write(docs / "d-leave.rtf", RTF)
+        office_files(docs, "b-slides", "c-remote", "d-leave")
         write(docs / "e-broken.rtf", "not rtf at all")
         write(docs / "f-copy.md", f"# Mục 0\n\n{BODY} Khỏe  mạnh, hòa giải số 0.")  # h0.md's text: a duplicate
         write(docs / "g-notes.xyz", "unsupported")
