@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ragtune.io import JsonlSink, count_lines, dumps, iter_jsonl, require_records, write_json
-from ragtune.parallel import batched, ordered_map, workers
+from ragtune.parallel import batched, ordered_map, pool_size
 from ragtune.params import ParamsError
 
 if TYPE_CHECKING:
@@ -627,7 +627,8 @@ def _write_chunks(
         initializer=_init_chunk_worker,
         initargs=worker_params if parallel else (*worker_params, chunker),
     )
-    label = f"Chunking ({min(workers(), 32)} processes)" if parallel and workers() > 1 else "Chunking"
+    n_proc = pool_size(parallel)
+    label = f"Chunking ({n_proc} processes)" if n_proc > 1 else "Chunking"
     with JsonlSink(paths.chunks) as out:
         for batch in track(batches, label, total=-(-n_docs // CHUNK_BATCH)):
             for doc_id, n_tokens, line in batch:

@@ -26,6 +26,13 @@ def workers() -> int:
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
 
+def pool_size(parallel: bool) -> int:
+    """The processes :func:`ordered_map` runs ``fn`` in: :func:`workers` (at most 32) with a pool, else 1 (this one),
+    for progress labels that say how the work is spread."""
+    n_workers = min(workers(), 32)
+    return n_workers if parallel and n_workers >= 2 else 1
+
+
 def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
     """``items`` in lists of ``n`` (the last may be shorter), read lazily (Python 3.12's ``itertools.batched``)."""
     batch: list[T] = []
@@ -64,8 +71,8 @@ def ordered_map(
     here, so ``fn`` sees the same state either way. Results come in ``items`` order, with at most two items a
     worker in flight. An exception raised by ``fn`` in a worker is raised here, with its own type.
     """
-    n_workers = min(workers(), 32)
-    if not parallel or n_workers < 2:
+    n_workers = pool_size(parallel)
+    if n_workers == 1:
         if initializer is not None:
             initializer(*initargs)
         yield from map(fn, items)

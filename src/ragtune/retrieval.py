@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ragtune.parallel import ordered_map, workers
+from ragtune.parallel import batched, ordered_map, pool_size
 
 Ranking = dict[str, list[tuple[str, float]]]
 
@@ -101,9 +101,9 @@ def iter_token_batches(
     texts: Iterable[str], method: Tokenizer = "pyvi", n_texts: int | None = None
 ) -> Iterator[list[list[str]]]:
     """:func:`bm25_tokenize` of every text, in order, in batches of :data:`PARALLEL_BATCH`. Large inputs are
-    tokenized by a pool of :func:`workers` processes (pyvi is pure Python: threads would not help); the batches
-    come back in order, so the tokens are the same whatever the worker count. A consumer that turns each batch into
-    term ids holds one batch of strings at a time.
+    tokenized by a pool of :func:`ragtune.parallel.workers` processes (pyvi is pure Python: threads would not help);
+    the batches come back in order, so the tokens are the same whatever the worker count. A consumer that turns each
+    batch into term ids holds one batch of strings at a time.
 
     ``texts`` may be a stream (a generator reading a file) when ``n_texts`` says how many it holds: it is read one
     batch ahead of the workers (at most two batches a worker in flight), never whole.
@@ -112,12 +112,11 @@ def iter_token_batches(
 
     size = PARALLEL_BATCH
     n = len(texts) if n_texts is None else n_texts  # type: ignore[arg-type]
-    stream = iter(texts)
-    batches = ((batch, method) for batch in iter(lambda: list(itertools.islice(stream, size)), []))
-    n_batches = -(-n // size)
-    parallel = n >= PARALLEL_MIN_TEXTS and workers() >= 2
-    label = f"BM25 tokenizing ({method}, {min(workers(), 32)} processes)" if parallel else f"BM25 tokenizing ({method})"
-    yield from track(ordered_map(_tokenize_batch, batches, parallel=parallel), label, total=n_batches)
+    batches = ((batch, method) for batch in batched(texts, size))
+    parallel = n >= PARALLEL_MIN_TEXTS
+    n_proc = pool_size(parallel)
+    label = f"BM25 tokenizing ({method}, {n_proc} processes)" if n_proc > 1 else f"BM25 tokenizing ({method})"
+    yield from track(ordered_map(_tokenize_batch, batches, parallel=parallel), label, total=-(-n // size))
 
 
 def bm25_tokenize_many(texts: Sequence[str], method: Tokenizer = "pyvi") -> list[list[str]]:

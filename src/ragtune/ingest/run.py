@@ -127,10 +127,11 @@ def _read_ahead(files: list[tuple[SourceConfig, FolderEntry]]) -> Iterator[FileR
     """:func:`read_file` of each folder file to be read, ``None`` for the other entries, in ``files`` order. From
     :data:`PARALLEL_MIN_FILES` such files a pool of worker processes reads ahead (PDF and office extraction is
     per-file Python); the results are the reader's either way, so the output is the same bytes."""
-    wanted = [entry.path for source, entry in files if source.is_folder and entry.reason is None]
-    reads = ordered_map(read_file, iter(wanted), parallel=len(wanted) >= PARALLEL_MIN_FILES)
-    for source, entry in files:
-        yield next(reads) if source.is_folder and entry.reason is None else None
+    to_read = [source.is_folder and entry.reason is None for source, entry in files]
+    wanted = [entry.path for (_, entry), read in zip(files, to_read, strict=True) if read]
+    reads = ordered_map(read_file, wanted, parallel=len(wanted) >= PARALLEL_MIN_FILES)
+    for read in to_read:
+        yield next(reads) if read else None
 
 
 def _ingest_file(
