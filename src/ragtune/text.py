@@ -237,9 +237,8 @@ _NEWLINES = re.compile("\r\n|[\r\u2028\u2029\x0b\x0c\x85]")
 # C0/C1 control characters other than tab and newline carry no text and break tokenizers.
 _CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
 _BLANK_RUNS = re.compile(r"\n{3,}")
-_ODD_LINE_BREAKS_OR_INVISIBLE = re.compile(
-    "\r|[\u2028\u2029\x0b\x0c\x85]|[\u00ad\u200b\u200c\u200d\u2060\ufeff]|[\x00-\x08\x0e-\x1f\x7f-\x9f]"
-)
+# Anything the three substitutions above would change, found with one search.
+_ODD_LINE_BREAKS_OR_INVISIBLE = re.compile("|".join(p.pattern for p in (_NEWLINES, _INVISIBLE, _CONTROLS)))
 # Space characters to make one " ": a run of two or more, or a single one that is not " ".
 _SPACE_CHARS = "\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000"  # besides " "
 _SPACES_TO_FIX = re.compile(f"[ {_SPACE_CHARS}]{{2,}}|[{_SPACE_CHARS}]")
