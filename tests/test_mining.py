@@ -1,7 +1,10 @@
+import random
+
 import numpy as np
+import pytest
 
 from ragtune.mining import build_groups, mine_dense
-from ragtune.retrieval import BM25Index
+from ragtune.retrieval import BM25Index, DenseEncoder, Embedder
 
 CHUNKS = [
     {"chunk_id": "leave#0", "doc_id": "leave", "text": "Nghỉ phép năm: nhân viên có mười hai ngày phép mỗi năm."},
@@ -32,13 +35,11 @@ def test_groups_never_use_positive_document_chunks_as_negatives(tiny_embedder_pa
     dense, _stats = mine_dense(
         [PAIR],
         [c["text"] for c in CHUNKS],
-        model,
+        Embedder("tiny", model, DenseEncoder(model, "", use_cache=False), "query: ", "passage: "),
         num_candidates=4,
         range_min=0,
         range_max=5,
         relative_margin=0.0,
-        query_prompt="query: ",
-        passage_prompt="passage: ",
         chunk_text=chunk_text,
     )
     groups, _counts = build_groups(
@@ -185,3 +186,110 @@ def test_no_copy_of_a_positive_text_is_a_negative():
         )
         assert not any(n.startswith("faq") for n in groups[0]["neg_ids"])
         assert len(groups[0]["neg_ids"]) == 4  # the four chunks of other documents: bm25 and random take them all
+
+
+WORDS = [
+    "nghỉ",
+    "phép",
+    "năm",
+    "đăng",
+    "ký",
+    "khóa",
+    "đào",
+    "tạo",
+    "lương",
+    "thưởng",
+    "hợp",
+    "đồng",
+    "bảo",
+    "hiểm",
+    "xã",
+    "hội",
+    "máy",
+    "tính",
+    "mật",
+    "khẩu",
+    "công",
+    "ty",
+]
+
+
+@pytest.mark.parametrize("backend", ["faiss", "numpy"])
+# the tiny model's cosines lie in 0.93–0.98: margins of 0.5–1% keep some candidates and drop others
+@pytest.mark.parametrize(("range_min", "margin"), [(0, 0.005), (2, 0.0), (1, 0.01)])
+def test_dense_mining_follows_mine_hard_negatives(tiny_embedder_path, backend, range_min, margin):
+    """The stage's own mining (sharded encode, exact block search) gives what sentence-transformers'
+    mine_hard_negatives gives on the same model: the same candidates in the same order, the same scores, the same
+    statistics, with repeated query texts (their positives pooled), pairs with two positives and positives that are
+    not in the corpus."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    rng = random.Random(7)
+    corpus = list(dict.fromkeys(" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(90)))
+    chunk_text = {f"c{i}": t for i, t in enumerate(corpus)}
+    pairs = [  # a query is some of its positive's words, so that the positive ranks well and the margin matters
+        {"query_id": f"q{i}", "query": " ".join(corpus[3 * i].split()[:3]), "positive_chunk_ids": [f"c{3 * i}"]}
+        for i in range(12)
+    ]
+    pairs.append(dict(pairs[0], query_id="q0-again", positive_chunk_ids=["c5"]))  # a query text seen twice
+    pairs.append({"query_id": "two", "query": "mật khẩu máy tính", "positive_chunk_ids": ["c1", "c2"]})
+    pairs.append(
+        {
+            "query_id": "outside",
+            "query": "bảo hiểm",
+            "positive_texts": ["bảo hiểm y tế ngoài kho"],
+            "positive_chunk_ids": [],
+        }
+    )
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    ours, our_stats = mine_dense(
+        pairs,
+        corpus,
+        Embedder("tiny", model, DenseEncoder(model, "", batch_size=4, use_cache=False), "q: ", "p: "),
+        num_candidates=6,
+        range_min=range_min,
+        range_max=20,
+        relative_margin=margin,
+        chunk_text=chunk_text,
+        knn_backend=backend,
+    )
+
+    rows = {"anchor": [], "positive": []}
+    for p in pairs:
+        for text in p.get("positive_texts") or [chunk_text[c] for c in p["positive_chunk_ids"]]:
+            rows["anchor"].append(p["query"])
+            rows["positive"].append(text)
+    mined = mine_hard_negatives(
+        Dataset.from_dict(rows),
+        model,
+        corpus=corpus,
+        range_min=range_min,
+        range_max=20,
+        relative_margin=margin,
+        num_negatives=6,
+        sampling_strategy="top",
+        query_prompt="q: ",
+        corpus_prompt="p: ",
+        output_format="labeled-list",
+        output_scores=True,
+        batch_size=4,
+        verbose=False,
+    )
+    theirs: dict[str, list[tuple[str, float]]] = {}
+    by_query = {row["anchor"]: list(zip(row["positive"][1:], row["scores"][1:], strict=True)) for row in mined}
+    for p in pairs:
+        theirs.setdefault(p["query_id"], by_query.get(p["query"], []))
+    assert sum(map(len, ours.values())) > 20  # the rule keeps something to compare
+    assert {q: [t for t, _ in c] for q, c in ours.items()} == {q: [t for t, _ in c] for q, c in theirs.items()}
+    for q in ours:
+        np.testing.assert_allclose([s for _, s in ours[q]], [s for _, s in theirs[q]], atol=1e-5)
+    pos = [s[0] for s in mined["scores"]]
+    neg = [x for s in mined["scores"] for x in s[1:]]
+    assert our_stats == {
+        "dense_positive_score_mean": round(float(np.mean(pos)), 4),
+        "dense_negative_score_mean": round(float(np.mean(neg)), 4),
+    }
+    if margin:  # the margin dropped something, so the test reaches that rule
+        assert any(len(c) < 6 for c in ours.values())

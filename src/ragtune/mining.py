@@ -1,4 +1,4 @@
-"""Hard-negative mining: BM25 + base-dense (via sentence-transformers' ``mine_hard_negatives``) + random.
+"""Hard-negative mining: BM25 + base-dense (``mine_hard_negatives``' rule, exact search at corpus scale) + random.
 
 Each training pair becomes a FlagEmbedding-style group ``{"query", "pos": [...], "neg": [...]}``.
 
@@ -9,8 +9,8 @@ right answer away. Three guards apply to every source:
    answer the query), nor is any chunk whose text equals a positive.
 2. BM25: the top ``bm25.skip_top`` candidates are skipped, and a candidate scoring ≥ ``bm25.max_ratio`` × the
    positive's BM25 score is dropped as "too close to call".
-3. Dense: ``mine_hard_negatives`` with ``range_min`` and ``relative_margin`` (the NV-Retriever TopK-PercPos
-   rule): a candidate within ``relative_margin`` of the positive's similarity is dropped.
+3. Dense: sentence-transformers' ``mine_hard_negatives`` rule with ``range_min`` and ``relative_margin`` (the
+   NV-Retriever TopK-PercPos rule): a candidate within ``relative_margin`` of the positive's similarity is dropped.
 
 Random negatives keep easy contrast in the mix, so the model does not only see near-misses.
 """
@@ -29,7 +29,8 @@ import numpy as np
 
 from ragtune.console import warn
 from ragtune.io import EmptyInputError, count_records, iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
-from ragtune.retrieval import BM25Index, bm25_settings, cache_root, load_dense
+from ragtune.knn import DEFAULT_BACKEND, Backend, array_blocks, exact_top_k, order_rows
+from ragtune.retrieval import BM25Index, Embedder, bm25_settings, load_dense
 from ragtune.text import text_digest
 
 if TYPE_CHECKING:
@@ -43,66 +44,70 @@ def _positive_texts(pair: dict[str, Any], chunk_text: dict[str, str]) -> list[st
 def mine_dense(
     pairs: Sequence[dict[str, Any]],
     corpus_texts: Sequence[str],
-    model: Any,
+    dense: Embedder,
     *,
     num_candidates: int,
     range_min: int,
     range_max: int,
     relative_margin: float,
-    query_prompt: str,
-    passage_prompt: str,
     chunk_text: dict[str, str],
-    batch_size: int = 32,
-    cache_folder: str | None = None,
+    knn_backend: Backend = DEFAULT_BACKEND,
 ) -> tuple[dict[str, list[tuple[str, float]]], dict[str, float]]:
-    """Dense candidates per query id via ``mine_hard_negatives`` (best first, already margin-filtered).
+    """Dense candidates per query id, best first, margin-filtered, by the rule of sentence-transformers'
+    ``mine_hard_negatives`` (``sampling_strategy="top"``, ``relative_margin``), computed at corpus scale.
 
-    More candidates than needed are requested, because same-document chunks are removed afterwards (the
-    function only knows the explicit positive texts).
+    Why not that function: it holds the corpus's vectors in memory (twice, with FAISS) or scores up to 16,384
+    queries against the whole corpus in one matrix (131 GB at 2M chunks), and an encode it starts cannot resume.
+    Here the corpus is encoded through the embedder's sharded cache (:class:`ragtune.retrieval.DenseEncoder`: a
+    killed encode resumes at its last finished shard, and evaluate reads the same vectors) and searched exactly,
+    block by block (:func:`ragtune.knn.exact_top_k`). tests/test_mining.py checks the result against
+    ``mine_hard_negatives`` on the same model.
+
+    The rule: rows are (query, positive text); rows with the same query text are one query, and each of its
+    positives is masked for all of them; the corpus is deduplicated by text, positives included. Each query's best
+    ``range_max`` + (most rows of one query text) chunks are searched, its positives removed, and a chunk scoring
+    above (lowest positive score − |that| × ``relative_margin``) dropped (NV-Retriever's TopK-PercPos); of the rest,
+    ranks [``range_min``, ``range_max``) are candidates, the first ``num_candidates`` kept. More candidates than
+    needed are asked for, because same-document chunks are removed afterwards (this rule only knows positive texts).
     """
-    from datasets import Dataset
-    from sentence_transformers.util import mine_hard_negatives
-
-    rows = {"query_id": [], "anchor": [], "positive": []}
-    for p in pairs:
-        for text in _positive_texts(p, chunk_text):
-            rows["query_id"].append(p["query_id"])
-            rows["anchor"].append(p["query"])
-            rows["positive"].append(text)
-    if not rows["anchor"]:
+    rows = [(p["query_id"], p["query"], text) for p in pairs for text in _positive_texts(p, chunk_text)]
+    if not rows:
         return {}, {}
-    dataset = Dataset.from_dict({"anchor": rows["anchor"], "positive": rows["positive"]})
+    corpus = list(dict.fromkeys([*corpus_texts, *(text for _, _, text in rows)]))
+    row_of = {text: i for i, text in enumerate(corpus)}
+    queries = list(dict.fromkeys(query for _, query, _ in rows))
+    query_of = {query: i for i, query in enumerate(queries)}
+    positives: list[list[int]] = [[] for _ in queries]
+    for _, query, text in rows:
+        if row_of[text] not in positives[query_of[query]]:
+            positives[query_of[query]].append(row_of[text])
     range_max = min(range_max, len(corpus_texts) - 1)
     num_candidates = max(1, min(num_candidates, range_max - range_min))
-    mined = mine_hard_negatives(
-        dataset,
-        model,
-        anchor_column_name="anchor",
-        positive_column_name="positive",
-        corpus=list(corpus_texts),
-        range_min=range_min,
-        range_max=range_max,
-        relative_margin=relative_margin,
-        num_negatives=num_candidates,
-        sampling_strategy="top",
-        query_prompt=query_prompt or None,
-        corpus_prompt=passage_prompt or None,
-        output_format="labeled-list",
-        output_scores=True,
-        batch_size=batch_size,
-        verbose=False,
-        cache_folder=cache_folder,
-    )
-    by_anchor_pos: dict[tuple[str, str], list[tuple[str, float]]] = {}
-    pos_scores, neg_scores = [], []
-    for row in mined:
-        texts, scores = row["positive"], row["scores"]
-        pos_scores.append(scores[0])
-        neg_scores.extend(scores[1:])
-        by_anchor_pos[(row["anchor"], texts[0])] = list(zip(texts[1:], scores[1:], strict=True))
+
+    query_vecs = dense.encode_queries(queries)
+    corpus_vecs = dense.encode_passages(corpus)
+    positive_scores = [np.einsum("d,kd->k", query_vecs[q], corpus_vecs[rows_]) for q, rows_ in enumerate(positives)]
+    most_rows = max(Counter(query for _, query, _ in rows).values())
+    scores, found = exact_top_k(query_vecs, array_blocks(corpus_vecs), range_max + most_rows, backend=knn_backend)
+    for q, pos in enumerate(positives):
+        lowest = float(positive_scores[q].min())
+        scores[q, np.isin(found[q], pos) | (scores[q] > lowest - abs(lowest) * relative_margin)] = -np.inf
+    scores, found = order_rows(scores, found, range_max)
+    scores = scores[:, range_min : range_min + num_candidates]
+    found = found[:, range_min : range_min + num_candidates]
+
+    candidates: list[list[tuple[str, float]]] = []
+    pos_scores: list[float] = []
+    neg_scores: list[float] = []
+    for q, pos in enumerate(positives):
+        kept = [(corpus[int(i)], float(s)) for i, s in zip(found[q], scores[q], strict=True) if s != -np.inf]
+        candidates.append(kept)
+        if kept:  # as mine_hard_negatives counts: one row per positive, its negatives repeated on each
+            pos_scores.extend(float(s) for s in positive_scores[q])
+            neg_scores.extend(s for _ in pos for _, s in kept)
     out: dict[str, list[tuple[str, float]]] = {}
-    for qid, anchor, pos in zip(rows["query_id"], rows["anchor"], rows["positive"], strict=True):
-        out.setdefault(qid, by_anchor_pos.get((anchor, pos), []))
+    for qid, query, _ in rows:
+        out.setdefault(qid, candidates[query_of[query]])
     stats = {
         "dense_positive_score_mean": round(float(np.mean(pos_scores)), 4) if pos_scores else 0.0,
         "dense_negative_score_mean": round(float(np.mean(neg_scores)), 4) if neg_scores else 0.0,
@@ -406,17 +411,13 @@ def run_negatives(
         dense_candidates, dense_stats = mine_dense(
             pairs,
             list(all_texts()),  # the encoder takes the corpus as one list
-            dense.model,
+            dense,
             # over-fetch: same-document chunks are removed afterwards
             num_candidates=int(n["n_dense"]) * 3 + 5,
             range_min=int(n["dense_range_min"]),
             range_max=int(n["dense_range_max"]),
             relative_margin=float(n["dense_relative_margin"]),
-            query_prompt=dense.query_prompt,
-            passage_prompt=dense.passage_prompt,
             chunk_text=corpus.text_of,
-            batch_size=int(model_params["batch_size"]),
-            cache_folder=str(cache_root() / "mining"),
         )
     groups, stats = build_groups(
         pairs,
