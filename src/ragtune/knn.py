@@ -23,6 +23,9 @@ import numpy as np
 
 Backend = Literal["faiss", "usearch", "numpy"]
 BACKENDS: tuple[Backend, ...] = ("faiss", "usearch", "numpy")
+# benchmarks/knn_backends.py, 3,000 queries × 2,023,481 chunks (384-d) on 2 cores: faiss 36 s, numpy 73 s, usearch's
+# exact search 464 s; faiss's rows equal numpy's on every query (usearch's on 99.6%: it reports 1 − q·x, whose
+# rounding reorders near-ties)
 DEFAULT_BACKEND: Backend = "faiss"
 BLOCK_ROWS = 65_536  # corpus rows searched at a time: 96 MiB of 384-d float32
 QUERY_ROWS = 1_024  # queries scored at a time by the numpy backend: a 1,024 × 65,536 float32 matrix is 256 MiB
