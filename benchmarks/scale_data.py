@@ -1,4 +1,4 @@
-"""The data stages at corpus scale: ingest → chunk → questions → pairs → negatives (BM25 only) on N documents.
+"""The data stages at corpus scale: ingest → chunk → bm25 → questions → pairs → negatives (BM25 only) on N documents.
 
 Usage (repo root, venv active, after `dvc repro ingest` so the sample's sentences exist):
     python benchmarks/scale_data.py --docs 10000,100000,1000000,1875511 [--work /tmp/ragtune-scale]
@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("ingest", "chunk", "questions", "pairs", "negatives")
+STAGES = ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
 GOALS = {"data_stages_s": 900, "peak_rss_mib": 8 * 1024, "noop_repro_s": 5}
 
 

@@ -87,5 +87,41 @@ def test_subset_scores_are_the_full_matrix_scores_of_its_documents(seed: int, ba
 def test_subset_refuses_a_position_past_the_stream() -> None:
     from ragtune.bm25_matrix import build_bm25_subset
 
-    with pytest.raises(IndexError, match="holds 2 documents"):
+    with pytest.raises(IndexError, match="corpus holds 2 documents"):
         build_bm25_subset([[["a"], ["b"]]], [2], 1.5, 0.75)
+
+
+def test_saved_counts_load_memory_mapped_and_give_the_same_bytes(tmp_path, monkeypatch) -> None:
+    """The bm25 stage's counts, saved and loaded memory-mapped, build the same matrix and the same subset rows as
+    counting the tokens in the stage itself; placed a few documents at a time as at corpus scale."""
+    import ragtune.bm25_matrix as bm
+
+    docs = corpus(4, 200)
+    counted = bm.TermCounts.count(docs[i : i + 9] for i in range(0, len(docs), 9))
+    counted.save(tmp_path)
+    loaded = bm.TermCounts.load(tmp_path)
+    assert isinstance(loaded.terms, np.memmap) and loaded.vocab == counted.vocab
+    monkeypatch.setattr(bm, "PLACE_DOCS", 7)
+    ours, once = loaded.matrix(1.5, 0.75), build_bm25_matrix([docs], 1.5, 0.75)
+    for name in ("data", "indices", "indptr"):
+        assert getattr(ours, name).tobytes() == getattr(once, name).tobytes()
+    keep = [0, 3, 5, 150, 199]
+    assert loaded.subset(keep, 1.5, 0.75).rows == bm.build_bm25_subset([docs], keep, 1.5, 0.75).rows
+
+
+def test_pairs_and_negatives_read_the_bm25_stage_counts_and_refuse_stale_ones(tmp_path) -> None:
+    from ragtune.errors import UserError
+    from ragtune.io import write_jsonl
+    from ragtune.retrieval import load_bm25_counts, run_bm25
+
+    chunks = tmp_path / "chunks.jsonl"
+    write_jsonl(chunks, [{"chunk_id": f"c{i}", "text": " ".join(d)} for i, d in enumerate(corpus(5, 40))])
+    params = {"tokenizer": "syllable"}
+    assert load_bm25_counts(tmp_path / "bm25", chunks, params, 40) is None  # the stage has not run: caller counts
+    run_bm25(params, chunks, tmp_path / "bm25")
+    assert load_bm25_counts(tmp_path / "bm25", chunks, params, 40).num_docs == 40
+    with pytest.raises(UserError, match="dvc repro bm25"):
+        load_bm25_counts(tmp_path / "bm25", chunks, {"tokenizer": "bigram"}, 40)  # another tokenizer
+    write_jsonl(chunks, [{"chunk_id": f"c{i}", "text": " ".join(d)} for i, d in enumerate(corpus(6, 40))])
+    with pytest.raises(UserError, match="another"):
+        load_bm25_counts(tmp_path / "bm25", chunks, params, 40)  # the chunks changed since

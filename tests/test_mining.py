@@ -131,6 +131,14 @@ def test_run_negatives_writes_groups_and_metrics(tmp_path, tiny_embedder_path):
     assert "dense_positive_score_mean" not in metrics and metrics["by_source"]["dense"] == 0
     assert metrics["by_source"]["bm25"] > 0
 
+    # with the bm25 stage's counts (what dvc repro runs): the same groups, BM25 negatives included
+    from ragtune.retrieval import run_bm25
+
+    counted_here = paths.train_groups.read_bytes()
+    run_bm25(shipped_params("bm25"), paths.chunks, paths.bm25_counts)
+    run_negatives({**negatives_p, "dense_budget_s": 1e-9}, model_p, shipped_params("bm25"), paths)
+    assert paths.train_groups.read_bytes() == counted_here
+
 
 def test_dense_auto_decides_on_the_measured_encode_time():
     from ragtune.mining import decide_dense

@@ -9,9 +9,11 @@ checks it against ``bm25s.BM25.index``), handed to a ``bm25s.BM25`` for scoring,
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -30,41 +32,110 @@ class BM25Matrix:
 
 def build_bm25_matrix(token_batches: Iterable[list[list[str]]], k1: float, b: float) -> BM25Matrix:
     """The Lucene-variant BM25 matrix of every document in ``token_batches`` (batches of token lists, in order)."""
-    vocab: dict[str, int] = {}
-    # per batch: each document's number of distinct terms, then (term, count) pairs in document order: 6 bytes a
-    # pair (the documents are rebuilt from the first array when the matrix is placed)
-    per_doc, terms, tfs, lengths = [], [], [], []
-    for batch in token_batches:
-        counted = _count_terms(batch, vocab)
-        per_doc.append(counted.per_doc)
-        terms.append(counted.terms)
-        tfs.append(counted.tfs)
-        lengths.append(counted.lengths)
-    n_vocab = len(vocab)
-    doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    df = np.zeros(n_vocab, dtype=np.int64)
-    for t in terms:
-        df += np.bincount(t, minlength=n_vocab)
-    avg_doc_len = doc_len.mean() if len(doc_len) else 0.0  # np.float64, as bm25s computes it
-    idf = lucene_idf(df, len(doc_len))
-    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
-    np.cumsum(df, out=indptr[1:])
-    data = np.empty(int(indptr[-1]), dtype=np.float32)
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    free = indptr[:-1].copy()  # next free slot of each column
-    first_doc_of_batch = 0
-    for n_terms, t, tf in zip(per_doc, terms, tfs, strict=True):
-        d = np.repeat(np.arange(first_doc_of_batch, first_doc_of_batch + len(n_terms), dtype=np.int32), n_terms)
-        first_doc_of_batch += len(n_terms)
-        scores = _term_scores(tf, doc_len[d], idf[t], avg_doc_len, k1, b)
-        order = np.argsort(t, kind="stable")  # by term; documents stay ascending within a term
-        t_sorted = t[order]
-        uniq, first, count = np.unique(t_sorted, return_index=True, return_counts=True)
-        pos = free[t_sorted] + (np.arange(len(t_sorted)) - np.repeat(first, count))
-        data[pos] = scores[order]
-        indices[pos] = d[order]
-        free[uniq] += count
-    return BM25Matrix(data, indices, indptr, len(doc_len), vocab)
+    return TermCounts.count(token_batches).matrix(k1, b)
+
+
+COUNT_FILES = ("per_doc", "terms", "tfs", "lengths")
+PLACE_DOCS = 8_192  # documents placed into the matrix at a time (bounds the placement's temporary arrays)
+
+
+@dataclass
+class TermCounts:
+    """What BM25 needs of a corpus, whatever k1 and b: each document's distinct term ids with their counts, each
+    document's length, and the vocabulary (term ids in order of first appearance).
+
+    The ``bm25`` stage counts the corpus once and saves these arrays (:meth:`save`); pairs and negatives load them
+    memory-mapped (:meth:`load`) instead of tokenizing two million chunks each. Every score is computed from them by
+    the same arithmetic as before, so the matrix and the subset are the same bytes whoever counted."""
+
+    per_doc: np.ndarray  # int32: each document's number of distinct terms
+    terms: np.ndarray  # int32 term ids, document by document, ascending within a document
+    tfs: np.ndarray  # their counts (uint16, int64 if a count reaches 65,536)
+    lengths: np.ndarray  # int64: each document's number of tokens
+    vocab: dict[str, int]
+
+    @classmethod
+    def count(cls, token_batches: Iterable[list[list[str]]]) -> TermCounts:
+        vocab: dict[str, int] = {}
+        parts = [_count_terms(batch, vocab) for batch in token_batches]
+
+        def joined(name: str, dtype: type) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, dtype=dtype)
+
+        return cls(
+            joined("per_doc", np.int32),
+            joined("terms", np.int32),
+            joined("tfs", np.uint16),
+            joined("lengths", np.int64),
+            vocab,
+        )
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.lengths)
+
+    def save(self, folder: Path) -> None:
+        """The arrays as .npy files and the vocabulary as ``vocab.json`` (a list in id order)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in COUNT_FILES:
+            np.save(folder / f"{name}.npy", getattr(self, name))
+        (folder / "vocab.json").write_text(json.dumps(list(self.vocab), ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path) -> TermCounts:
+        """The arrays memory-mapped (read as scoring needs them), the vocabulary in memory."""
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in COUNT_FILES}
+        terms = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        return cls(**arrays, vocab={t: i for i, t in enumerate(terms)})
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Document frequencies, idf, the end of each document's pairs and the mean length, as bm25s computes
+        them (the mean an ``np.float64``)."""
+        df = np.bincount(self.terms, minlength=len(self.vocab)).astype(np.int64)
+        ends = np.cumsum(self.per_doc, dtype=np.int64)
+        avg_doc_len = self.lengths.mean() if self.num_docs else 0.0
+        return df, lucene_idf(df, self.num_docs), ends, avg_doc_len
+
+    def matrix(self, k1: float, b: float) -> BM25Matrix:
+        """The term-major BM25 matrix, placed :data:`PLACE_DOCS` documents at a time."""
+        df, idf, ends, avg_doc_len = self._stats()
+        n_vocab = len(self.vocab)
+        indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+        np.cumsum(df, out=indptr[1:])
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        free = indptr[:-1].copy()  # next free slot of each column
+        doc_len = np.asarray(self.lengths)
+        for first in range(0, self.num_docs, PLACE_DOCS):
+            last = min(first + PLACE_DOCS, self.num_docs)
+            lo, hi = int(ends[first - 1]) if first else 0, int(ends[last - 1])
+            t = np.asarray(self.terms[lo:hi])
+            d = np.repeat(np.arange(first, last, dtype=np.int32), self.per_doc[first:last])
+            scores = _term_scores(np.asarray(self.tfs[lo:hi]), doc_len[d], idf[t], avg_doc_len, k1, b)
+            order = np.argsort(t, kind="stable")  # by term; documents stay ascending within a term
+            t_sorted = t[order]
+            uniq, first_of, count = np.unique(t_sorted, return_index=True, return_counts=True)
+            pos = free[t_sorted] + (np.arange(len(t_sorted)) - np.repeat(first_of, count))
+            data[pos] = scores[order]
+            indices[pos] = d[order]
+            free[uniq] += count
+        return BM25Matrix(data, indices, indptr, self.num_docs, dict(self.vocab))
+
+    def subset(self, keep: Iterable[int], k1: float, b: float) -> BM25Subset:
+        """The BM25 rows of documents ``keep`` (positions), in ascending position order, under the statistics of
+        every document."""
+        wanted = sorted(set(keep))
+        if wanted and wanted[-1] >= self.num_docs:
+            raise IndexError(f"document {wanted[-1]} asked for, but the corpus holds {self.num_docs} documents")
+        _, idf, ends, avg_doc_len = self._stats()
+        rows = []
+        for doc in wanted:
+            span = slice(int(ends[doc] - self.per_doc[doc]), int(ends[doc]))
+            terms, tf = np.asarray(self.terms[span]), np.asarray(self.tfs[span])
+            length = int(self.lengths[doc])
+            scores = _term_scores(tf, np.full(len(tf), length, dtype=np.int64), idf[terms], avg_doc_len, k1, b)
+            rows.append(dict(zip(terms.tolist(), scores, strict=True)))
+        return BM25Subset(rows, dict(self.vocab))
 
 
 @dataclass
@@ -96,37 +167,8 @@ class BM25Subset:
 
 def build_bm25_subset(token_batches: Iterable[list[list[str]]], keep: Iterable[int], k1: float, b: float) -> BM25Subset:
     """The BM25 rows of documents ``keep`` (positions in the stream), in ascending position order, with the idf and
-    mean length of every document in ``token_batches``. Memory: the vocabulary and one batch, whatever the size of
-    the corpus."""
-    wanted = sorted(set(keep))
-    vocab: dict[str, int] = {}
-    df = np.zeros(0, dtype=np.int64)
-    lengths = []
-    kept: list[tuple[np.ndarray, np.ndarray, int]] = []  # (terms, tfs, length) of each kept document
-    next_wanted, first_doc = 0, 0
-    for batch in token_batches:
-        counted = _count_terms(batch, vocab)
-        if len(df) < len(vocab):
-            df = np.concatenate([df, np.zeros(len(vocab) - len(df), dtype=np.int64)])
-        df += np.bincount(counted.terms, minlength=len(vocab))
-        lengths.append(counted.lengths)
-        ends = np.cumsum(counted.per_doc)
-        while next_wanted < len(wanted) and wanted[next_wanted] < first_doc + len(batch):
-            local = wanted[next_wanted] - first_doc
-            span = slice(int(ends[local] - counted.per_doc[local]), int(ends[local]))
-            kept.append((counted.terms[span], counted.tfs[span], int(counted.lengths[local])))
-            next_wanted += 1
-        first_doc += len(batch)
-    if next_wanted < len(wanted):
-        raise IndexError(f"document {wanted[next_wanted]} asked for, but the stream holds {first_doc} documents")
-    doc_len = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    avg_doc_len = doc_len.mean() if len(doc_len) else 0.0
-    idf = lucene_idf(df, first_doc)
-    rows = []
-    for terms, tf, length in kept:
-        scores = _term_scores(tf, np.full(len(tf), length, dtype=np.int64), idf[terms], avg_doc_len, k1, b)
-        rows.append(dict(zip(terms.tolist(), scores, strict=True)))
-    return BM25Subset(rows, vocab)
+    mean length of every document in ``token_batches``."""
+    return TermCounts.count(token_batches).subset(keep, k1, b)
 
 
 @dataclass

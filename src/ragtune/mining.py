@@ -30,7 +30,7 @@ import numpy as np
 from ragtune.console import warn
 from ragtune.io import EmptyInputError, count_records, iter_jsonl, read_jsonl, require_records, write_json, write_jsonl
 from ragtune.knn import DEFAULT_BACKEND, Backend, array_blocks, exact_top_k, order_rows
-from ragtune.retrieval import BM25Index, Embedder, bm25_settings, load_dense
+from ragtune.retrieval import BM25Index, Embedder, bm25_settings, load_bm25_counts, load_dense
 from ragtune.text import text_digest
 
 if TYPE_CHECKING:
@@ -384,8 +384,14 @@ def run_negatives(
     if int(n["n_bm25"]):
         corpus = MiningCorpus.for_pairs(paths.chunks, pairs)
         n_chunks = count_records(paths.chunks)
-        texts = (corpus.add(c) for _, c in iter_jsonl(paths.chunks))
-        bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, n_chunks)).fit(texts, n_texts=n_chunks)
+        bm25 = BM25Index(ids=corpus.ids, **bm25_settings(bm25_params, n_chunks))
+        counts = load_bm25_counts(paths.bm25_counts, paths.chunks, bm25_params, n_chunks)
+        if counts is not None and bm25.backend == "bm25s":  # the bm25 stage tokenized every chunk once, for both
+            for _, c in iter_jsonl(paths.chunks):
+                corpus.add(c)
+            bm25.fit_counts(counts)
+        else:
+            bm25.fit((corpus.add(c) for _, c in iter_jsonl(paths.chunks)), n_texts=n_chunks)
     else:
         corpus = MiningCorpus.read(paths.chunks, pairs)
 

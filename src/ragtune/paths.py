@@ -41,6 +41,11 @@ class Paths:
         return self._p("data", "chunks", "chunks.jsonl")
 
     @property
+    def bm25_counts(self) -> Path:
+        """The chunks' BM25 term counts (the bm25 stage): a folder of .npy arrays, the vocabulary and a manifest."""
+        return self._p("data", "bm25")
+
+    @property
     def questions(self) -> Path:
         """LLM-generated questions that passed every filter (the questions stage; empty when it is off)."""
         return self._p("data", "questions", "questions.jsonl")

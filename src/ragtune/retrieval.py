@@ -16,11 +16,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from ragtune.parallel import batched, ordered_map, pool_size
+
+if TYPE_CHECKING:
+    from ragtune.bm25_matrix import TermCounts
 
 Ranking = dict[str, list[tuple[str, float]]]
 
@@ -156,6 +159,17 @@ class BM25Index:
         from ragtune.bm25_matrix import bm25s_retriever, build_bm25_matrix
 
         self._engine = bm25s_retriever(build_bm25_matrix(batches, self.k1, self.b), self.k1, self.b)
+        return self
+
+    def fit_counts(self, counts: TermCounts) -> BM25Index:
+        """Index from the bm25 stage's term counts (the same matrix :meth:`fit` builds from the texts)."""
+        from ragtune.bm25_matrix import bm25s_retriever
+
+        if self.backend != "bm25s":
+            raise ValueError(f"term counts feed the bm25s backend, not {self.backend!r}")
+        if counts.num_docs != len(self.ids):
+            raise ValueError(f"BM25 term counts of {counts.num_docs} texts for {len(self.ids)} ids")
+        self._engine = bm25s_retriever(counts.matrix(self.k1, self.b), self.k1, self.b)
         return self
 
     def fit_tokens(self, tokens: list[list[str]]) -> BM25Index:
@@ -428,21 +442,87 @@ def bm25_settings(params: dict[str, Any], n_texts: int) -> dict[str, Any]:
     }
 
 
+BM25_MANIFEST = "manifest.json"
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_bm25(params: dict[str, Any], chunks: Path, out: Path) -> dict[str, str]:
+    """The bm25 stage: tokenize every chunk once (``bm25.tokenizer``, resolved on the chunk count) and save the term
+    counts that pairs and negatives build their BM25 from (:class:`~ragtune.bm25_matrix.TermCounts`), with a
+    manifest naming the tokenizer and the chunk file they were counted from."""
+    import json
+
+    from ragtune.bm25_matrix import TermCounts
+    from ragtune.io import count_records, iter_jsonl
+
+    n = count_records(chunks)
+    tokenizer = resolve_tokenizer(params.get("tokenizer", "auto"), n)
+    counts = TermCounts.count(iter_token_batches((c["text"] for _, c in iter_jsonl(chunks)), tokenizer, n_texts=n))
+    counts.save(out)
+    manifest = {
+        "tokenizer": tokenizer,
+        "documents": counts.num_docs,
+        "terms": len(counts.vocab),
+        "pairs": len(counts.terms),
+        "chunks_md5": _file_md5(chunks),
+    }
+    (out / BM25_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return {
+        "read": f"{n:,} chunks",
+        "wrote": f"BM25 term counts ({tokenizer}: {len(counts.vocab):,} terms, {len(counts.terms):,} pairs)",
+    }
+
+
+def load_bm25_counts(folder: Path, chunks: Path, params: dict[str, Any], n_chunks: int) -> TermCounts | None:
+    """The bm25 stage's counts of ``chunks``, memory-mapped; None when the stage has not run (a stage script run by
+    hand, a test), so the caller tokenizes itself. Counts of another chunk file or tokenizer are refused: their
+    scores would be silently wrong."""
+    import json
+
+    from ragtune.bm25_matrix import TermCounts
+    from ragtune.errors import UserError
+
+    if not (folder / BM25_MANIFEST).exists():
+        return None
+    manifest = json.loads((folder / BM25_MANIFEST).read_text(encoding="utf-8"))
+    tokenizer = resolve_tokenizer(params.get("tokenizer", "auto"), n_chunks)
+    if (
+        manifest["tokenizer"] != tokenizer
+        or manifest["documents"] != n_chunks
+        or manifest["chunks_md5"] != _file_md5(chunks)
+    ):
+        raise UserError(
+            f"{folder} holds BM25 counts of another {chunks} or tokenizer ({manifest['documents']:,} chunks, "
+            f"{manifest['tokenizer']}; now {n_chunks:,} chunks, {tokenizer}). Run `dvc repro bm25` (or "
+            f"`python stages/bm25.py`) first."
+        )
+    return TermCounts.load(folder)
+
+
 def bm25_row_scorer(
-    texts: Iterable[str], n_texts: int, keep: Iterable[int], params: dict[str, Any]
+    texts: Iterable[str], n_texts: int, keep: Iterable[int], params: dict[str, Any], counts: TermCounts | None = None
 ) -> Callable[[str, Sequence[int]], np.ndarray]:
     """BM25 scores of the texts at positions ``keep`` of ``n_texts`` streamed ``texts``: what :func:`build_bm25`
     over all of them would score there, without its index. The scorer takes a query and row numbers into ``keep``
     in ascending order (row ``r`` is the ``r``-th smallest kept position). With the ``bm25s`` backend only the kept
     texts' rows are held and only the rows asked for are summed (:func:`~ragtune.bm25_matrix.build_bm25_subset`,
-    bit for bit the same scores); the ``rank_bm25`` backend builds its full index."""
-    from ragtune.bm25_matrix import build_bm25_subset
+    bit for bit the same scores), from the bm25 stage's ``counts`` when given (``texts`` is then not read); the
+    ``rank_bm25`` backend builds its full index."""
+    from ragtune.bm25_matrix import TermCounts
 
     settings = bm25_settings(params, n_texts)
     positions = sorted(set(keep))
     if settings["backend"] == "bm25s":
-        batches = iter_token_batches(texts, settings["tokenizer"], n_texts=n_texts)
-        subset = build_bm25_subset(batches, positions, settings["k1"], settings["b"])
+        if counts is None:
+            counts = TermCounts.count(iter_token_batches(texts, settings["tokenizer"], n_texts=n_texts))
+        subset = counts.subset(positions, settings["k1"], settings["b"])
         return lambda query, rows: subset.scores(bm25_tokenize(query, settings["tokenizer"]), rows)
     index = BM25Index(ids=[str(i) for i in range(n_texts)], **settings).fit(texts)
     return lambda query, rows: index.scores(query)[[positions[r] for r in rows]]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ragtune.pairs.corpus import ChunkSlice
 from ragtune.retrieval import bm25_row_scorer, load_dense
+
+if TYPE_CHECKING:
+    from ragtune.bm25_matrix import TermCounts
 
 ScoreFn = Callable[[int, list[int]], np.ndarray]
 
@@ -52,9 +55,11 @@ def positive_chunks(
     chunks: ChunkSlice,
     model_params: dict[str, Any],
     bm25_params: dict[str, Any],
+    counts: TermCounts | None = None,
 ) -> list[list[str]]:
     """Each query's positive chunk ids, one per relevant document: :func:`align_positive_chunks` with BM25 (over
-    the whole corpus's statistics) and the base dense model (``model:`` params) as the two scorers.
+    the whole corpus's statistics: the bm25 stage's ``counts``, or the chunk texts streamed again) and the base
+    dense model (``model:`` params) as the two scorers.
 
     ``chunks`` must hold every chunk of the queries' relevant documents. Only relevant documents with several chunks
     need a choice, so only their chunks are embedded and given BM25 rows, and neither model is loaded when no
@@ -71,7 +76,7 @@ def positive_chunks(
     if not needed:
         return [[chunk_ids[chunks_by_doc[d][0]] for d in q["positive_doc_ids"]] for q in queries]
     # records are in corpus order, so ascending ``needed`` is ascending positions: row r is needed[r]'s scores
-    bm25 = bm25_row_scorer(chunks.texts(), chunks.n_chunks, [chunks.positions[i] for i in needed], bm25_params)
+    bm25 = bm25_row_scorer(chunks.texts(), chunks.n_chunks, [chunks.positions[i] for i in needed], bm25_params, counts)
     dense = load_dense(model_params)
     q_vecs = dense.encode_queries([q["query"] for q in queries])
     row = {ci: r for r, ci in enumerate(needed)}

@@ -14,6 +14,7 @@ from ragtune.pairs.generated import describe_generated, mix_generated, read_gene
 from ragtune.pairs.split import SPLITS, split_queries
 from ragtune.pairs.synthetic import training_synthetic, use_synthetic
 from ragtune.paths import Paths
+from ragtune.retrieval import load_bm25_counts
 
 
 def run_pairs(
@@ -54,7 +55,8 @@ def run_pairs(
         named_docs = {d for q in queries for d in q["positive_doc_ids"]}
         named_chunks = {q["chunk_id"] for q in generated}
         chunks = ChunkSlice.read(paths.chunks, lambda c: c["doc_id"] in named_docs or c["chunk_id"] in named_chunks)
-    aligned = positive_chunks(queries, chunks, model_params, bm25_params)
+    counts = load_bm25_counts(paths.bm25_counts, paths.chunks, bm25_params, chunks.n_chunks)
+    aligned = positive_chunks(queries, chunks, model_params, bm25_params, counts)
     by_qid = {q["query_id"]: a for q, a in zip(queries, aligned, strict=True)}
     splits = {
         name: [
