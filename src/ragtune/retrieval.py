@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import re
 import unicodedata
@@ -457,8 +458,6 @@ def run_bm25(params: dict[str, Any], chunks: Path, out: Path) -> dict[str, str]:
     """The bm25 stage: tokenize every chunk once (``bm25.tokenizer``, resolved on the chunk count) and save the term
     counts that pairs and negatives build their BM25 from (:class:`~ragtune.bm25_matrix.TermCounts`), with a
     manifest naming the tokenizer and the chunk file they were counted from."""
-    import json
-
     from ragtune.bm25_matrix import TermCounts
     from ragtune.io import count_records, iter_jsonl
 
@@ -484,8 +483,6 @@ def load_bm25_counts(folder: Path, chunks: Path, params: dict[str, Any], n_chunk
     """The bm25 stage's counts of ``chunks``, memory-mapped; None when the stage has not run (a stage script run by
     hand, a test), so the caller tokenizes itself. Counts of another chunk file or tokenizer are refused: their
     scores would be silently wrong."""
-    import json
-
     from ragtune.bm25_matrix import TermCounts
     from ragtune.errors import UserError
 
@@ -512,17 +509,20 @@ def bm25_row_scorer(
     """BM25 scores of the texts at positions ``keep`` of ``n_texts`` streamed ``texts``: what :func:`build_bm25`
     over all of them would score there, without its index. The scorer takes a query and row numbers into ``keep``
     in ascending order (row ``r`` is the ``r``-th smallest kept position). With the ``bm25s`` backend only the kept
-    texts' rows are held and only the rows asked for are summed (:func:`~ragtune.bm25_matrix.build_bm25_subset`,
-    bit for bit the same scores), from the bm25 stage's ``counts`` when given (``texts`` is then not read); the
+    texts' rows are built and only the rows asked for are summed (:class:`~ragtune.bm25_matrix.BM25Subset`, bit for
+    bit the same scores), from the bm25 stage's ``counts`` when given (``texts`` is then not read); the
     ``rank_bm25`` backend builds its full index."""
-    from ragtune.bm25_matrix import TermCounts
+    from ragtune.bm25_matrix import build_bm25_subset
 
     settings = bm25_settings(params, n_texts)
     positions = sorted(set(keep))
     if settings["backend"] == "bm25s":
+        k1, b = settings["k1"], settings["b"]
         if counts is None:
-            counts = TermCounts.count(iter_token_batches(texts, settings["tokenizer"], n_texts=n_texts))
-        subset = counts.subset(positions, settings["k1"], settings["b"])
+            batches = iter_token_batches(texts, settings["tokenizer"], n_texts=n_texts)
+            subset = build_bm25_subset(batches, positions, k1, b)
+        else:
+            subset = counts.subset(positions, k1, b)
         return lambda query, rows: subset.scores(bm25_tokenize(query, settings["tokenizer"]), rows)
     index = BM25Index(ids=[str(i) for i in range(n_texts)], **settings).fit(texts)
     return lambda query, rows: index.scores(query)[[positions[r] for r in rows]]
