@@ -25,6 +25,7 @@ from ragtune.parallel import batched, ordered_map, pool_size
 
 if TYPE_CHECKING:
     from ragtune.bm25_matrix import TermCounts
+    from ragtune.ray_encode import RaySettings
 
 Ranking = dict[str, list[tuple[str, float]]]
 
@@ -283,11 +284,19 @@ class DenseEncoder:
     (:class:`VectorShards`) of :attr:`shard_size` texts as they are encoded, so a killed encode resumes.
     """
 
-    def __init__(self, model: Any, fingerprint: str, batch_size: int = 32, use_cache: bool = True):
+    def __init__(
+        self,
+        model: Any,
+        fingerprint: str,
+        batch_size: int = 32,
+        use_cache: bool = True,
+        ray: RayEncoding | None = None,
+    ):
         self.model = model
         self.fingerprint = fingerprint
         self.batch_size = batch_size
         self.use_cache = use_cache
+        self.ray = ray  # encode the blocks on a Ray cluster instead of here (model.encode_on: ray)
         # a multiple of the encode block (batch_size × 8), so blocks, and so padding, are the same with or without
         # shards: the vectors do not depend on how the work was cut
         self.shard_size = batch_size * 8 * 32
@@ -310,13 +319,36 @@ class DenseEncoder:
         if missing:
             with progress() as bar:
                 task = bar.add_task(description, total=len(missing))
-                for start in range(0, len(missing), self.shard_size):
-                    part = missing[start : start + self.shard_size]
-                    new = self._encode_raw([t for _, t in part], prompt, lambda n: bar.advance(task, n))
+                shards = self._shards([t for _, t in missing], prompt, lambda n: bar.advance(task, n))
+                for start, new in shards:
+                    part = missing[start : start + len(new)]
                     cached.update(zip([h for h, _ in part], new, strict=True))
                     if self.use_cache:
                         store.add([h for h, _ in part], new)
         return np.stack([cached[h] for h in hashes]).astype(np.float32)
+
+    def _shards(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> Iterator[tuple[int, np.ndarray]]:
+        """(first text, vectors) of each shard of ``texts``, in order, encoded here or by Ray actors."""
+        if self.ray is None:
+            for start in range(0, len(texts), self.shard_size):
+                yield start, self._encode_raw(texts[start : start + self.shard_size], prompt, advance)
+            return
+        from ragtune.ray_encode import iter_encoded
+
+        block = self.batch_size * 8
+        vectors = iter_encoded(
+            [texts[start : start + block] for start in range(0, len(texts), block)],
+            model_path=self.ray.model_path,
+            max_seq_length=self.model.max_seq_length,
+            prompt=prompt,
+            batch_size=self.batch_size,
+            dim=self.model.get_sentence_embedding_dimension(),
+            settings=self.ray.settings,
+        )
+        for start in range(0, len(texts), self.shard_size):  # a shard is a whole number of blocks
+            shard = [next(vectors) for _ in range(-(-min(self.shard_size, len(texts) - start) // block))]
+            advance(sum(len(v) for v in shard))
+            yield start, np.concatenate(shard).astype(np.float32)
 
     def _encode_raw(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> np.ndarray:
         out = []
@@ -334,6 +366,14 @@ class DenseEncoder:
             )
             advance(len(block))
         return np.concatenate(out).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RayEncoding:
+    """``model.encode_on: ray``: the model folder the Ray actors load, and the cluster settings."""
+
+    model_path: str
+    settings: RaySettings
 
 
 @dataclass
@@ -553,10 +593,15 @@ def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
     name = name or params["embedder"]
     path = resolve_model(name, revision=revision)
     model = load_embedder(path, max_seq_length=params.get("max_seq_length"))
+    ray = None
+    if params.get("encode_on", "local") == "ray":
+        from ragtune.ray_encode import RaySettings
+
+        ray = RayEncoding(str(path), RaySettings.from_params(params))
     return Embedder(
         name=name,
         model=model,
-        encoder=DenseEncoder(model, model_fingerprint(path), batch_size=int(params.get("batch_size", 32))),
+        encoder=DenseEncoder(model, model_fingerprint(path), batch_size=int(params.get("batch_size", 32)), ray=ray),
         query_prompt=model_prompt(model, "query", params.get("query_prompt")),
         passage_prompt=model_prompt(model, "passage", params.get("passage_prompt")),
     )

@@ -82,6 +82,10 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "query_prompt": Str("prefix of queries; empty = the prompt stored in the model's config", null=True),
         "passage_prompt": Str("prefix of passages; empty = the model's own", null=True),
         "batch_size": Int("texts per encode batch at inference", low=1),
+        "encode_on": Choice("where dense encoding runs: local (this process) | ray (a Ray cluster)", "local", "ray"),
+        "ray_address": Str("encode_on ray: the cluster (auto = the one `ray start` made here; ray://host:10001)"),
+        "ray_actors": Int("encode_on ray: actors, each holding one model", low=1),
+        "ray_gpus_per_actor": Float("encode_on ray: GPUs each actor reserves", low=0),
     },
     "ingest": {
         "root": Str("input folder; source paths are relative to it", nonempty=True),
