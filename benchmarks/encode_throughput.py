@@ -8,9 +8,9 @@ Encodes the first ``--passages`` chunks of the chunk file (with the model's pass
 negatives stages do) once to warm up and then timed, in fp32 (what ragtune encodes with on a CPU today) and under
 bf16 autocast (what it trains with on a CPU that has native bf16). For each: passages/s, real tokens/s, model FLOP/s
 (2 × non-embedding parameters × padded tokens + attention; what the hardware computes) and that as a fraction of the
-matmul peak of the same dtype (square 2048 matmuls, best of 10), so the figure says how much of the machine encoding
-uses, not only how fast it is. bf16's cost in quality: the mean cosine between its vectors and fp32's, and how often
-the two agree on the nearest passage of each passage's own query-side encoding (its top 10 overlap).
+matmul peak of the same dtype (benchmarks/train_throughput.py's measure: square 2048 matmuls, best of 10), so the
+figure says how much of the machine encoding uses, not only how fast it is. bf16's cost in quality: the mean cosine
+between its vectors and fp32's, and the share of each passage's 10 nearest passages that both precisions agree on.
 
 Writes metrics/benchmarks/encode_throughput.json (keyed by device, so a GPU run adds its own entry).
 """
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from train_throughput import matmul_peak  # the same peak measure as the training benchmark (this script's folder)
 
 from ragtune.io import iter_jsonl
 from ragtune.models import load_embedder
@@ -34,24 +35,6 @@ from ragtune.retrieval import model_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "metrics" / "benchmarks" / "encode_throughput.json"
-
-
-def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 10) -> float:
-    """GFLOP/s of the best of ``reps`` square matmuls (the same measure as benchmarks/train_throughput.py)."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        best = max(best, 2 * n**3 / (time.perf_counter() - t))
-    return best / 1e9
 
 
 def forward_flops(model, texts: list[str], prompt: str, batch_size: int) -> tuple[float, int, int]:
