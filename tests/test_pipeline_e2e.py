@@ -15,7 +15,18 @@ from conftest import write_params
 
 from ragtune.io import read_json, read_jsonl
 
-STAGES = {"ingest", "chunk", "questions", "pairs", "negatives", "train_embedder", "index", "train_reranker", "evaluate"}
+STAGES = {
+    "ingest",
+    "chunk",
+    "bm25",
+    "questions",
+    "pairs",
+    "negatives",
+    "train_embedder",
+    "index",
+    "train_reranker",
+    "evaluate",
+}
 
 
 def tree_hash(root: Path, rels: list[str]) -> dict[str, str]:
@@ -66,6 +77,8 @@ def test_dvc_repro_on_tiny_config(tmp_path: Path, tiny_repo):
     edges = {(names[a], names[b]) for a, b in re.findall(r"(node\d+)-->(node\d+)", dag)}
     chain = ["ingest", "chunk", "pairs", "negatives", "train_embedder", "evaluate"]
     for edge in itertools.pairwise(chain):
+        assert edge in edges, dag
+    for edge in [("chunk", "bm25"), ("bm25", "pairs"), ("bm25", "negatives")]:  # one tokenization, read by both
         assert edge in edges, dag
     for edge in [("train_embedder", "index"), ("train_embedder", "train_reranker"), ("train_reranker", "evaluate")]:
         assert edge in edges, dag

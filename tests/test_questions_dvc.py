@@ -46,7 +46,7 @@ def test_label_free_repro_holds_out_chunks_and_asks_each_chunk_once(tiny_repo):
         )
         write_params(work, params)
         out = run("repro", "pairs")
-        assert reproduced(out) == {"ingest", "chunk", "questions", "pairs"}, out
+        assert reproduced(out) == {"ingest", "chunk", "bm25", "questions", "pairs"}, out
         assert re.search(r"\[questions\] read \d+ chunks \(\d+ asked, 0 cached\)", out), out
         chunks = read_jsonl(work / "data/chunks/chunks.jsonl")
         assert len(llm.requests) == len(chunks)
