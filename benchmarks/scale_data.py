@@ -25,31 +25,16 @@ import platform
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ragtune.plan import run_measured  # wall, peak RSS and CPU of a command's process tree (wait4)
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
 GOALS = {"data_stages_s": 900, "peak_rss_mib": 8 * 1024, "noop_repro_s": 5}
-
-
-def run_measured(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str, float]:
-    """Run ``cmd`` and return (wall seconds, peak RSS in MiB of its process tree, output, CPU seconds of the tree).
-    RSS comes from wait4's ru_maxrss, which Linux takes as the maximum over the child and the descendants it waited
-    for; CPU is user + system time of the same tree: the work done, which moves less than wall time with this VM's
-    spells of slowness, and over wall time says how many cores a stage kept busy."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed in {cwd} (exit {proc.returncode}):\n{out[-4000:]}")
-    return wall, usage.ru_maxrss / 1024, out, usage.ru_utime + usage.ru_stime
 
 
 def make_corpus(docs: int, sources: list[Path], out: Path) -> dict[str, Any]:
@@ -94,7 +79,8 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
     dvc = [sys.executable, "-m", "dvc"]
     stages = {}
     for name in STAGES:
-        wall, rss, out, cpu = run_measured([*dvc, "repro", "--single-item", name], project, env)
+        measured, out = run_measured([*dvc, "repro", "--single-item", name], project, env)
+        wall, rss, cpu = measured.wall_s, measured.rss_mib, measured.cpu_s
         line = next((ln.strip() for ln in out.splitlines() if ln.lstrip().startswith(f"[{name}]")), "")
         stages[name] = {
             "seconds": round(wall, 1),
@@ -106,7 +92,7 @@ def measure(docs: int, args: argparse.Namespace) -> dict[str, Any]:
             f"{docs:>9} docs {name:<10} {wall:8.1f} s {cpu:8.1f} cpu-s {docs / wall:9.1f} docs/s {rss:6.0f} MiB {line}",
             flush=True,
         )
-    noop = min(run_measured([*dvc, "repro", "negatives"], project, env)[0] for _ in range(3))
+    noop = min(run_measured([*dvc, "repro", "negatives"], project, env)[0].wall_s for _ in range(3))
     outputs = [p for p in (project / "data").rglob("*") if p.is_file()]
     row = {
         "docs": docs,

@@ -122,6 +122,10 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
     assert len(hidden) == 1 and not [c for c in cells if any(h in c for h in hidden)]
     assert m["dev"]["pool"]["k"] == 3 and m["dev"]["pool"]["chunks"] == len(trainer.evaluator.corpus_ids)
     assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 11
+    # each optimizer step, dev check (steps 3, 6, 9 and the last) and save (6 and the last) timed, for `ragtune plan`
+    timing = m["train"]["timing"]
+    assert (timing["steps"], timing["evals"], timing["saves"]) == (11, 4, 2)
+    assert min(timing["step_s_median"], timing["eval_s_mean"], timing["save_s_mean"]) > 0
     assert "unmerged" in m["dev"]  # merge_alpha 0.7 was applied and checked on dev
     assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")

@@ -7,6 +7,7 @@
     ragtune compare                            # base-model bake-off: one row per DVC experiment
     ragtune serve --port 8000                  # HTTP API: /v1/embeddings, /v1/rerank, /v1/search (docs/serving.md)
     ragtune reindex --out vectors.parquet      # every chunk with its new vector, for your vector store
+    ragtune plan                               # before a long run: each stage's time and memory, from a probe
 
 It works offline from the repository's ``models/`` folder alone (index, embedder, reranker, pipeline.json).
 """
@@ -69,6 +70,10 @@ def _parser() -> argparse.ArgumentParser:
         help="embed these chunks instead of the index's (JSONL: chunk_id and text per line; other fields carried)",
     )
     x.add_argument("--root", default=".", help="repository root holding models/ (default: current folder)")
+    pl = sub.add_parser("plan", help="price a full `dvc repro` on this machine from a short probe (docs/scale.md)")
+    from ragtune.plan import add_arguments
+
+    add_arguments(pl)
     from ragtune.serve.limits import Limits
 
     for f in fields(Limits):  # one option per limit; the defaults stay in Limits
@@ -186,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "reindex":
         return _reindex(args)
+    if args.command == "plan":
+        from ragtune.plan import run
+
+        return run(args)
     root = Path(args.root)
     try:
         paths = Paths(root)

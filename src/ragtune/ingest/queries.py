@@ -110,6 +110,8 @@ def _known_positives(
         run.reject("query", where, "ambiguous_positive", {**rec, "ambiguous_positive_ids": ambiguous, "hint": hint})
         run.ambiguous_positive_ids += len(ambiguous)
     unknown = [p for p in positives if p not in known]
+    if run.documents_limited:  # a probe stopped reading documents early: the rest may well hold these ids
+        return [p for p in positives if p not in ambiguous]
     if unknown:
         hints = [_unknown_hint(run, p, known) for p in unknown]
         record = {**rec, "unknown_positive_ids": unknown}

@@ -25,7 +25,7 @@ from ragtune.ingest.config import (
 from ragtune.ingest.fields import as_id, first_line_title, text_cell, title_cell
 from ragtune.ingest.queries import ingest_queries, keep_query_ids
 from ragtune.ingest.readers import Extracted, read_failure
-from ragtune.ingest.state import IngestRun, run_metrics
+from ragtune.ingest.state import DocumentLimitReached, IngestRun, run_metrics
 from ragtune.ingest.tables import Row, check_columns, read_table
 from ragtune.ingest.walk import READERS, FolderEntry, claimed_paths, file_metrics, walk_folder
 from ragtune.io import JsonlSink, write_json, write_jsonl
@@ -241,27 +241,36 @@ def _set_aside(run: IngestRun, entry: FolderEntry, sidecar: dict[str, dict[str, 
     sidecar.pop(unicodedata.normalize("NFC", entry.rel), None)
 
 
-def ingest(config: IngestConfig, track: Track | None = None, sink: JsonlSink | None = None) -> IngestResult:
+def ingest(
+    config: IngestConfig, track: Track | None = None, sink: JsonlSink | None = None, max_documents: int | None = None
+) -> IngestResult:
     """Read every source and return documents, queries, quarantine and metrics.
 
     ``track`` wraps the file iteration (the stage passes a rich progress bar; tests pass nothing). With ``sink``
     kept documents are written to it as they are read, and ``documents`` comes back empty: the stage's memory then
     holds ids and digests, not the corpus. Without it nothing is written.
+
+    ``max_documents`` (``ragtune plan``'s probe, never the stage): stop reading documents once that many are kept,
+    then read the queries, whose positives are then kept unchecked (they may name documents past the cut).
     """
-    run = IngestRun(config, sink)
+    run = IngestRun(config, sink, max_documents)
     files = plan(config)
     # Sidecars first: a config error in any of them should stop the run before minutes of PDF parsing.
     sidecars = {s.key: _read_sidecar(run, s) for s in config.documents if s.is_folder and s.metadata}
     iterator = track(files, "ingest files") if track is not None else iter(files)
-    for (source, entry), read in zip(iterator, _read_ahead(files), strict=True):
-        if not source.is_folder:
-            _ingest_table(run, source)
-            continue
-        run.files_seen += 1
-        if read is not None:
-            _ingest_file(run, source, entry.path, sidecars.get(source.key, {}), read)
-        else:
-            _set_aside(run, entry, sidecars.get(source.key, {}))
+    try:
+        for (source, entry), read in zip(iterator, _read_ahead(files), strict=True):
+            if not source.is_folder:
+                _ingest_table(run, source)
+                continue
+            run.files_seen += 1
+            if read is not None:
+                _ingest_file(run, source, entry.path, sidecars.get(source.key, {}), read)
+            else:
+                _set_aside(run, entry, sidecars.get(source.key, {}))
+    except DocumentLimitReached:
+        run.documents_limited = True
+        sidecars = {}  # the rows of files not reached are not missing: their files were never looked at
     for source in config.documents:
         for name, row in sidecars.get(source.key, {}).items():  # rows whose file is not there: report, not drop
             assert source.metadata is not None

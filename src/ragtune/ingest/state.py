@@ -31,11 +31,21 @@ def _normalize_batch(job: tuple[list[str], ToneStyle]) -> list[tuple[str, bool]]
     return [normalize_text_with_flags(t, tone_style) for t in texts]
 
 
+class DocumentLimitReached(Exception):
+    """Raised by :meth:`IngestRun.add_document` when ``max_documents`` documents are kept (``ragtune plan``'s probe);
+    :func:`ragtune.ingest.run.ingest` catches it and goes on to the queries."""
+
+
 class IngestRun:
     """Mutable state of one ingest run: kept records, quarantine, counters."""
 
-    def __init__(self, config: IngestConfig, sink: JsonlSink | None = None):
+    def __init__(self, config: IngestConfig, sink: JsonlSink | None = None, max_documents: int | None = None):
         self.config = config
+        # ``ragtune plan``'s probe reads the first documents only: the one that reaches the cap raises
+        # DocumentLimitReached, and ``documents_limited`` then tells the query readers that their positives may lie
+        # past the cut (kept unchecked instead of quarantined as unknown).
+        self.max_documents = max_documents
+        self.documents_limited = False
         self.repo = config.repo.resolve()
         # Kept documents go to ``sink`` as they are accepted (the stage: memory does not grow with the corpus), or
         # to ``documents`` without one (tests, out-of-domain sets).
@@ -186,6 +196,8 @@ class IngestRun:
             self.documents.append(record)
         self.by_format[path.suffix.lower().lstrip(".")] += 1
         self.by_source[self.rel(source_config.path)] += 1
+        if self.max_documents is not None and self.kept >= self.max_documents:
+            raise DocumentLimitReached(self.kept)
 
     def clean_metadata(self, metadata: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

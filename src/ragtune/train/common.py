@@ -6,6 +6,8 @@ wrapper left on the model after training) must reach both, so both import it fro
 
 from __future__ import annotations
 
+import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -105,10 +107,67 @@ def drop_mixed_precision_wrapper(model: Any) -> Any:
     return model
 
 
+def step_timer() -> Any:
+    """A trainer callback that times each optimizer step, dev check and checkpoint save (wall seconds).
+
+    Why: a run's cost is steps × step time + checks × check time + saves; ``ragtune plan`` reads these from a
+    probe run of a few steps to price the full schedule, and ``metrics/train_*.json`` → ``train.timing`` shows
+    where a real run's time went. The Trainer calls ``on_step_end``, then evaluates, then saves, so the gaps
+    between those calls are the check and the save.
+    """
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps: list[float] = []
+            self.evals: list[float] = []
+            self.saves: list[float] = []
+            self._t = 0.0
+
+        def _lap(self) -> float:
+            now = time.perf_counter()
+            lap, self._t = now - self._t, now
+            return lap
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.steps.append(self._lap())
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.evals.append(self._lap())
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.saves.append(self._lap())
+
+    return StepTimer()
+
+
+def step_timing(trainer: Any) -> dict[str, Any]:
+    """What :func:`step_timer`'s callback measured in ``trainer``'s run: counts, the median step (the first, which
+    warms up kernels and the data loader, is counted but not in the median when there are others), mean check and
+    mean save."""
+    timer = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "steps") and hasattr(c, "saves")), None)
+    if timer is None or not timer.steps:
+        return {"steps": 0}
+    steady = timer.steps[1:] or timer.steps
+    return {
+        "steps": len(timer.steps),
+        "step_s_median": round(statistics.median(steady), 3),
+        "first_step_s": round(timer.steps[0], 3),
+        "evals": len(timer.evals),
+        "eval_s_mean": round(statistics.fmean(timer.evals), 3) if timer.evals else None,
+        "saves": len(timer.saves),
+        "save_s_mean": round(statistics.fmean(timer.saves), 3) if timer.saves else None,
+    }
+
+
 def trainer_callbacks(callbacks: list[Any] | None, early_stopping_patience: int, has_eval: bool) -> list[Any]:
     """The callbacks both trainers (embedder and reranker) get: the caller's, early stopping on the dev metric when
-    asked for, and ``Fp32AfterTraining``, which hands the model back without the mixed-precision wrapper as soon
-    as ``train()`` ends, so no caller can forget it (see :func:`drop_mixed_precision_wrapper`)."""
+    asked for, a :func:`step_timer`, and ``Fp32AfterTraining``, which hands the model back without the
+    mixed-precision wrapper as soon as ``train()`` ends, so no caller can forget it (see
+    :func:`drop_mixed_precision_wrapper`)."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class Fp32AfterTraining(TrainerCallback):
@@ -116,7 +175,7 @@ def trainer_callbacks(callbacks: list[Any] | None, early_stopping_patience: int,
             if model is not None:
                 drop_mixed_precision_wrapper(model)
 
-    out = [*(callbacks or []), Fp32AfterTraining()]
+    out = [*(callbacks or []), Fp32AfterTraining(), step_timer()]
     if early_stopping_patience and has_eval:
         out.append(EarlyStoppingCallback(early_stopping_patience=early_stopping_patience))
     return out

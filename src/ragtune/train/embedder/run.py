@@ -35,7 +35,7 @@ from ragtune.train.checkpoints import (
     prepare_checkpoint_dir,
     untrained_outputs,
 )
-from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks
+from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks, step_timing
 from ragtune.train.embedder.config import EmbedderTrainConfig
 from ragtune.train.embedder.dev import (
     DevPool,
@@ -326,6 +326,7 @@ def run_train_embedder(
         "groups_dropped_short_of_negatives": dropped,
         "seconds": round(seconds, 1),
         "samples_per_second": round(samples_per_second, 2),
+        "timing": step_timing(trainer) if trains else {"steps": 0},  # steps, dev checks, saves: `ragtune plan`
         "resumed_from_step": resume.step,
         "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
     }

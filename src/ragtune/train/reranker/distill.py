@@ -98,7 +98,7 @@ def distill(
     from sentence_transformers.cross_encoder import losses
     from sentence_transformers.cross_encoder.trainer import CrossEncoderTrainer
 
-    from ragtune.train.common import trainer_callbacks
+    from ragtune.train.common import step_timing, trainer_callbacks
     from ragtune.train.reranker.trainer import build_args
 
     dataset = Dataset.from_dict({k: [x[k] for x in lists] for k in ("query", "docs", "labels")})
@@ -131,6 +131,7 @@ def distill(
         "optimizer_steps": trainer.state.global_step,
         "learning_rate": float(trainer.args.learning_rate),
         "seconds": round(seconds, 1),
+        "timing": step_timing(trainer),  # steps and saves, for `ragtune plan`
         "first_loss": round(model_losses[0], 4) if model_losses else None,
         "final_loss": round(model_losses[-1], 4) if model_losses else None,
         # the loss is cross-entropy against the teacher: its floor is the teacher's own entropy (a perfect copy),

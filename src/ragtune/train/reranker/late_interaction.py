@@ -198,6 +198,7 @@ def train_late_interaction(
     logged loss, dev before/after, the settings and the warnings (each also printed with ``console.warn``).
     """
     from ragtune.console import warn
+    from ragtune.train.common import step_timing
 
     s = settings
     reranker = LateInteractionReranker.from_embedder(
@@ -239,6 +240,7 @@ def train_late_interaction(
             "first_loss": round(losses[0], 4) if losses else None,
             "final_loss": round(losses[-1], 4) if losses else None,
             "seconds": round(seconds, 1),
+            "timing": step_timing(trainer),  # steps and saves, for `ragtune plan`
         },
         "dev": {"n_queries": len(dev_samples), "before": before, "after": after},
         "settings": asdict(s),

@@ -31,7 +31,7 @@ from ragtune.evaluation.metrics import mean_metrics, query_metrics
 from ragtune.models import resolve_model
 from ragtune.params import StageConfig
 from ragtune.rerankers.llm import LLMReranker
-from ragtune.train.common import precision_flags
+from ragtune.train.common import precision_flags, step_timing
 from ragtune.train.config import PRECISIONS
 
 MIN_STEPS = 50  # fewer optimizer steps than this: barely trained (the embedder and cross-encoder guards say 50 too)
@@ -295,6 +295,7 @@ def train_llm_reranker(
             "random_baseline": round(RANDOM_BASELINE, 4),
             "prior_baseline": round(prior, 4),
             "seconds": round(seconds, 1),
+            "timing": step_timing(trainer),  # steps and saves, for `ragtune plan`
         },
         "dev": {"n_queries": len(dev_samples), **dev},
         "warnings": warnings,

@@ -26,7 +26,7 @@ from ragtune.train.checkpoints import (
     prepare_checkpoint_dir,
     untrained_outputs,
 )
-from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks
+from ragtune.train.common import access_rule, apply_attention_dropout, dvclive_callbacks, step_timing
 from ragtune.train.guards import unchecked_warning, untrained_reason
 from ragtune.train.reranker.config import DistillSettings, RerankerTrainConfig
 from ragtune.train.reranker.data import Candidates, cap_per_document, dev_samples, groups_to_dataset, mine_rerank_groups
@@ -250,6 +250,7 @@ def run_train_reranker(
             "first_loss": round(losses[0], 4) if losses else None,
             "seconds": round(seconds, 1),
             "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2) if result else 0.0,
+            "timing": step_timing(trainer) if result else {"steps": 0},  # steps, dev checks, saves: `ragtune plan`
             "resumed_from_step": resume.step,
             "incomplete_checkpoints": resume.incomplete,  # left half-written by a killed run: removed, not resumed
             **({"access_excluded": excluded} if excluded is not None else {}),

@@ -1,0 +1,633 @@
+"""``ragtune plan``: what a full ``dvc repro`` will take on this machine, priced before the long run.
+
+Why: one of the projects ragtune was built from priced its 1.8M-document run at "6–12 h on a g4dn.xlarge" from
+guesses, before starting. Here the price comes from running the real stage scripts on small slices of the user's
+own corpus (the *probe*) and extrapolating each stage's measured wall time and peak memory to the full corpus.
+Nothing is a constant: every figure is measured on this machine, in this session.
+
+* **Data stages** (ingest, chunk, bm25, questions, pairs, negatives' BM25 side) run twice, on the first ``S`` and
+  ``B`` documents of the corpus as ingest reads it (``B`` = ``probe_docs``; at least chunk's pool threshold when the
+  corpus is that large, so the probe runs the code path the full run will). Every labeled question is kept, its
+  positives past the cut re-pointed at documents inside it (which document is relevant changes no cost), so the
+  question-driven work is full size in both. Time and peak RSS are fit as ``a + b·documents`` and read at ``N``.
+  Whatever a stage does once for the whole corpus even in the probe (ingest parsing a JSONL table whole before its
+  rows stream, the walk of a folder) lands in ``a`` and is already full size.
+* **Model stages** (train_embedder, index, train_reranker, evaluate) run on the first ``T1`` and ``T2`` documents
+  with ``max_steps`` = ``probe_steps``. A fit ``a + b·chunks`` gives everything but the optimizer steps (loading,
+  encoding the corpus for the dev pool, index and evaluation, saving); the schedule the full data will get (the
+  trainers' own :func:`ragtune.train.schedule.resolve_schedule`) then adds ``(steps − probe steps) × step time``
+  and the extra dev checks and saves, each timed in the probe by :func:`ragtune.train.common.step_timer`.
+* **negatives' dense mining**, when ``negatives.dense`` would mine: every chunk at the base model's passages/s,
+  which evaluate's bake-off measured in the probe.
+
+The probe itself takes minutes (it runs each stage four times on small inputs); on the shipped sample that is a
+large share of the run, on a large corpus a small one. ``docs/scale.md#ragtune-plan`` gives the measured accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ragtune.io import JsonlSink, iter_jsonl, write_json, write_jsonl
+from ragtune.paths import Paths
+
+DATA_STAGES = ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
+MODEL_STAGES = ("train_embedder", "index", "train_reranker", "evaluate")
+PROBE_DOCS = 10_000  # the data probe's larger slice (documents)
+MODEL_PROBE_DOCS = 40  # the model probe's larger slice: its evaluate encodes every chunk with several models
+PROBE_STEPS = 3  # optimizer steps of each trainer in the model probe (one dev check and one save at the last)
+
+
+class PlanError(RuntimeError):
+    """A probe stage failed: the message holds its command, folder and the end of its output."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One run of one command: wall seconds, peak RSS (MiB) and CPU seconds of its whole process tree."""
+
+    wall_s: float
+    rss_mib: float
+    cpu_s: float
+
+
+def run_measured(cmd: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[Measure, str]:
+    """Run ``cmd`` in ``cwd``; return its :class:`Measure` and output. RSS comes from wait4's ru_maxrss, which Linux
+    takes as the maximum over the child and the descendants it waited for; CPU is user + system time of the same
+    tree (the work done: it moves less than wall time when the machine is shared)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(
+        list(cmd), cwd=cwd, env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    out = child.stdout.read() if child.stdout else ""
+    _, status, usage = os.wait4(child.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if code:
+        raise PlanError(f"{' '.join(cmd)} failed in {cwd} (exit {code}):\n{out[-4000:]}")
+    return Measure(wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime), out
+
+
+@dataclass(frozen=True)
+class Line:
+    """``a + b·x``, fit through two measurements (or one: then ``b`` = 0 and the estimate is that measurement)."""
+
+    a: float
+    b: float
+
+    @staticmethod
+    def fit(x1: float, y1: float, x2: float, y2: float) -> Line:
+        """The line through both points, kept physical: never a negative slope (noise between two nearly equal runs
+        would predict less work for more data) nor a negative intercept (then the line through the origin and the
+        larger point, the proportional estimate)."""
+        if x2 == x1:
+            return Line(max(y1, y2), 0.0)
+        b = max((y2 - y1) / (x2 - x1), 0.0)
+        a = y2 - b * x2
+        if a < 0:
+            return Line(0.0, y2 / x2 if x2 else 0.0)
+        return Line(a, b)
+
+    def at(self, x: float) -> float:
+        return self.a + self.b * x
+
+
+# ------------------------------------------------------------------------------------------------ counting
+
+
+def count_rows(config: Any) -> int:
+    """How many documents the ``ingest.documents`` sources hold, counted without parsing them: one per file a
+    folder will read, one per non-blank line of a JSONL table, one per row of a CSV/XLSX table (read by ingest's own
+    reader). An upper bound of what ingest keeps: the probe measures the kept share."""
+    from ragtune.ingest.run import plan as ingest_plan
+    from ragtune.ingest.tables import read_table
+
+    total = 0
+    for source, entry in ingest_plan(config):
+        if source.is_folder:
+            total += 0 if entry.reason else 1
+            continue
+        fmt = source.path.suffix.lower().lstrip(".")
+        if fmt in ("jsonl", "ndjson", "json"):
+            with source.path.open("rb") as fh:
+                total += sum(1 for line in fh if line.strip())
+        else:
+            total += len(read_table(source.path, source.sheet, config.max_bad_fraction).rows)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ the probe
+
+
+class _IdSink(JsonlSink):
+    """A document sink that also remembers the ids it wrote (the probe re-points question positives at them)."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self.ids: list[str] = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        super().write(record)
+        self.ids.append(record["doc_id"])
+
+
+def repoint(queries: list[dict[str, Any]], kept: Sequence[str]) -> list[dict[str, Any]]:
+    """``queries`` with every positive outside ``kept`` replaced by a document of ``kept``, chosen by a hash of the
+    id (the same id always lands on the same document). The probe keeps every question this way: the cost of the
+    question-driven work (splits, alignment, mining, training rows) depends on the questions, not on which document
+    answers them."""
+    known = set(kept)
+    out = []
+    for q in queries:
+        seen: dict[str, None] = {}
+        for p in q["positive_doc_ids"]:
+            seen[p if p in known else kept[zlib.crc32(p.encode("utf-8")) % len(kept)]] = None
+        out.append({**q, "positive_doc_ids": list(seen)})
+    return out
+
+
+def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dict[str, Any]:
+    """Ingest the first ``cap`` documents of the user's sources (their own formats, ingest's own code) into the
+    probe project ``out_root``, with every question (positives re-pointed, see :func:`repoint`). Run in a child
+    process by :func:`make_plan`, so that its time and memory are measured like a stage's."""
+    from ragtune.ingest import load_config
+    from ragtune.ingest.run import ingest
+    from ragtune.params import load_params, section
+
+    config = load_config(section(load_params(params_file), "ingest"), repo)
+    paths = Paths(out_root)
+    with _IdSink(paths.documents) as sink:
+        result = ingest(config, sink=sink, max_documents=cap)
+    if not sink.ids:
+        raise PlanError(f"the probe's ingest kept no document from {params_file}'s ingest sources")
+    write_jsonl(paths.queries, repoint(result.queries, sink.ids))
+    write_jsonl(paths.ingest_quarantine, [])
+    docs = result.metrics["documents"]
+    return {"kept": sink.count, "read": docs["read"], "queries": len(result.queries)}
+
+
+# what the stages write (Paths): a probe project has its own; everything else is the repository's, linked
+OUTPUTS = {
+    "data": {"interim", "chunks", "bm25", "questions", "pairs", "negatives", "reranker"},
+    "": {"models", "metrics", "dvclive", "reports", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".git"},
+}
+
+
+def _link_repo(project: Path, repo: Path) -> None:
+    """Link every entry of ``repo`` that is no stage output into ``project``, so that relative paths in the params
+    (a local model folder, the prompt file, evaluate's out-of-domain sets and the corpus they name) resolve there as
+    they do in the repository."""
+    for parent in ("", "data"):
+        src = repo / parent
+        if not src.is_dir():
+            continue
+        (project / parent).mkdir(parents=True, exist_ok=True)
+        for entry in src.iterdir():
+            dest = project / parent / entry.name
+            if entry.name in OUTPUTS[parent] or (parent == "" and entry.name == "data") or dest.exists():
+                continue
+            dest.symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+
+
+def _write_params(project: Path, params: dict[str, Any]) -> None:
+    project.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(params, allow_unicode=True, sort_keys=False)
+    (project / "params.yaml").write_text(text, encoding="utf-8")
+
+
+def _lines(path: Path) -> int:
+    return sum(1 for _ in iter_jsonl(path)) if path.exists() else 0
+
+
+@dataclass
+class Slice:
+    """One probe project: the first ``cap`` documents, what each stage measured there, and what they wrote."""
+
+    cap: int
+    root: Path
+    docs: int = 0
+    read: int = 0
+    measures: dict[str, Measure] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths(self.root)
+
+    @property
+    def chunks(self) -> int:
+        return _lines(self.paths.chunks)
+
+    @property
+    def groups(self) -> int:
+        return _lines(self.paths.train_groups)
+
+    def metrics(self, stage: str) -> dict[str, Any]:
+        path = self.paths.metrics(stage)
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+
+
+class Prober:
+    """Runs the stage scripts of ``repo`` in probe projects under ``work`` and keeps each run's :class:`Measure`."""
+
+    def __init__(self, repo: Path, params_file: Path, work: Path, log: Callable[[str], None]):
+        self.repo, self.params_file, self.work, self.log = repo.resolve(), params_file.resolve(), work, log
+        self.env = dict(os.environ, RAGTUNE_QUIET="1", TOKENIZERS_PARALLELISM="false")
+
+    def ingest(self, piece: Slice, params: dict[str, Any]) -> None:
+        _write_params(piece.root, params)
+        _link_repo(piece.root, self.repo)
+        code = (
+            "import json, sys; from pathlib import Path; from ragtune.plan import probe_ingest; "
+            "print('PROBE ' + json.dumps(probe_ingest(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), "
+            "int(sys.argv[4]))))"
+        )
+        cmd = [sys.executable, "-c", code, str(self.params_file), str(self.repo), str(piece.root), str(piece.cap)]
+        measure, out = run_measured(cmd, self.repo, self.env)
+        found = [line[6:] for line in out.splitlines() if line.startswith("PROBE ")]
+        result = json.loads(found[-1])
+        piece.docs, piece.read = result["kept"], result["read"]
+        piece.measures["ingest"] = measure
+        self.log(f"probe ingest: {piece.docs:,} documents in {measure.wall_s:.1f} s")
+
+    def stage(self, piece: Slice, stage: str) -> Measure:
+        script = self.repo / "stages" / f"{stage}.py"
+        measure, _ = run_measured([sys.executable, str(script)], piece.root, self.env)
+        piece.measures[stage] = measure
+        self.log(f"probe {stage} on {piece.docs:,} documents: {measure.wall_s:.1f} s, {measure.rss_mib:,.0f} MiB")
+        return measure
+
+
+# ------------------------------------------------------------------------------------------------ estimates
+
+
+@dataclass
+class StageEstimate:
+    """One stage's price: seconds and peak RSS on this machine, and how they were reached."""
+
+    stage: str
+    seconds: float
+    peak_rss_mib: float
+    basis: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "seconds": round(self.seconds, 1), "peak_rss_mib": round(self.peak_rss_mib),
+                "basis": self.basis}  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """What :func:`make_plan` found: the corpus's size, each stage's price, and what it could not price."""
+
+    documents: int
+    rows_counted: int
+    chunks: int
+    training_groups: int
+    stages: list[StageEstimate]
+    probe_seconds: float
+    notes: list[str] = field(default_factory=list)
+    gpu: dict[str, Any] | None = None
+
+    @property
+    def total_s(self) -> float:
+        return sum(s.seconds for s in self.stages)
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max((s.peak_rss_mib for s in self.stages), default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "rows_counted": self.rows_counted,
+            "chunks": self.chunks,
+            "training_groups": self.training_groups,
+            "total_s": round(self.total_s, 1),
+            "peak_rss_mib": round(self.peak_rss_mib),
+            "probe_seconds": round(self.probe_seconds, 1),
+            "stages": [s.as_dict() for s in self.stages],
+            "notes": self.notes,
+            "gpu": self.gpu,
+        }
+
+
+def _fit_stage(
+    stage: str, small: Slice, big: Slice, x_small: float, x_big: float, x_full: float, unit: str
+) -> StageEstimate:
+    """A stage priced by the line through its two probe runs, read at the full corpus."""
+    ms, mb = small.measures[stage], big.measures[stage]
+    if x_full <= x_big:  # the probe ran the stage on all of it
+        return StageEstimate(stage, mb.wall_s, mb.rss_mib, f"measured on all {x_big:,.0f} {unit}")
+    t = Line.fit(x_small, ms.wall_s, x_big, mb.wall_s)
+    m = Line.fit(x_small, ms.rss_mib, x_big, mb.rss_mib)
+    basis = f"{t.a:.1f} s + {1000 * t.b:.3g} ms × {x_full:,.0f} {unit} (probes at {x_small:,.0f} and {x_big:,.0f})"
+    return StageEstimate(stage, t.at(x_full), max(m.at(x_full), mb.rss_mib), basis)
+
+
+def _schedule(section_name: str, params: dict[str, Any], rows: int) -> Any:
+    """The trainer's own schedule for ``rows`` rows (the same code the stage runs)."""
+    from ragtune.params import section
+    from ragtune.train.schedule import resolve_schedule
+
+    if section_name == "train_embedder":
+        from ragtune.train.embedder.config import EmbedderTrainConfig as Config
+    else:
+        from ragtune.train.reranker.config import RerankerTrainConfig as Config
+    _, plan = resolve_schedule(Config.from_params(section(params, section_name)), rows)
+    return plan
+
+
+def _train_extra(
+    section_name: str, params: dict[str, Any], probe: Slice, rows_scale: float, steps: int, eval_scale: float = 1.0
+) -> tuple[float, str]:
+    """Seconds the full schedule adds to the probe's ``steps``-step run: more optimizer steps, dev checks, saves."""
+    metrics = probe.metrics(section_name)
+    timing = (metrics.get("train") or {}).get("timing") or {}
+    plan_rows = (metrics.get("plan") or {}).get("rows") or (metrics.get("train") or {}).get("rows") or 0
+    if not timing.get("steps"):
+        return 0.0, "the probe trained no step (nothing to train, or training is off)"
+    rows = max(1, round(plan_rows * rows_scale))
+    plan = _schedule(section_name, params, rows)
+    step = float(timing["step_s_median"])
+    extra = (plan.total_steps - timing["steps"]) * step
+    # the Trainer checks dev and saves every eval_steps / save_steps steps and at the last one
+    evals = math.ceil(plan.total_steps / plan.eval_steps) if timing.get("evals") else 0
+    saves = math.ceil(plan.total_steps / plan.save_steps) if timing.get("saves") else 0
+    if evals:
+        extra += (evals - timing["evals"]) * float(timing["eval_s_mean"]) * eval_scale
+    if saves:
+        extra += (saves - timing["saves"]) * float(timing["save_s_mean"])
+    why = f"{plan.total_steps} steps × {step:.2f} s ({rows:,} rows)"
+    if evals:
+        why += f", {evals} dev checks × {float(timing['eval_s_mean']) * eval_scale:.1f} s"
+    return max(extra, 0.0), why
+
+
+def make_plan(
+    repo: Path,
+    params_file: Path,
+    *,
+    probe_docs: int = PROBE_DOCS,
+    model_probe_docs: int = MODEL_PROBE_DOCS,
+    probe_steps: int = PROBE_STEPS,
+    data_only: bool = False,
+    work: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> Plan:
+    """Probe the pipeline ``params_file`` describes on slices of its corpus and price each stage at full size."""
+    from ragtune.chunking import PARALLEL_MIN_DOCS
+    from ragtune.ingest import load_config
+    from ragtune.mining import decide_dense
+    from ragtune.params import load_params, section
+    from ragtune.retrieval import resolve_tokenizer
+
+    started = time.perf_counter()
+    params = load_params(params_file)
+    config = load_config(section(params, "ingest"), repo)
+    rows = count_rows(config)
+    log(f"the ingest sources hold {rows:,} documents (files and table rows, before ingest's checks)")
+    big_cap = min(rows, probe_docs)
+    if rows >= PARALLEL_MIN_DOCS:  # chunk switches to its worker pool there: probe the path the full run takes
+        big_cap = max(big_cap, PARALLEL_MIN_DOCS)
+    small_cap = max(1, big_cap // 5)
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="ragtune-plan-")) if work is None else work
+    prober = Prober(repo, params_file, work, log)
+    notes: list[str] = []
+    try:
+        probe_params = copy.deepcopy(params)
+        probe_params["negatives"]["dense"] = "off"  # priced from the measured encode rate instead (see below)
+        small, big = Slice(small_cap, work / "small"), Slice(big_cap, work / "big")
+        pieces = [small, big] if rows > big_cap else [big]
+        for piece in pieces:
+            prober.ingest(piece, probe_params)
+        whole = rows <= big_cap
+        docs = big.docs if rows <= big_cap else round(rows * big.docs / max(big.read, 1))
+        for piece in pieces:
+            prober.stage(piece, "chunk")
+        chunks_per_doc = big.chunks / max(big.docs, 1)
+        chunks = big.chunks if rows <= big_cap else round(docs * chunks_per_doc)
+        # bm25.tokenizer auto picks by the corpus's chunk count: the probe must run the tokenizer the full run will
+        probe_params["bm25"]["tokenizer"] = resolve_tokenizer(str(params["bm25"]["tokenizer"]), chunks)
+        if params["questions"].get("generator") == "llm":
+            probe_params["questions"]["generator"] = "none"
+            notes.append(
+                "questions (generator: llm) is not priced: it waits on your server. Its work is "
+                "questions.max_chunks (or every chunk) × the questions per chunk in questions.per_chunk."
+            )
+        for piece in pieces:
+            _write_params(piece.root, probe_params)
+            for stage in ("bm25", "questions", "pairs", "negatives"):
+                prober.stage(piece, stage)
+        small = small if len(pieces) == 2 else big
+        estimates = [
+            _fit_stage(stage, small, big, small.docs, big.docs, docs, "documents")
+            for stage in ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
+        ]
+        groups = (
+            big.groups if rows <= big_cap else round(Line.fit(small.docs, small.groups, big.docs, big.groups).at(docs))
+        )
+        if whole:
+            notes.append(f"the data probe read the whole corpus ({big.docs:,} documents): those stages are measured")
+        if not data_only:
+            estimates += _model_stages(
+                prober, probe_params, params, docs, chunks, groups, model_probe_docs, probe_steps, estimates, notes,
+                decide_dense,
+            )  # fmt: skip
+        return Plan(
+            documents=docs,
+            rows_counted=rows,
+            chunks=chunks,
+            training_groups=groups,
+            stages=estimates,
+            probe_seconds=time.perf_counter() - started,
+            notes=notes,
+        )
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _model_stages(
+    prober: Prober,
+    probe_params: dict[str, Any],
+    params: dict[str, Any],
+    docs: int,
+    chunks: int,
+    groups: int,
+    model_probe_docs: int,
+    steps: int,
+    estimates: list[StageEstimate],
+    notes: list[str],
+    decide_dense: Callable[..., Any],
+) -> list[StageEstimate]:
+    """Run the model stages on two small slices with ``steps`` optimizer steps; price them at full size."""
+    mp = copy.deepcopy(probe_params)
+    for name in ("train_embedder", "train_reranker"):
+        mp[name] |= {"max_steps": steps, "eval_steps": steps, "save_steps": steps}
+    top = min(docs, model_probe_docs)
+    pieces = [Slice(max(1, top // 4), prober.work / "model-small"), Slice(top, prober.work / "model-big")]
+    for piece in pieces:
+        prober.ingest(piece, mp)
+        for stage in ("chunk", "bm25", "questions", "pairs", "negatives", *MODEL_STAGES):
+            prober.stage(piece, stage)
+    small, big = pieces
+    # the full corpus's training rows, relative to the probe's (the probe keeps every question: often ≈ 1)
+    rows_scale = groups / max(big.groups, 1)
+    out = []
+    for stage in MODEL_STAGES:
+        est = _fit_stage(stage, small, big, small.chunks, big.chunks, chunks, "chunks")
+        if stage in ("train_embedder", "train_reranker"):
+            eval_scale = 1.0
+            if stage == "train_embedder":
+                eval_scale = _dev_pool_scale(params, big, chunks)
+            extra, why = _train_extra(stage, params, big, rows_scale, steps, eval_scale)
+            est = StageEstimate(stage, est.seconds + extra, est.peak_rss_mib, f"{why}; the rest: {est.basis}")
+        out.append(est)
+    # negatives' dense side, priced at the base model's passages/s that evaluate's bake-off measured in the probe
+    rate = ((big.metrics("models").get("base_dense") or {}).get("passages_per_s")) or 0.0
+    n = params["negatives"]
+    mode = {True: "on", False: "off"}.get(n["dense"], n["dense"])
+    if rate:
+        decision = decide_dense(str(mode), int(n["n_dense"]), chunks, float(n["dense_budget_s"]), lambda: rate)
+        if decision.use:
+            for i, e in enumerate(estimates):
+                if e.stage == "negatives":
+                    extra = chunks / rate
+                    estimates[i] = StageEstimate(
+                        "negatives", e.seconds + extra, e.peak_rss_mib,
+                        f"{e.basis}; + dense mining: {chunks:,} chunks at {rate:.1f} passages/s",
+                    )  # fmt: skip
+        notes.append(f"negatives.dense {mode}: {decision.why or decision.rule} → {'mines' if decision.use else 'off'}")
+    return out
+
+
+def _dev_pool_scale(params: dict[str, Any], probe: Slice, chunks: int) -> float:
+    """How much longer one dev check of the embedder takes on the full corpus than in the probe: it encodes the dev
+    questions and the dev pool (labeled chunks + BM25's and the base model's top ``dev_pool_k`` per question), or
+    every chunk with ``dev_pool_k: 0``."""
+    pool = (probe.metrics("train_embedder").get("dev") or {}).get("pool") or {}
+    dev_q = _lines(probe.paths.dev)
+    k = int(params["train_embedder"].get("dev_pool_k") or 0)
+    probe_pool = int(pool.get("chunks") or probe.chunks)
+    full_pool = chunks if k == 0 else min(chunks, max(probe_pool, dev_q * (2 * k + 1)))
+    return (dev_q + full_pool) / max(dev_q + probe_pool, 1)
+
+
+# ------------------------------------------------------------------------------------------------ GPU, output
+
+
+def gpu_projection(plan: Plan, name: str, benchmarks: Path) -> dict[str, Any]:
+    """The plan on a named GPU, from the device throughput in ``benchmarks/encode_throughput.json``: only the
+    encoding-bound work scales (model stages and dense mining, by the measured passages/s ratio); data stages are
+    CPU work either way. Says so when no GPU of that name was measured."""
+    path = benchmarks / "encode_throughput.json"
+    rows = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    cpu = next((v for k, v in rows.items() if k.startswith("cpu")), None)
+    match = next((v for k, v in rows.items() if name.lower() in k.lower() and not k.startswith("cpu")), None)
+    if match is None or cpu is None:
+        return {
+            "gpu": name,
+            "measured": False,
+            "why": f"no throughput for a GPU named {name!r} in {path} (measured: {', '.join(rows) or 'none'}). "
+            "Run benchmarks/encode_throughput.py on that GPU (the device tool, or your own machine) to add it.",
+        }
+    ratio = float(match["fp32"]["passages_per_s"]) / float(cpu["fp32"]["passages_per_s"])
+    stages = []
+    for s in plan.stages:
+        scaled = s.stage in MODEL_STAGES or (s.stage == "negatives" and "dense mining" in s.basis)
+        stages.append({"stage": s.stage, "seconds": round(s.seconds / ratio if scaled else s.seconds, 1)})
+    return {"gpu": name, "measured": True, "passages_per_s_ratio": round(ratio, 1), "stages": stages,
+            "total_s": round(sum(s["seconds"] for s in stages), 1)}  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def render(plan: Plan) -> Iterator[Any]:
+    """The plan as rich renderables: one table row per stage, then the notes."""
+    from rich.table import Table
+
+    table = Table(title=f"ragtune plan: {plan.documents:,} documents, ~{plan.chunks:,} chunks on this machine")
+    for col in ("stage", "time", "peak RSS", "how it was priced"):
+        table.add_column(col, overflow="fold")
+    for s in plan.stages:
+        table.add_row(s.stage, _duration(s.seconds), f"{s.peak_rss_mib / 1024:.1f} GiB", s.basis)
+    table.add_row("total", _duration(plan.total_s), f"{plan.peak_rss_mib / 1024:.1f} GiB", "")
+    yield table
+    for note in plan.notes:
+        yield f"• {note}"
+    yield f"probe: {_duration(plan.probe_seconds)} on this machine"
+    if plan.gpu:
+        if plan.gpu.get("measured"):
+            ratio = plan.gpu["passages_per_s_ratio"]
+            yield f"on {plan.gpu['gpu']}: {_duration(plan.gpu['total_s'])} (encoding ×{ratio} the CPU's speed)"
+        else:
+            yield plan.gpu["why"]
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``ragtune plan`` (cli.py adds the subcommand; the logic stays here)."""
+    ap.add_argument("--params", default="params.yaml", help="the params file to price (default params.yaml)")
+    ap.add_argument("--root", default=".", help="repository root holding stages/ and the corpus (default .)")
+    ap.add_argument("--probe-docs", type=int, default=PROBE_DOCS, help=f"data probe slice (default {PROBE_DOCS:,})")
+    ap.add_argument(
+        "--model-probe-docs", type=int, default=MODEL_PROBE_DOCS, help=f"model probe slice (default {MODEL_PROBE_DOCS})"
+    )
+    ap.add_argument(
+        "--probe-steps", type=int, default=PROBE_STEPS, help=f"probe optimizer steps (default {PROBE_STEPS})"
+    )
+    ap.add_argument("--data-only", action="store_true", help="price the data stages only (ingest … negatives)")
+    ap.add_argument("--gpu", help="also price the run on this GPU, from benchmarks' measured device throughput")
+    ap.add_argument("--json", dest="json_file", help="also write the plan to this JSON file")
+    ap.add_argument("--keep", help="run the probe in this folder and keep it (default: a temporary folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ragtune plan``: probe, price, print (and write ``--json``); 2 with the reason when a probe stage fails."""
+    from rich.console import Console
+
+    from ragtune.console import console  # stderr: the probe's progress
+    from ragtune.errors import UserError
+
+    root = Path(args.root)
+    try:
+        plan = make_plan(
+            root,
+            root / args.params,
+            probe_docs=args.probe_docs,
+            model_probe_docs=args.model_probe_docs,
+            probe_steps=args.probe_steps,
+            data_only=args.data_only,
+            work=Path(args.keep) if args.keep else None,
+            log=lambda m: console.print(f"[dim]{m}[/]"),
+        )
+    except (PlanError, UserError) as exc:
+        print(f"ragtune plan: {exc}", file=sys.stderr)
+        return 2
+    if args.gpu:
+        plan.gpu = gpu_projection(plan, args.gpu, root / "metrics" / "benchmarks")
+    out = Console(highlight=False)  # stdout: the plan itself
+    for item in render(plan):
+        out.print(item)
+    if args.json_file:
+        write_json(args.json_file, plan.as_dict())
+    return 0
