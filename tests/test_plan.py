@@ -11,7 +11,7 @@ from test_ingest_run import corpus, write
 from ragtune.ingest import load_config
 from ragtune.ingest.run import ingest
 from ragtune.io import write_json, write_jsonl
-from ragtune.plan import Line, Slice, _train_extra, count_rows, make_plan, repoint
+from ragtune.plan import Line, Measure, Slice, _fit_stage, _schedule_s, count_rows, make_plan, repoint
 
 
 def test_line_through_two_probes_reads_the_full_size():
@@ -72,38 +72,54 @@ def test_count_rows_counts_folder_files_and_table_rows_without_ingesting(tmp_pat
 
 
 def _probe_with_timing(tmp_path: Path, timing: dict, rows: int) -> Slice:
+    """A probe slice whose train_embedder metrics say ``rows`` rows and ``timing``."""
     piece = Slice(40, tmp_path)
     write_json(piece.paths.metrics("train_embedder"), {"train": {"rows": rows, "timing": timing}})
     return piece
 
 
-def test_train_extra_adds_the_full_schedules_steps_checks_and_saves(tmp_path: Path):
+def test_schedule_prices_the_full_schedules_steps_checks_and_saves(tmp_path: Path):
     """184 rows at batch 16 are 12 steps an epoch; epochs auto reaches auto_min_steps 60 in 5 epochs = 60 steps,
-    checked and saved every ceil(0.3 × 60) = 18 steps and at the last: 4 checks, 4 saves. The probe ran 3 steps, one
-    check, one save."""
+    checked and saved every ceil(0.3 × 60) = 18 steps and at the last: 4 checks, 4 saves. The first step costs what
+    the probe's first did, each other one the mean of the probe's later steps."""
     params = {"train_embedder": shipped_params("train_embedder")}
-    timing = {"steps": 3, "step_s_median": 10.0, "evals": 1, "eval_s_mean": 5.0, "saves": 1, "save_s_mean": 2.0}
+    timing = {"steps": 5, "first_step_s": 12.0, "step_s_mean": 10.0, "evals": 1, "eval_s_mean": 5.0, "saves": 1,
+              "save_s_mean": 2.0}  # fmt: skip
     piece = _probe_with_timing(tmp_path, timing, rows=184)
 
-    extra, why = _train_extra("train_embedder", params, piece, rows_scale=1.0, steps=3)
+    seconds, why = _schedule_s("train_embedder", params, piece, rows_scale=1.0)
 
-    assert extra == pytest.approx((60 - 3) * 10.0 + (4 - 1) * 5.0 + (4 - 1) * 2.0)
-    assert why.startswith("60 steps × 10.00 s (184 rows), 4 dev checks")
+    assert seconds == pytest.approx(12.0 + 59 * 10.0 + 4 * 5.0 + 4 * 2.0)
+    assert why == "60 steps × 10.00 s (184 rows), 4 dev checks × 5.0 s"
     # twice the rows: 23 steps an epoch, 3 epochs = 69 steps; dev checks that encode a pool twice as large
-    extra2, _ = _train_extra("train_embedder", params, piece, rows_scale=2.0, steps=3, eval_scale=2.0)
-    assert extra2 == pytest.approx((69 - 3) * 10.0 + (4 - 1) * 10.0 + (4 - 1) * 2.0)
+    seconds2, _ = _schedule_s("train_embedder", params, piece, rows_scale=2.0, eval_scale=2.0)
+    assert seconds2 == pytest.approx(12.0 + 68 * 10.0 + 4 * 10.0 + 4 * 2.0)
 
 
-def test_train_extra_is_zero_when_the_probe_trained_nothing(tmp_path: Path):
+def test_schedule_is_zero_when_the_probe_trained_nothing(tmp_path: Path):
     piece = _probe_with_timing(tmp_path, {"steps": 0}, rows=0)
     params = {"train_embedder": shipped_params("train_embedder")}
-    assert _train_extra("train_embedder", params, piece, 1.0, 3)[0] == 0.0
+    assert _schedule_s("train_embedder", params, piece, 1.0)[0] == 0.0
+
+
+def test_a_stage_fit_leaves_out_what_is_priced_apart(tmp_path: Path):
+    small, big = Slice(10, tmp_path / "s"), Slice(40, tmp_path / "b")
+    small.measures["train_embedder"] = Measure(100.0, 900.0, 150.0)
+    big.measures["train_embedder"] = Measure(200.0, 1200.0, 300.0)
+    trained = {small.root: 10.0, big.root: 50.0}  # steps, checks and saves of each probe run
+    est = _fit_stage("train_embedder", small, big, 10, 40, 100, "chunks", lambda piece: trained[piece.root])
+    assert est.seconds == pytest.approx(70.0 + 2.0 * 100)  # through (10, 90) and (40, 150)
+    assert est.peak_rss_mib == pytest.approx(800.0 + 10.0 * 100)
+    assert est.basis == "70.0 s + 2e+03 ms × 100 chunks (probes at 10 and 40)"
+    whole = _fit_stage("train_embedder", small, big, 10, 40, 40, "chunks", lambda piece: trained[piece.root])
+    assert (whole.seconds, whole.basis) == (150.0, "measured on all 40 chunks")
 
 
 @pytest.mark.slow
 def test_plan_prices_every_stage_of_a_tiny_project_from_its_probes(tiny_repo):
     """The whole plan on the tiny corpus (8 documents): data probes on 1 and 4 documents, extrapolated to 8; model
-    probes on all 8 with 2 steps, plus the rest of the configured schedule (12 embedder steps, 8 reranker steps)."""
+    probes on 2 documents (1 step) and all 8 (2 steps), plus the configured schedules (12 embedder steps, 8 reranker
+    steps)."""
     work, _, _ = tiny_repo
     plan = make_plan(work, work / "params.yaml", probe_docs=4, model_probe_docs=8, probe_steps=2, work=work / "probe")
 

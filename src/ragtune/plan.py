@@ -51,7 +51,7 @@ DATA_STAGES = ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
 MODEL_STAGES = ("train_embedder", "index", "train_reranker", "evaluate")
 PROBE_DOCS = 10_000  # the data probe's larger slice (documents)
 MODEL_PROBE_DOCS = 40  # the model probe's larger slice: its evaluate encodes every chunk with several models
-PROBE_STEPS = 3  # optimizer steps of each trainer in the model probe (one dev check and one save at the last)
+PROBE_STEPS = 5  # optimizer steps of each trainer in the larger model probe (one dev check and one save, at the last)
 
 
 class PlanError(RuntimeError):
@@ -185,7 +185,7 @@ def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dic
 # what the stages write (Paths): a probe project has its own; everything else is the repository's, linked
 OUTPUTS = {
     "data": {"interim", "chunks", "bm25", "questions", "pairs", "negatives", "reranker"},
-    "": {"models", "metrics", "dvclive", "reports", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".git"},
+    "": {"models", "metrics", "dvclive", "reports", "params.yaml", "dvc.yaml", "dvc.lock", ".dvc", ".git", ".cache"},
 }
 
 
@@ -242,12 +242,27 @@ class Slice:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
+def cold_cache_env(folder: Path) -> dict[str, str]:
+    """The environment of a run whose embedding cache starts empty in ``folder`` (models still come from the user's
+    cache, linked in): a first ``dvc repro`` encodes every text, and a probe that found vectors an earlier run left
+    would price that work at nothing (the shipped sample's pairs stage: 14 s warm, 45 s cold)."""
+    from ragtune.retrieval import cache_root
+
+    folder.mkdir(parents=True, exist_ok=True)
+    models = cache_root() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    if not (folder / "models").exists():
+        (folder / "models").symlink_to(models.resolve(), target_is_directory=True)
+    return dict(os.environ, RAGTUNE_CACHE=str(folder), RAGTUNE_QUIET="1", TOKENIZERS_PARALLELISM="false")
+
+
 class Prober:
-    """Runs the stage scripts of ``repo`` in probe projects under ``work`` and keeps each run's :class:`Measure`."""
+    """Runs the stage scripts of ``repo`` in probe projects under ``work`` and keeps each run's :class:`Measure`.
+    Each probe project has its own empty embedding cache (:func:`cold_cache_env`): the slices share their first
+    documents, and the larger must not find the smaller's vectors."""
 
     def __init__(self, repo: Path, params_file: Path, work: Path, log: Callable[[str], None]):
         self.repo, self.params_file, self.work, self.log = repo.resolve(), params_file.resolve(), work, log
-        self.env = dict(os.environ, RAGTUNE_QUIET="1", TOKENIZERS_PARALLELISM="false")
 
     def ingest(self, piece: Slice, params: dict[str, Any]) -> None:
         _write_params(piece.root, params)
@@ -258,7 +273,7 @@ class Prober:
             "int(sys.argv[4]))))"
         )
         cmd = [sys.executable, "-c", code, str(self.params_file), str(self.repo), str(piece.root), str(piece.cap)]
-        measure, out = run_measured(cmd, self.repo, self.env)
+        measure, out = run_measured(cmd, self.repo, cold_cache_env(piece.root / ".cache"))
         found = [line[6:] for line in out.splitlines() if line.startswith("PROBE ")]
         result = json.loads(found[-1])
         piece.docs, piece.read = result["kept"], result["read"]
@@ -267,7 +282,7 @@ class Prober:
 
     def stage(self, piece: Slice, stage: str) -> Measure:
         script = self.repo / "stages" / f"{stage}.py"
-        measure, _ = run_measured([sys.executable, str(script)], piece.root, self.env)
+        measure, _ = run_measured([sys.executable, str(script)], piece.root, cold_cache_env(piece.root / ".cache"))
         piece.measures[stage] = measure
         self.log(f"probe {stage} on {piece.docs:,} documents: {measure.wall_s:.1f} s, {measure.rss_mib:,.0f} MiB")
         return measure
@@ -327,13 +342,22 @@ class Plan:
 
 
 def _fit_stage(
-    stage: str, small: Slice, big: Slice, x_small: float, x_big: float, x_full: float, unit: str
+    stage: str,
+    small: Slice,
+    big: Slice,
+    x_small: float,
+    x_big: float,
+    x_full: float,
+    unit: str,
+    apart: Callable[[Slice], float] = lambda _: 0.0,
 ) -> StageEstimate:
-    """A stage priced by the line through its two probe runs, read at the full corpus."""
+    """A stage priced by the line through its two probe runs, read at the full corpus. ``apart(slice)``: seconds of
+    a probe run that are priced separately (a trainer's steps, checks and saves) and taken out before the fit."""
     ms, mb = small.measures[stage], big.measures[stage]
+    ts, tb = ms.wall_s - apart(small), mb.wall_s - apart(big)
     if x_full <= x_big:  # the probe ran the stage on all of it
-        return StageEstimate(stage, mb.wall_s, mb.rss_mib, f"measured on all {x_big:,.0f} {unit}")
-    t = Line.fit(x_small, ms.wall_s, x_big, mb.wall_s)
+        return StageEstimate(stage, tb, mb.rss_mib, f"measured on all {x_big:,.0f} {unit}")
+    t = Line.fit(x_small, ts, x_big, tb)
     m = Line.fit(x_small, ms.rss_mib, x_big, mb.rss_mib)
     basis = f"{t.a:.1f} s + {1000 * t.b:.3g} ms × {x_full:,.0f} {unit} (probes at {x_small:,.0f} and {x_big:,.0f})"
     return StageEstimate(stage, t.at(x_full), max(m.at(x_full), mb.rss_mib), basis)
@@ -352,30 +376,41 @@ def _schedule(section_name: str, params: dict[str, Any], rows: int) -> Any:
     return plan
 
 
-def _train_extra(
-    section_name: str, params: dict[str, Any], probe: Slice, rows_scale: float, steps: int, eval_scale: float = 1.0
+def _timing(piece: Slice, stage: str) -> dict[str, Any]:
+    return (piece.metrics(stage).get("train") or {}).get("timing") or {}
+
+
+def _trained_s(piece: Slice, stage: str) -> float:
+    """Seconds the probe's trainer spent on optimizer steps, dev checks and saves (priced apart by the schedule)."""
+    t = _timing(piece, stage)
+    return float(t.get("steps_s_total") or 0) + float(t.get("evals_s_total") or 0) + float(t.get("saves_s_total") or 0)
+
+
+def _schedule_s(
+    section_name: str, params: dict[str, Any], probe: Slice, rows_scale: float, eval_scale: float = 1.0
 ) -> tuple[float, str]:
-    """Seconds the full schedule adds to the probe's ``steps``-step run: more optimizer steps, dev checks, saves."""
+    """Seconds of the full schedule's optimizer steps, dev checks and saves, at the probe's measured costs: the first
+    step as measured, each further step at the mean of the probe's later steps. The schedule is the trainer's own
+    (``epochs: auto`` sized to the rows), for the probe's rows × ``rows_scale``; dev checks cost ``eval_scale`` times
+    the probe's (a larger dev pool)."""
     metrics = probe.metrics(section_name)
-    timing = (metrics.get("train") or {}).get("timing") or {}
+    timing = _timing(probe, section_name)
     plan_rows = (metrics.get("plan") or {}).get("rows") or (metrics.get("train") or {}).get("rows") or 0
     if not timing.get("steps"):
         return 0.0, "the probe trained no step (nothing to train, or training is off)"
     rows = max(1, round(plan_rows * rows_scale))
     plan = _schedule(section_name, params, rows)
-    step = float(timing["step_s_median"])
-    extra = (plan.total_steps - timing["steps"]) * step
+    step = float(timing["step_s_mean"])
+    seconds = float(timing["first_step_s"]) + (plan.total_steps - 1) * step
     # the Trainer checks dev and saves every eval_steps / save_steps steps and at the last one
     evals = math.ceil(plan.total_steps / plan.eval_steps) if timing.get("evals") else 0
     saves = math.ceil(plan.total_steps / plan.save_steps) if timing.get("saves") else 0
-    if evals:
-        extra += (evals - timing["evals"]) * float(timing["eval_s_mean"]) * eval_scale
-    if saves:
-        extra += (saves - timing["saves"]) * float(timing["save_s_mean"])
+    eval_s = float(timing.get("eval_s_mean") or 0) * eval_scale
+    seconds += evals * eval_s + saves * float(timing.get("save_s_mean") or 0)
     why = f"{plan.total_steps} steps × {step:.2f} s ({rows:,} rows)"
     if evals:
-        why += f", {evals} dev checks × {float(timing['eval_s_mean']) * eval_scale:.1f} s"
-    return max(extra, 0.0), why
+        why += f", {evals} dev checks × {eval_s:.1f} s"
+    return seconds, why
 
 
 def make_plan(
@@ -476,13 +511,14 @@ def _model_stages(
     notes: list[str],
     decide_dense: Callable[..., Any],
 ) -> list[StageEstimate]:
-    """Run the model stages on two small slices with ``steps`` optimizer steps; price them at full size."""
-    mp = copy.deepcopy(probe_params)
-    for name in ("train_embedder", "train_reranker"):
-        mp[name] |= {"max_steps": steps, "eval_steps": steps, "save_steps": steps}
+    """Run the model stages on two small slices (the larger with ``steps`` optimizer steps, the smaller with one);
+    price them at full size."""
     top = min(docs, model_probe_docs)
     pieces = [Slice(max(1, top // 4), prober.work / "model-small"), Slice(top, prober.work / "model-big")]
-    for piece in pieces:
+    for piece, n_steps in zip(pieces, (1, steps), strict=True):  # the small slice prices the rest, not the steps
+        mp = copy.deepcopy(probe_params)
+        for name in ("train_embedder", "train_reranker"):
+            mp[name] |= {"max_steps": n_steps, "eval_steps": n_steps, "save_steps": n_steps}
         prober.ingest(piece, mp)
         for stage in ("chunk", "bm25", "questions", "pairs", "negatives", *MODEL_STAGES):
             prober.stage(piece, stage)
@@ -491,12 +527,12 @@ def _model_stages(
     rows_scale = groups / max(big.groups, 1)
     out = []
     for stage in MODEL_STAGES:
-        est = _fit_stage(stage, small, big, small.chunks, big.chunks, chunks, "chunks")
-        if stage in ("train_embedder", "train_reranker"):
-            eval_scale = 1.0
-            if stage == "train_embedder":
-                eval_scale = _dev_pool_scale(params, big, chunks)
-            extra, why = _train_extra(stage, params, big, rows_scale, steps, eval_scale)
+        trains = stage in ("train_embedder", "train_reranker")
+        apart = (lambda piece, s=stage: _trained_s(piece, s)) if trains else (lambda _: 0.0)
+        est = _fit_stage(stage, small, big, small.chunks, big.chunks, chunks, "chunks", apart)
+        if trains:
+            eval_scale = _dev_pool_scale(params, big, chunks) if stage == "train_embedder" else 1.0
+            extra, why = _schedule_s(stage, params, big, rows_scale, eval_scale)
             est = StageEstimate(stage, est.seconds + extra, est.peak_rss_mib, f"{why}; the rest: {est.basis}")
         out.append(est)
     # negatives' dense side, priced at the base model's passages/s that evaluate's bake-off measured in the probe

@@ -145,21 +145,25 @@ def step_timer() -> Any:
 
 
 def step_timing(trainer: Any) -> dict[str, Any]:
-    """What :func:`step_timer`'s callback measured in ``trainer``'s run: counts, the median step (the first, which
-    warms up kernels and the data loader, is counted but not in the median when there are others), mean check and
-    mean save."""
+    """What :func:`step_timer`'s callback measured in ``trainer``'s run: how many steps, dev checks and saves, and
+    their seconds. The first step is reported apart (it warms up kernels, allocator and data loader); the mean of the
+    others is what each further step costs, and the totals are what the run spent on each."""
     timer = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "steps") and hasattr(c, "saves")), None)
     if timer is None or not timer.steps:
         return {"steps": 0}
-    steady = timer.steps[1:] or timer.steps
+    later = timer.steps[1:] or timer.steps
     return {
         "steps": len(timer.steps),
-        "step_s_median": round(statistics.median(steady), 3),
         "first_step_s": round(timer.steps[0], 3),
+        "step_s_mean": round(statistics.fmean(later), 3),  # after the first
+        "step_s_median": round(statistics.median(later), 3),
+        "steps_s_total": round(sum(timer.steps), 3),
         "evals": len(timer.evals),
         "eval_s_mean": round(statistics.fmean(timer.evals), 3) if timer.evals else None,
+        "evals_s_total": round(sum(timer.evals), 3),
         "saves": len(timer.saves),
         "save_s_mean": round(statistics.fmean(timer.saves), 3) if timer.saves else None,
+        "saves_s_total": round(sum(timer.saves), 3),
     }
 
 
