@@ -200,3 +200,39 @@ def test_an_encode_killed_midway_resumes_at_the_first_unfinished_shard(tmp_path,
     assert sum(encoded) == len(texts) - 16 * done
     fresh = DenseEncoder(SentenceTransformer(str(tiny_embedder_path), device="cpu"), "tiny", 2, use_cache=False)
     assert np.allclose(resumed, fresh.encode(texts, "passage: "), atol=1e-6)
+
+
+def test_a_process_per_local_device_encodes_the_same_vectors_as_one_process(tiny_embedder_path, tmp_path, monkeypatch):
+    """model.devices [cpu, cpu]: sentence-transformers' pool, one process each, each task a whole encode block: the
+    same bytes as this process alone (the GPU path, [cuda:0, cuda:1], is the same code), and the cache gets every
+    shard."""
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("RAGTUNE_CACHE", str(tmp_path / "cache"))
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    texts = [f"điều {i}: người lao động nghỉ phép " + "năm " * (i % 13) for i in range(150)]
+    local = DenseEncoder(model, "tiny", batch_size=4, use_cache=False).encode(texts, "passage: ")
+    pooled = DenseEncoder(model, "tiny", batch_size=4, devices=["cpu", "cpu"])
+    pooled.shard_size = 4 * 8 * 2  # several shards, each several blocks
+    started = []
+    real = type(model).start_multi_process_pool  # spied on the class: the model itself is pickled to the workers
+    monkeypatch.setattr(
+        type(model), "start_multi_process_pool", lambda self, devices: started.append(devices) or real(self, devices)
+    )
+
+    got = pooled.encode(texts, "passage: ")
+
+    assert started == [["cpu", "cpu"]]  # one pool for the whole encode, not one per shard
+    assert got.dtype == np.float32 and got.tobytes() == local.tobytes()
+    assert len(list((tmp_path / "cache" / "embeddings").rglob("*.keys.npy"))) == -(-150 // 64)
+
+
+def test_encode_devices_auto_takes_every_gpu_from_two_on():
+    from ragtune.retrieval import encode_devices
+
+    assert encode_devices("auto", gpus=0) == [] and encode_devices(None, gpus=1) == []  # this process
+    assert encode_devices("auto", gpus=3) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert encode_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
+    assert DenseEncoder(None, "x", devices=["cuda:0"]).devices == []  # one device: no pool
+    with pytest.raises(ValueError, match=r"model\.devices"):
+        encode_devices("cuda")

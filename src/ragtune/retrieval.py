@@ -291,12 +291,15 @@ class DenseEncoder:
         batch_size: int = 32,
         use_cache: bool = True,
         ray: RayEncoding | None = None,
+        devices: Sequence[str] = (),
     ):
         self.model = model
         self.fingerprint = fingerprint
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.ray = ray  # encode the blocks on a Ray cluster instead of here (model.encode_on: ray)
+        # two or more local devices: one process per device (sentence-transformers' pool), blocks sent whole
+        self.devices = list(devices) if len(devices) > 1 else []
         # a multiple of the encode block (batch_size × 8), so blocks, and so padding, are the same with or without
         # shards: the vectors do not depend on how the work was cut
         self.shard_size = batch_size * 8 * 32
@@ -328,7 +331,11 @@ class DenseEncoder:
         return np.stack([cached[h] for h in hashes]).astype(np.float32)
 
     def _shards(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> Iterator[tuple[int, np.ndarray]]:
-        """(first text, vectors) of each shard of ``texts``, in order, encoded here or by Ray actors."""
+        """(first text, vectors) of each shard of ``texts``, in order, encoded here, by a process per local device, or
+        by Ray actors."""
+        if self.ray is None and self.devices:
+            yield from self._pooled_shards(texts, prompt, advance)
+            return
         if self.ray is None:
             for start in range(0, len(texts), self.shard_size):
                 yield start, self._encode_raw(texts[start : start + self.shard_size], prompt, advance)
@@ -349,6 +356,32 @@ class DenseEncoder:
             shard = [next(vectors) for _ in range(-(-min(self.shard_size, len(texts) - start) // block))]
             advance(sum(len(v) for v in shard))
             yield start, np.concatenate(shard).astype(np.float32)
+
+    def _pooled_shards(
+        self, texts: list[str], prompt: str, advance: Callable[[int], Any]
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Shards encoded by sentence-transformers' multi-process pool, one process per device in ``devices``.
+
+        Each pool task is one encode block (``batch_size`` × 8 texts) encoded with ``batch_size``, as
+        :meth:`_encode_raw` encodes it here: the same length-sorting and padding, so the same vectors as one process
+        on the same kind of device (a test checks it on two CPU processes)."""
+        pool = self.model.start_multi_process_pool(self.devices)
+        try:
+            for start in range(0, len(texts), self.shard_size):
+                shard = texts[start : start + self.shard_size]
+                vectors = self.model.encode(
+                    shard,
+                    prompt=prompt,
+                    batch_size=self.batch_size,
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    pool=pool,
+                    chunk_size=self.batch_size * 8,
+                )
+                advance(len(shard))
+                yield start, np.asarray(vectors, dtype=np.float32).reshape(len(shard), -1)
+        finally:
+            self.model.stop_multi_process_pool(pool)
 
     def _encode_raw(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> np.ndarray:
         out = []
@@ -585,6 +618,25 @@ class Embedder:
         return self.encoder.encode(texts, self.passage_prompt, "Encoding passages")
 
 
+def encode_devices(setting: str | Sequence[str] | None, gpus: int | None = None) -> list[str]:
+    """``model.devices``: the local devices dense encoding runs on, one process each; ``[]`` = this process.
+
+    ``auto`` takes every CUDA GPU when there are two or more (one process per GPU; sentence-transformers' own pool),
+    and this process otherwise: on a CPU, torch already spreads one process's matmuls over every core, and a second
+    process would only split them. A list (``[cuda:0, cuda:1]``, or ``[cpu, cpu]`` to try the path) is used as said.
+    ``gpus``: the GPU count (default: torch's), for tests.
+    """
+    if setting in (None, "", "auto"):
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(gpus)] if gpus > 1 else []
+    if isinstance(setting, str):
+        raise ValueError(f"model.devices: {setting!r}: use auto, or a list of devices such as [cuda:0, cuda:1]")
+    return [str(d) for d in setting]
+
+
 def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
     """Load the embedder named in the ``model:`` params section (or ``name``), with prompts resolved."""
     from ragtune.models import load_embedder, model_fingerprint, resolve_model
@@ -598,10 +650,13 @@ def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
         from ragtune.ray_encode import RaySettings
 
         ray = RayEncoding(str(path), RaySettings.from_params(params))
+    devices = encode_devices(params.get("devices", "auto"))
     return Embedder(
         name=name,
         model=model,
-        encoder=DenseEncoder(model, model_fingerprint(path), batch_size=int(params.get("batch_size", 32)), ray=ray),
+        encoder=DenseEncoder(
+            model, model_fingerprint(path), batch_size=int(params.get("batch_size", 32)), ray=ray, devices=devices
+        ),
         query_prompt=model_prompt(model, "query", params.get("query_prompt")),
         passage_prompt=model_prompt(model, "passage", params.get("passage_prompt")),
     )

@@ -86,6 +86,12 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "ray_address": Str("encode_on ray: the cluster (auto = the one `ray start` made here; ray://host:10001)"),
         "ray_actors": Int("encode_on ray: actors, each holding one model", low=1),
         "ray_gpus_per_actor": Float("encode_on ray: GPUs each actor reserves", low=0),
+        "devices": Key(
+            "any",
+            "encode_on local: auto (every GPU when there are 2 or more, one process each; else this process) | a "
+            "list such as [cuda:0, cuda:1]",
+            null=True,
+        ),
     },
     "ingest": {
         "root": Str("input folder; source paths are relative to it", nonempty=True),
