@@ -370,33 +370,23 @@ class DenseEncoder:
             for start in range(0, len(texts), self.shard_size):
                 shard = texts[start : start + self.shard_size]
                 vectors = self.model.encode(
-                    shard,
-                    prompt=prompt,
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    pool=pool,
-                    chunk_size=self.batch_size * 8,
+                    shard, **self._encode_args(prompt), pool=pool, chunk_size=self.batch_size * 8
                 )
                 advance(len(shard))
                 yield start, np.asarray(vectors, dtype=np.float32).reshape(len(shard), -1)
         finally:
             self.model.stop_multi_process_pool(pool)
 
+    def _encode_args(self, prompt: str) -> dict[str, Any]:
+        """How every block is encoded, here or in a device pool: the same arguments give the same vectors."""
+        return {"prompt": prompt, "batch_size": self.batch_size, "normalize_embeddings": True,
+                "convert_to_numpy": True, "show_progress_bar": False}  # fmt: skip
+
     def _encode_raw(self, texts: list[str], prompt: str, advance: Callable[[int], Any]) -> np.ndarray:
         out = []
         for start in range(0, len(texts), self.batch_size * 8):
             block = texts[start : start + self.batch_size * 8]
-            out.append(
-                self.model.encode(
-                    block,
-                    prompt=prompt,
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            )
+            out.append(self.model.encode(block, **self._encode_args(prompt)))
             advance(len(block))
         return np.concatenate(out).astype(np.float32)
 
