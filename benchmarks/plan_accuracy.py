@@ -3,12 +3,14 @@
 Usage (venv active; PROJECT is a DVC project with its inputs: this repo for the shipped sample, or a project made by
 `benchmarks/scale_data.py --keep`):
     python benchmarks/plan_accuracy.py --project . --name sample
-    python benchmarks/plan_accuracy.py --project /tmp/ragtune-scale/project-100000 --name 100k --data-only
+    python benchmarks/plan_accuracy.py --project /tmp/ragtune-scale/project-100000 --name 100k --data-only \
+        --scale-row 100000
 
 1. `ragtune plan --json` in PROJECT (the probe runs in a temporary folder; PROJECT is not touched);
 2. each stage it priced, in DAG order, with `dvc repro --force --single-item STAGE`, timed (wall, CPU and peak RSS of
    the process tree), as a user's first `dvc repro` runs it: with an empty embedding cache (vectors an earlier run
    left would make the encoding stages look cheap);
+   or, with --scale-row N, the per-stage times scale_data.py measured on that corpus (same session, same machine);
 3. per stage and in total: estimate, measurement, estimate / measurement.
 
 The issue's goal: the total within ±30% on the sample and on the 100,000-document corpus. Writes one row per
@@ -25,10 +27,45 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from ragtune.plan import cold_cache_env, run_measured
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def compared(est: dict[str, Any], wall_s: float, cpu_s: float | None, rss_mib: float) -> dict[str, Any]:
+    print(f"{est['stage']:<15} plan {est['seconds']:8.1f} s   measured {wall_s:8.1f} s", flush=True)
+    return {
+        "estimate_s": est["seconds"],
+        "measured_s": round(wall_s, 1),
+        "measured_cpu_s": round(cpu_s, 1) if cpu_s is not None else None,
+        "ratio": round(est["seconds"] / wall_s, 2),
+        "estimate_rss_mib": est["peak_rss_mib"],
+        "measured_rss_mib": round(rss_mib),
+    }
+
+
+def measure(plan: dict[str, Any], project: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run each priced stage with `dvc repro --force --single-item` and compare."""
+    stages = {}
+    for est in plan["stages"]:
+        repro = [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", est["stage"]]
+        measured, _ = run_measured(repro, project, env)
+        stages[est["stage"]] = compared(est, measured.wall_s, measured.cpu_s, measured.rss_mib)
+    return stages
+
+
+def against_scale_row(plan: dict[str, Any], docs: int) -> dict[str, Any]:
+    """Compare with the stages benchmarks/scale_data.py measured on the same corpus (its row for ``docs``), instead
+    of running them again: at 1.8M documents they take a quarter of an hour."""
+    rows = json.loads((ROOT / "metrics/benchmarks/scale_data.json").read_text(encoding="utf-8"))["rows"]
+    row = next(r for r in rows if r["docs"] == docs)
+    return {
+        est["stage"]: compared(est, m["seconds"], m.get("cpu_seconds"), m["peak_rss_mib"])
+        for est in plan["stages"]
+        if (m := row["stages"].get(est["stage"]))
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +74,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", required=True, help="the row's name in the output (sample, 100k, …)")
     ap.add_argument("--data-only", action="store_true", help="price and run the data stages only")
     ap.add_argument("--out", type=Path, default=ROOT / "metrics/benchmarks/plan_accuracy.json")
+    ap.add_argument(
+        "--scale-row",
+        type=int,
+        help="compare with metrics/benchmarks/scale_data.json's row of this many documents (PROJECT: the project "
+        "scale_data.py --keep made for it) instead of running the stages",
+    )
     args = ap.parse_args(argv)
     project = args.project.resolve()
     with tempfile.TemporaryDirectory() as tmp:
@@ -45,22 +88,10 @@ def main(argv: list[str] | None = None) -> None:
         probe, out = run_measured(cmd + (["--data-only"] if args.data_only else []), project)
         print(out[-3000:], flush=True)
         plan = json.loads(plan_file.read_text(encoding="utf-8"))
-        # the stages as a first `dvc repro` runs them: no vectors cached from earlier runs (the plan prices that)
-        env = cold_cache_env(Path(tmp) / "cache")
-        stages = {}
-        for est in plan["stages"]:
-            name = est["stage"]
-            repro = [sys.executable, "-m", "dvc", "repro", "--force", "--single-item", name]
-            measured, _ = run_measured(repro, project, env)
-            stages[name] = {
-                "estimate_s": est["seconds"],
-                "measured_s": round(measured.wall_s, 1),
-                "measured_cpu_s": round(measured.cpu_s, 1),
-                "ratio": round(est["seconds"] / measured.wall_s, 2),
-                "estimate_rss_mib": est["peak_rss_mib"],
-                "measured_rss_mib": round(measured.rss_mib),
-            }
-            print(f"{name:<15} plan {est['seconds']:8.1f} s   measured {measured.wall_s:8.1f} s", flush=True)
+        if args.scale_row:
+            stages = against_scale_row(plan, args.scale_row)
+        else:  # the stages as a first `dvc repro` runs them: no vectors cached earlier (the plan prices that)
+            stages = measure(plan, project, cold_cache_env(Path(tmp) / "cache"))
     total_est = sum(s["estimate_s"] for s in stages.values())
     total_measured = sum(s["measured_s"] for s in stages.values())
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
