@@ -179,7 +179,8 @@ def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dic
     write_jsonl(paths.queries, repoint(result.queries, sink.ids))
     write_jsonl(paths.ingest_quarantine, [])
     docs = result.metrics["documents"]
-    return {"kept": sink.count, "read": docs["read"], "queries": len(result.queries)}
+    positives = {p for q in result.queries for p in q["positive_doc_ids"]}
+    return {"kept": sink.count, "read": docs["read"], "queries": len(result.queries), "positive_docs": len(positives)}
 
 
 # what the stages write (Paths): a probe project has its own; everything else is the repository's, linked
@@ -223,6 +224,7 @@ class Slice:
     root: Path
     docs: int = 0
     read: int = 0
+    positive_docs: int = 0  # distinct documents the questions name (before the probe re-points them)
     measures: dict[str, Measure] = field(default_factory=dict)
 
     @property
@@ -276,7 +278,7 @@ class Prober:
         measure, out = run_measured(cmd, self.repo, cold_cache_env(piece.root / ".cache"))
         found = [line[6:] for line in out.splitlines() if line.startswith("PROBE ")]
         result = json.loads(found[-1])
-        piece.docs, piece.read = result["kept"], result["read"]
+        piece.docs, piece.read, piece.positive_docs = result["kept"], result["read"], result["positive_docs"]
         piece.measures["ingest"] = measure
         self.log(f"probe ingest: {piece.docs:,} documents in {measure.wall_s:.1f} s")
 
@@ -542,12 +544,18 @@ def _model_stages(
     if rate:
         decision = decide_dense(str(mode), int(n["n_dense"]), chunks, float(n["dense_budget_s"]), lambda: rate)
         if decision.use:
+            # pairs' alignment has already encoded the chunks of the labeled documents with the same model: the cache
+            # hands them to the mining, which encodes the rest
+            aligned = min(chunks, round(big.positive_docs * chunks / max(docs, 1)))
+            # auto first times 3 batches of the corpus itself (mining.encode_rate), outside the cache
+            timed = 3 * int(params["model"]["batch_size"]) if mode == "auto" else 0
+            encoded = chunks - aligned + timed
             for i, e in enumerate(estimates):
                 if e.stage == "negatives":
-                    extra = chunks / rate
                     estimates[i] = StageEstimate(
-                        "negatives", e.seconds + extra, e.peak_rss_mib,
-                        f"{e.basis}; + dense mining: {chunks:,} chunks at {rate:.1f} passages/s",
+                        "negatives", e.seconds + encoded / rate, e.peak_rss_mib,
+                        f"{e.basis}; + dense mining: {encoded:,} passages (those pairs did not encode, and auto's "
+                        f"speed test) at {rate:.1f} passages/s",
                     )  # fmt: skip
         notes.append(f"negatives.dense {mode}: {decision.why or decision.rule} → {'mines' if decision.use else 'off'}")
     return out
