@@ -39,6 +39,24 @@ def test_repoint_keeps_every_question_and_points_the_positives_past_the_cut_insi
     assert all(set(q["positive_doc_ids"]) <= {"D0", "D1"} and q["positive_doc_ids"] for q in out)
     assert repoint(queries, ["D0", "D1"]) == out  # the same id always lands on the same document
     assert queries[1]["positive_doc_ids"] == ["D9", "D1"]  # the input is not touched
+    # with a closest-document function: the stand-in it names (the hash only where it names none)
+    by_text = repoint(
+        [{"query_id": "d", "query": "nghỉ phép năm", "positive_doc_ids": ["D9"]}],
+        ["D0", "D1"],
+        closest=lambda q: "D0" if "phép" in q else None,
+    )
+    assert by_text[0]["positive_doc_ids"] == ["D0"]
+
+
+def test_the_closest_stand_in_is_the_slice_document_bm25_ranks_first():
+    from ragtune.plan import _closest_by_bm25
+
+    closest = _closest_by_bm25(
+        ["A", "B", "C"],
+        ["Nghỉ phép năm mười bốn ngày", "Cài đặt VPN trên máy tính xách tay", "Đặt phòng họp trước một ngày"],
+    )
+    assert closest("cài đặt VPN thế nào") == "B" and closest("đặt phòng họp") == "C"
+    assert closest("!!!") is None  # no BM25 token: the caller falls back to the hash
 
 
 def test_ingest_with_max_documents_stops_reading_documents_and_keeps_every_question(tmp_path: Path):

@@ -136,30 +136,54 @@ def count_rows(config: Any) -> int:
 
 
 class _IdSink(JsonlSink):
-    """A document sink that also remembers the ids it wrote (the probe re-points question positives at them)."""
+    """A document sink that also keeps the ids and texts it wrote (the probe re-points positives at them)."""
 
     def __init__(self, path: Path):
         super().__init__(path)
         self.ids: list[str] = []
+        self.texts: list[str] = []
 
     def write(self, record: dict[str, Any]) -> None:
         super().write(record)
         self.ids.append(record["doc_id"])
+        self.texts.append(f"{record.get('title') or ''}\n{record['text']}")
 
 
-def repoint(queries: list[dict[str, Any]], kept: Sequence[str]) -> list[dict[str, Any]]:
-    """``queries`` with every positive outside ``kept`` replaced by a document of ``kept``, chosen by a hash of the
-    id (the same id always lands on the same document). The probe keeps every question this way: the cost of the
-    question-driven work (splits, alignment, mining, training rows) depends on the questions, not on which document
-    answers them."""
+def repoint(
+    queries: list[dict[str, Any]], kept: Sequence[str], closest: Callable[[str], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """``queries`` with every positive outside ``kept`` replaced by a document of ``kept``: ``closest(query)`` (the
+    probe passes BM25's first document of the slice for the question), else one chosen by a hash of the id.
+
+    The probe keeps every question this way, so the question-driven work (splits, alignment, mining, training rows)
+    is full size. The stand-in must resemble the question as a real positive does: against an unrelated positive
+    every BM25 candidate outscores it, negatives' ``bm25_max_ratio`` drops them all, and mining walks the whole
+    ranking (the 100,000-document corpus's probe priced negatives at 66 s for a 7 s stage that way).
+    """
     known = set(kept)
     out = []
     for q in queries:
         seen: dict[str, None] = {}
         for p in q["positive_doc_ids"]:
-            seen[p if p in known else kept[zlib.crc32(p.encode("utf-8")) % len(kept)]] = None
+            if p not in known:
+                p = (closest(q["query"]) if closest else None) or kept[zlib.crc32(p.encode("utf-8")) % len(kept)]
+            seen[p] = None
         out.append({**q, "positive_doc_ids": list(seen)})
     return out
+
+
+def _closest_by_bm25(ids: list[str], texts: list[str]) -> Callable[[str], str | None]:
+    """A function from a question to the document of ``ids`` that BM25 (syllables: fast at any size) ranks first."""
+    from ragtune.retrieval import BM25Index
+
+    index = BM25Index(list(ids), tokenizer="syllable").fit(texts)
+
+    def closest(query: str) -> str | None:
+        scores = index.scores(query)
+        best = int(scores.argmax()) if len(scores) else -1
+        return ids[best] if best >= 0 and scores[best] > 0 else None
+
+    return closest
 
 
 def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dict[str, Any]:
@@ -176,7 +200,10 @@ def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dic
         result = ingest(config, sink=sink, max_documents=cap)
     if not sink.ids:
         raise PlanError(f"the probe's ingest kept no document from {params_file}'s ingest sources")
-    write_jsonl(paths.queries, repoint(result.queries, sink.ids))
+    kept = set(sink.ids)
+    outside = any(p not in kept for q in result.queries for p in q["positive_doc_ids"])
+    closest = _closest_by_bm25(sink.ids, sink.texts) if outside else None
+    write_jsonl(paths.queries, repoint(result.queries, sink.ids, closest))
     write_jsonl(paths.ingest_quarantine, [])
     docs = result.metrics["documents"]
     positives = {p for q in result.queries for p in q["positive_doc_ids"]}
@@ -439,9 +466,9 @@ def make_plan(
     rows = count_rows(config)
     log(f"the ingest sources hold {rows:,} documents (files and table rows, before ingest's checks)")
     big_cap = min(rows, probe_docs)
-    if rows >= PARALLEL_MIN_DOCS:  # chunk switches to its worker pool there: probe the path the full run takes
-        big_cap = max(big_cap, PARALLEL_MIN_DOCS)
     small_cap = max(1, big_cap // 5)
+    if rows >= PARALLEL_MIN_DOCS:  # chunk's worker pool starts there: both probes must run the full run's path
+        small_cap, big_cap = PARALLEL_MIN_DOCS, min(rows, max(probe_docs, 2 * PARALLEL_MIN_DOCS))
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="ragtune-plan-")) if work is None else work
     prober = Prober(repo, params_file, work, log)
@@ -550,10 +577,11 @@ def _model_stages(
             # auto first times 3 batches of the corpus itself (mining.encode_rate), outside the cache
             timed = 3 * int(params["model"]["batch_size"]) if mode == "auto" else 0
             encoded = chunks - aligned + timed
+            index_rss = next(o.peak_rss_mib for o in out if o.stage == "index")  # the encoder and the vectors
             for i, e in enumerate(estimates):
                 if e.stage == "negatives":
                     estimates[i] = StageEstimate(
-                        "negatives", e.seconds + encoded / rate, e.peak_rss_mib,
+                        "negatives", e.seconds + encoded / rate, max(e.peak_rss_mib, index_rss),
                         f"{e.basis}; + dense mining: {encoded:,} passages (those pairs did not encode, and auto's "
                         f"speed test) at {rate:.1f} passages/s",
                     )  # fmt: skip
