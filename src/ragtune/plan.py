@@ -135,20 +135,6 @@ def count_rows(config: Any) -> int:
 # ------------------------------------------------------------------------------------------------ the probe
 
 
-class _IdSink(JsonlSink):
-    """A document sink that also keeps the ids and texts it wrote (the probe re-points positives at them)."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self.ids: list[str] = []
-        self.texts: list[str] = []
-
-    def write(self, record: dict[str, Any]) -> None:
-        super().write(record)
-        self.ids.append(record["doc_id"])
-        self.texts.append(f"{record.get('title') or ''}\n{record['text']}")
-
-
 def repoint(
     queries: list[dict[str, Any]], kept: Sequence[str], closest: Callable[[str], str | None] | None = None
 ) -> list[dict[str, Any]]:
@@ -188,26 +174,39 @@ def _closest_by_bm25(ids: list[str], texts: list[str]) -> Callable[[str], str | 
 
 def probe_ingest(params_file: Path, repo: Path, out_root: Path, cap: int) -> dict[str, Any]:
     """Ingest the first ``cap`` documents of the user's sources (their own formats, ingest's own code) into the
-    probe project ``out_root``, with every question (positives re-pointed, see :func:`repoint`). Run in a child
-    process by :func:`make_plan`, so that its time and memory are measured like a stage's."""
+    probe project ``out_root``, with every question, positives unchecked (:func:`repoint_probe_queries` re-points
+    them afterwards, outside the measured run). Run in a child process by :func:`make_plan`, so that its time and
+    memory are measured like a stage's."""
     from ragtune.ingest import load_config
     from ragtune.ingest.run import ingest
     from ragtune.params import load_params, section
 
     config = load_config(section(load_params(params_file), "ingest"), repo)
     paths = Paths(out_root)
-    with _IdSink(paths.documents) as sink:
+    with JsonlSink(paths.documents) as sink:
         result = ingest(config, sink=sink, max_documents=cap)
-    if not sink.ids:
+    if not sink.count:
         raise PlanError(f"the probe's ingest kept no document from {params_file}'s ingest sources")
-    kept = set(sink.ids)
-    outside = any(p not in kept for q in result.queries for p in q["positive_doc_ids"])
-    closest = _closest_by_bm25(sink.ids, sink.texts) if outside else None
-    write_jsonl(paths.queries, repoint(result.queries, sink.ids, closest))
+    write_jsonl(paths.queries, result.queries)
     write_jsonl(paths.ingest_quarantine, [])
     docs = result.metrics["documents"]
     positives = {p for q in result.queries for p in q["positive_doc_ids"]}
     return {"kept": sink.count, "read": docs["read"], "queries": len(result.queries), "positive_docs": len(positives)}
+
+
+def repoint_probe_queries(out_root: Path) -> None:
+    """Re-point the probe project's question positives that lie past its cut (:func:`repoint`, with BM25's first
+    document of the slice as the stand-in). Probe work, not ingest's: done in the plan's own process, unmeasured."""
+    paths = Paths(out_root)
+    ids, texts = [], []
+    for _, d in iter_jsonl(paths.documents):
+        ids.append(d["doc_id"])
+        texts.append(f"{d.get('title') or ''}\n{d['text']}")
+    queries = [q for _, q in iter_jsonl(paths.queries)]
+    kept = set(ids)
+    outside = any(p not in kept for q in queries for p in q["positive_doc_ids"])
+    closest = _closest_by_bm25(ids, texts) if outside else None
+    write_jsonl(paths.queries, repoint(queries, ids, closest))
 
 
 # what the stages write (Paths): a probe project has its own; everything else is the repository's, linked
@@ -306,6 +305,7 @@ class Prober:
         found = [line[6:] for line in out.splitlines() if line.startswith("PROBE ")]
         result = json.loads(found[-1])
         piece.docs, piece.read, piece.positive_docs = result["kept"], result["read"], result["positive_docs"]
+        repoint_probe_queries(piece.root)
         piece.measures["ingest"] = measure
         self.log(f"probe ingest: {piece.docs:,} documents in {measure.wall_s:.1f} s")
 
