@@ -5,23 +5,25 @@ guesses, before starting. Here the price comes from running the real stage scrip
 own corpus (the *probe*) and extrapolating each stage's measured wall time and peak memory to the full corpus.
 Nothing is a constant: every figure is measured on this machine, in this session.
 
-* **Data stages** (ingest, chunk, bm25, questions, pairs, negatives' BM25 side) run twice, on the first ``S`` and
-  ``B`` documents of the corpus as ingest reads it (``B`` = ``probe_docs``; at least chunk's pool threshold when the
-  corpus is that large, so the probe runs the code path the full run will). Every labeled question is kept, its
-  positives past the cut re-pointed at documents inside it (which document is relevant changes no cost), so the
+* **Data stages** (ingest, chunk, bm25, questions, pairs, negatives' BM25 side) run twice, on the first ``B/5`` and
+  ``B`` documents of the corpus as ingest reads it (``B`` = ``probe_docs``); from chunk's pool threshold (20,000
+  documents) on, on 20,000 and 40,000, so both probes run the code path the full run will. Every labeled question is
+  kept, a positive past the cut standing in as the slice's BM25-first document for it (:func:`repoint`), so the
   question-driven work is full size in both. Time and peak RSS are fit as ``a + b·documents`` and read at ``N``.
   Whatever a stage does once for the whole corpus even in the probe (ingest parsing a JSONL table whole before its
   rows stream, the walk of a folder) lands in ``a`` and is already full size.
-* **Model stages** (train_embedder, index, train_reranker, evaluate) run on the first ``T1`` and ``T2`` documents
-  with ``max_steps`` = ``probe_steps``. A fit ``a + b·chunks`` gives everything but the optimizer steps (loading,
-  encoding the corpus for the dev pool, index and evaluation, saving); the schedule the full data will get (the
-  trainers' own :func:`ragtune.train.schedule.resolve_schedule`) then adds ``(steps − probe steps) × step time``
-  and the extra dev checks and saves, each timed in the probe by :func:`ragtune.train.common.step_timer`.
-* **negatives' dense mining**, when ``negatives.dense`` would mine: every chunk at the base model's passages/s,
-  which evaluate's bake-off measured in the probe.
+* **Model stages** (train_embedder, index, train_reranker, evaluate) run on the first ``T/4`` and ``T`` documents
+  (``T`` = ``model_probe_docs``), the smaller training 1 optimizer step, the larger ``probe_steps``. A fit
+  ``a + b·chunks`` of each run without its training loop gives loading, encoding the corpus (dev pool, index,
+  evaluation) and saving; the schedule the full data will get (the trainers' own
+  :func:`ragtune.train.schedule.resolve_schedule`) then adds its steps, dev checks and saves at the costs
+  :func:`ragtune.train.common.step_timer` measured in the larger probe.
+* **negatives' dense mining**, when ``negatives.dense`` would mine: the passages pairs' alignment did not already
+  cache, at the base model's passages/s that evaluate's bake-off measured in the probe.
 
 The probe itself takes minutes (it runs each stage four times on small inputs); on the shipped sample that is a
-large share of the run, on a large corpus a small one. ``docs/scale.md#ragtune-plan`` gives the measured accuracy.
+large share of the run, on a large corpus a small one. ``docs/scale.md#before-a-long-run-ragtune-plan`` gives the
+measured accuracy.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +242,11 @@ def _write_params(project: Path, params: dict[str, Any]) -> None:
 
 
 def _lines(path: Path) -> int:
-    return sum(1 for _ in iter_jsonl(path)) if path.exists() else 0
+    """Records in a JSONL file the stages wrote (one per non-blank line): counted, not parsed."""
+    if not path.exists():
+        return 0
+    with path.open("rb") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 @dataclass
@@ -257,12 +264,14 @@ class Slice:
     def paths(self) -> Paths:
         return Paths(self.root)
 
-    @property
+    @cached_property
     def chunks(self) -> int:
+        """Chunks the slice's chunk stage wrote (read once, after it ran)."""
         return _lines(self.paths.chunks)
 
-    @property
+    @cached_property
     def groups(self) -> int:
+        """Training groups the slice's negatives stage wrote (read once, after it ran)."""
         return _lines(self.paths.train_groups)
 
     def metrics(self, stage: str) -> dict[str, Any]:
@@ -481,11 +490,11 @@ def make_plan(
         for piece in pieces:
             prober.ingest(piece, probe_params)
         whole = rows <= big_cap
-        docs = big.docs if rows <= big_cap else round(rows * big.docs / max(big.read, 1))
+        docs = big.docs if whole else round(rows * big.docs / max(big.read, 1))
         for piece in pieces:
             prober.stage(piece, "chunk")
         chunks_per_doc = big.chunks / max(big.docs, 1)
-        chunks = big.chunks if rows <= big_cap else round(docs * chunks_per_doc)
+        chunks = big.chunks if whole else round(docs * chunks_per_doc)
         # bm25.tokenizer auto picks by the corpus's chunk count: the probe must run the tokenizer the full run will
         probe_params["bm25"]["tokenizer"] = resolve_tokenizer(str(params["bm25"]["tokenizer"]), chunks)
         if params["questions"].get("generator") == "llm":
@@ -499,13 +508,8 @@ def make_plan(
             for stage in ("bm25", "questions", "pairs", "negatives"):
                 prober.stage(piece, stage)
         small = small if len(pieces) == 2 else big
-        estimates = [
-            _fit_stage(stage, small, big, small.docs, big.docs, docs, "documents")
-            for stage in ("ingest", "chunk", "bm25", "questions", "pairs", "negatives")
-        ]
-        groups = (
-            big.groups if rows <= big_cap else round(Line.fit(small.docs, small.groups, big.docs, big.groups).at(docs))
-        )
+        estimates = [_fit_stage(stage, small, big, small.docs, big.docs, docs, "documents") for stage in DATA_STAGES]
+        groups = big.groups if whole else round(Line.fit(small.docs, small.groups, big.docs, big.groups).at(docs))
         if whole:
             notes.append(f"the data probe read the whole corpus ({big.docs:,} documents): those stages are measured")
         if not data_only:
