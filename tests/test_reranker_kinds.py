@@ -56,9 +56,11 @@ def _stage(tmp_path, tiny_embedder_path, **reranker):
     return Paths(work), read_json(Paths(work).metrics("train_reranker")), summary
 
 
+LI = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1, "attention_dropout": None}
+
+
 def test_late_interaction_kind_trains_ships_and_loads_through_the_common_loader(tmp_path, tiny_embedder_path):
-    lengths = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1}
-    paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=7e-5, late_interaction=lengths)
+    paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=7e-5, late_interaction=LI)
     assert m["kind"] == "late_interaction" and m["kept"] == kinds.kept_model(m["dev"])
     assert m["shipped"] == ("fine-tuned" if m["kept"] == "trained" else "untrained start (training made dev worse)")
     assert m["effective"]["learning_rate"] == 7e-5 and m["effective"]["optimizer_steps"] == 2
@@ -68,6 +70,34 @@ def test_late_interaction_kind_trains_ships_and_loads_through_the_common_loader(
     assert isinstance(model, LateInteractionReranker)
     scores = rerank.predict(model, PAIRS, batch_size=2, bf16=True)  # what evaluate and search call
     assert len(scores) == 2 and np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3, None])
+def test_late_interaction_attention_dropout_reaches_the_model_it_trains(
+    tmp_path, tiny_embedder_path, monkeypatch, dropout
+):
+    from torch.nn import Dropout
+
+    from ragtune.train.reranker import late_interaction
+
+    real, seen = late_interaction.build_trainer, []
+
+    def spy(reranker, *args, **kwargs):  # what the trainer gets: the attention modules' dropout as training runs
+        seen.extend(
+            m.dropout.p
+            for m in reranker.model.modules()
+            if "Attention" in type(m).__name__ and isinstance(getattr(m, "dropout", None), Dropout)
+        )
+        return real(reranker, *args, **kwargs)
+
+    monkeypatch.setattr(late_interaction, "build_trainer", spy)
+    li = {**LI, "attention_dropout": dropout}
+    _, m, _ = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", late_interaction=li)
+    own = json.loads((tiny_embedder_path / "config.json").read_text())["attention_probs_dropout_prob"]
+    assert seen and set(seen) == {own if dropout is None else dropout}
+    assert m["effective"]["attention_dropout"] == dropout
+    assert m["effective"]["attention_dropout_modules"] == (0 if dropout is None else len(seen))
+    assert "attention_dropout" in m["not_read"]  # the cross-encoder's key, not this kind's
 
 
 def test_a_kind_that_dev_says_got_worse_ships_its_untrained_start(tmp_path, tiny_embedder_path, monkeypatch):
@@ -80,9 +110,8 @@ def test_a_kind_that_dev_says_got_worse_ships_its_untrained_start(tmp_path, tiny
         return metrics
 
     monkeypatch.setattr(kinds, "train_kind", worse_on_dev)
-    lengths = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1}
     # lr high enough that two steps move the weights: the shipped scores must be the start's, not the trained ones
-    paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=1e-3, late_interaction=lengths)
+    paths, m, summary = _stage(tmp_path, tiny_embedder_path, kind="late_interaction", lr=1e-3, late_interaction=LI)
     assert m["kept"] == "start" and m["shipped"] == "untrained start (training made dev worse)"
     assert any("holds the untrained start" in w for w in m["warnings"]) and "untrained start" in summary["wrote"]
     start = LateInteractionReranker.from_embedder(paths.embedder, max_query_length=32, max_doc_length=64)

@@ -38,6 +38,7 @@ def settings(**overrides: Any) -> LateInteractionSettings:
         scheduler="linear",
         weight_decay=0.01,
         bf16=False,
+        attention_dropout=None,
         logging_steps=1,
     )
     return LateInteractionSettings.from_params({**values, **overrides})
@@ -134,6 +135,8 @@ def test_training_runs_reaches_optimizer_and_ships_what_it_measured(tiny_embedde
 def test_settings_refuse_missing_and_bad_keys() -> None:
     with pytest.raises(LateInteractionConfigError, match="scale"):
         settings(scale=0.0)
+    with pytest.raises(LateInteractionConfigError, match=r"late_interaction\.attention_dropout=1\.0"):
+        settings(attention_dropout=1.0)
     good = {k: v for k, v in settings().__dict__.items() if k != "scale"}
     with pytest.raises(LateInteractionConfigError, match="scale"):
         LateInteractionSettings.from_params(good)

@@ -19,7 +19,13 @@ from ragtune.train.reranker.trainer import build_evaluator, build_trainer, head_
 PARAMS = {
     "seed": 7,
     "kind": "cross_encoder",  # the kinds' own sections reach their trainers: tests/test_reranker_kinds.py
-    "late_interaction": {"max_query_length": 16, "max_doc_length": 32, "scale": 5.0, "n_negatives": 2},
+    "late_interaction": {
+        "max_query_length": 16,
+        "max_doc_length": 32,
+        "scale": 5.0,
+        "n_negatives": 2,
+        "attention_dropout": None,
+    },
     "llm": {
         "base": "x",
         "instruction": "y",

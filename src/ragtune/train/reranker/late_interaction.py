@@ -51,6 +51,9 @@ class LateInteractionSettings(StageConfig):
     scheduler: str  # transformers lr_scheduler_type
     weight_decay: float
     bf16: bool  # bf16 autocast (CPU or CUDA); false = fp32
+    # dropout on attention probabilities while training; None = the embedder's own (0.1 for e5). Not the
+    # cross-encoder's train_reranker.attention_dropout: dev chose another default for this kind (docs/rerankers.md)
+    attention_dropout: float | None
     logging_steps: int  # log the loss every N steps (the first step is always logged)
 
     def validate(self) -> None:
@@ -69,6 +72,8 @@ class LateInteractionSettings(StageConfig):
             raise err(f"{sec}.scale={self.scale} must be > 0 (1 / temperature)")
         if not 0 <= self.warmup_ratio < 1:
             raise err(f"{sec}.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.attention_dropout is not None and not 0 <= self.attention_dropout < 1:
+            raise err(f"{sec}.attention_dropout={self.attention_dropout} must be in [0, 1), or empty")
         if self.logging_steps < 1:
             raise err(f"{sec}.logging_steps must be ≥ 1")
 
@@ -198,12 +203,14 @@ def train_late_interaction(
     logged loss, dev before/after, the settings and the warnings (each also printed with ``console.warn``).
     """
     from ragtune.console import warn
-    from ragtune.train.common import step_timing
+    from ragtune.train.common import apply_attention_dropout, step_timing
 
     s = settings
     reranker = LateInteractionReranker.from_embedder(
         embedder_dir, max_query_length=s.max_query_length, max_doc_length=s.max_doc_length
     )
+    # 0 lets the CPU use the fused attention kernel: 1.9x faster steps on the sample, at a dev cost (docs/rerankers.md)
+    attention, warnings = apply_attention_dropout(reranker.model, s.attention_dropout, s.SECTION)
     rows, n = groups_to_rows(groups, s.n_negatives)
     if len(rows) < s.batch_size:
         raise LateInteractionConfigError(
@@ -218,7 +225,6 @@ def train_late_interaction(
 
     steps = int(trainer.state.global_step)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    warnings = []
     if steps < MIN_STEPS:
         warnings.append(f"only {steps} late-interaction optimizer steps (< {MIN_STEPS}): barely trained")
     # dev worse after training: the stage ships the start instead (kinds.run_kind), and says so
@@ -234,6 +240,7 @@ def train_late_interaction(
             "negatives_per_group": n,
             "in_batch_negatives": (s.batch_size - 1) * (1 + n),
             "bf16": bool(trainer.args.bf16),
+            **attention,
         },
         "train": {
             "rows": len(rows),
