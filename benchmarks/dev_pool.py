@@ -201,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         passage_prompt=model_prompt(base, "passage", model_p.get("passage_prompt")),
         bm25_params=bm25_p,
         batch_size=int(model_p["batch_size"]),
+        max_seq_length=model_p.get("max_seq_length"),  # as the stage builds its pool
     )
     build_seconds = time.perf_counter() - t0
     del base

@@ -72,6 +72,23 @@ def test_dense_encoder_caches_by_text(tiny_embedder_path):
     assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
 
 
+def test_dense_encoder_never_serves_vectors_made_at_another_truncation(tiny_embedder_path):
+    """A chunk cut at 8 tokens is another vector than the whole chunk: the same model loaded at another
+    max_seq_length must encode it again, not read the cached one."""
+    from sentence_transformers import SentenceTransformer
+
+    long = [TEXTS[0] * 4]
+    model = SentenceTransformer(str(tiny_embedder_path), device="cpu")
+    model.max_seq_length = 8
+    short = DenseEncoder(model, fingerprint="tiny").encode(long, "passage: ")
+    model.max_seq_length = 128
+    whole = DenseEncoder(model, fingerprint="tiny").encode(long, "passage: ")
+    fresh = DenseEncoder(model, fingerprint="tiny", use_cache=False).encode(long, "passage: ")
+    assert np.array_equal(whole, fresh) and not np.allclose(short, whole, atol=1e-3)
+    model.max_seq_length = 8
+    assert np.array_equal(DenseEncoder(model, fingerprint="tiny").encode(long, "passage: "), short)  # its own, cached
+
+
 def test_bigram_tokens_are_syllables_and_adjacent_pairs_within_a_phrase():
     assert bm25_tokenize("Chất ma túy, tiền chất.", "bigram") == [
         "chất",

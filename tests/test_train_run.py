@@ -165,6 +165,34 @@ def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
     assert not any(paths.embedder_checkpoints.iterdir())  # a finished run leaves no checkpoint to "resume"
 
 
+def test_the_shipped_embedder_s_corpus_vectors_are_cached_by_its_dev_check(tmp_path, tiny_embedder_path):
+    """The dev evidence encodes the corpus with the trained model; it caches those vectors under the fingerprint of
+    the saved folder, which is how index, train_reranker and evaluate load it: they find every chunk cached, and the
+    cached vectors are the bytes a fresh encode of the saved folder gives (so the outputs do not depend on it)."""
+    import hashlib
+
+    import numpy as np
+
+    from ragtune.retrieval import DenseEncoder, load_dense
+
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder={"max_steps": 2, "keep_base_if_worse": False})
+    paths = Paths(work)
+    params = _params(work)
+    run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
+
+    texts = [c["text"] for c in read_jsonl(paths.chunks)]
+    shipped = load_dense(params["model"], name=str(paths.embedder))  # as the index stage loads it
+    hashes = {hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts}
+    assert set(shipped.encoder._store(shipped.passage_prompt).lookup(hashes)) == hashes  # all there, none encoded yet
+    fresh = DenseEncoder(shipped.model, shipped.encoder.fingerprint, use_cache=False)
+    # model.max_seq_length (64 here) truncates some chunks that train_embedder.max_seq_length (80) keeps: the check
+    # must encode at the former, as the later stages do
+    assert shipped.model.max_seq_length < params["train_embedder"]["max_seq_length"]
+    assert np.array_equal(
+        shipped.encoder.encode(texts, shipped.passage_prompt), fresh.encode(texts, shipped.passage_prompt)
+    )
+
+
 def test_run_train_reranker_mines_trains_and_writes(tmp_path, tiny_embedder_path, monkeypatch):
     """The reranker stage's wiring: groups mined from models/embedder's ranking, the new head's learning rate in
     the optimizer, the metrics and the card."""

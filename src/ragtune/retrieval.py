@@ -280,8 +280,9 @@ class DenseEncoder:
 
     Several stages embed the same chunks with the same base model (pairs alignment, negatives, evaluate); the cache
     makes that cost paid once, and ``dvc exp run`` over non-model params becomes cheap. Keys include the model's
-    weight fingerprint, so a fine-tuned model never reads the base model's vectors. The cache is written in shards
-    (:class:`VectorShards`) of :attr:`shard_size` texts as they are encoded, so a killed encode resumes.
+    weight fingerprint, so a fine-tuned model never reads the base model's vectors, and its ``max_seq_length``. The
+    cache is written in shards (:class:`VectorShards`) of :attr:`shard_size` texts as they are encoded, so a killed
+    encode resumes.
     """
 
     def __init__(
@@ -305,7 +306,8 @@ class DenseEncoder:
         self.shard_size = batch_size * 8 * 32
 
     def _store(self, prompt: str) -> VectorShards:
-        key = hashlib.sha256(f"{self.fingerprint}\x00{prompt}".encode()).hexdigest()[:24]
+        # the truncation is part of what computed a vector: a model loaded at another max_seq_length must not read it
+        key = hashlib.sha256(f"{self.fingerprint}\x00{prompt}\x00{self.model.max_seq_length}".encode()).hexdigest()[:24]
         return VectorShards(cache_root() / "embeddings" / key, legacy=cache_root() / "embeddings" / f"{key}.npz")
 
     def encode(self, texts: Sequence[str], prompt: str, description: str = "Encoding") -> np.ndarray:

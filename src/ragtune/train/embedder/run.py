@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 
 from ragtune.console import console, warn
 from ragtune.io import dumps, read_jsonl, sha256_file, write_json
-from ragtune.models import load_embedder, model_source, resolve_model
+from ragtune.models import load_embedder, model_fingerprint, model_source, resolve_model
 from ragtune.pairs import query_key
 from ragtune.paths import Paths
 from ragtune.retrieval import model_prompt
@@ -245,6 +246,7 @@ def run_train_embedder(
             passage_prompt=pp,
             bm25_params=bm25_p,
             batch_size=int(model_p["batch_size"]),
+            max_seq_length=model_p.get("max_seq_length"),  # as pairs and negatives cached the base model's vectors
         )
         if checkable and cfg.dev_pool_k > 0 and untrained is None and rank0
         else None
@@ -361,8 +363,20 @@ def run_train_embedder(
     if dev:
         base = base or load_embedder(base_path)  # the merge only read `base`: it is the base model unchanged
         base.max_seq_length = cfg.max_seq_length
+        # saved first, so that its corpus vectors are cached under the fingerprint the later stages load it by
+        model.save(out, safe_serialization=True)
         metrics["dev"]["evidence"] = dev_evidence(
-            model, base, dev, chunks, qp, pp, base_fingerprint=base_source["fingerprint"], seed=cfg.seed
+            model,
+            base,
+            dev,
+            chunks,
+            qp,
+            pp,
+            base_fingerprint=base_source["fingerprint"],
+            trained_fingerprint=model_fingerprint(out),
+            max_seq_length=model_p.get("max_seq_length"),
+            batch_size=int(model_p["batch_size"]),  # the later stages' blocks, so the cached vectors are theirs
+            seed=cfg.seed,
         )
     if ship_base(cfg, metrics):
         # Never ship what dev cannot tell from a regression: the base model goes out, and every report says so.
@@ -378,7 +392,9 @@ def run_train_embedder(
         )
     for w in metrics["warnings"]:
         warn(w)
-    model.save(out, safe_serialization=True)
+    if not dev or metrics["shipped"] == "base":  # else the trained model was saved above, before its dev evidence
+        shutil.rmtree(out, ignore_errors=True)  # no file of the trained model's save stays beside the base's
+        model.save(out, safe_serialization=True)
     clear_checkpoints(ckpt)
     write_model_card(out, "embedder", model_p["embedder"], cfg, metrics)
     write_json(paths.metrics("train_embedder"), metrics)
