@@ -1,6 +1,6 @@
 """Time the pipeline on the shipped sample and check that data outputs are reproducible byte for byte.
 
-Usage: python benchmarks/repro_timing.py   (repo root, venv active; the base model must already be built/cached)
+Usage: python benchmarks/repro_timing.py [--cold DIR]   (repo root, venv active; the base model must already be built)
 
 1. `dvc repro --force` (or, with --skip-training, every stage but train_embedder, whose time is then read from
    metrics/train_embedder.json of the last run), timed per stage from each stage's summary line;
@@ -36,8 +36,11 @@ DATA_OUTPUTS = [
 STAGE_LINE = re.compile(r"\[(\w+)\] read .*?\(([\d.]+)s\)", re.S)
 
 
+ENV = dict(os.environ)  # --cold: an empty embedding cache (ragtune.plan.cold_cache_env)
+
+
 def dvc(*args: str) -> tuple[float, str]:
-    env = dict(os.environ, RAGTUNE_QUIET="1", COLUMNS="400")
+    env = dict(ENV, RAGTUNE_QUIET="1", COLUMNS="400")
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], env=env, capture_output=True, text=True, check=True)
     return time.perf_counter() - t, proc.stdout + proc.stderr
@@ -47,14 +50,33 @@ def digest() -> dict[str, str]:
     return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in DATA_OUTPUTS}
 
 
+def cpu_name() -> str:
+    """The CPU model: this VM is not always the same hardware, and bf16 training speed differs several-fold."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     import argparse
     import json
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--skip-training", action="store_true", help="reuse the last train_embedder time")
+    ap.add_argument(
+        "--cold",
+        metavar="DIR",
+        help="time a first run: the forced repro starts with an empty embedding cache in DIR (models linked in), "
+        "as on a fresh clone, and no warm-up repro runs before it",
+    )
     args = ap.parse_args()
-    dvc("repro")  # make sure the model is built and everything is current
+    if args.cold:
+        from ragtune.plan import cold_cache_env
+
+        ENV.update(cold_cache_env(Path(args.cold)))
+    else:
+        dvc("repro")  # make sure the model is built and everything is current
     if args.skip_training:
         _, out = dvc("repro", "--force", "negatives")
         _, out_eval = dvc("repro", "--force", "--single-item", "evaluate")
@@ -70,7 +92,8 @@ def main() -> None:
     noop = min(dvc("repro")[0] for _ in range(3))
     data_stages = ("ingest", "chunk", "pairs", "negatives", "evaluate")
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}",
+        "embedding_cache": "empty at the start (--cold)" if args.cold else "warm (a repro ran just before)",
         "full_repro_s": round(full, 1),
         "full_repro_measured_as": "sum of stage times (training time from its last run)"
         if args.skip_training
