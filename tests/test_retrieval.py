@@ -253,3 +253,22 @@ def test_encode_devices_auto_takes_every_gpu_from_two_on():
     assert DenseEncoder(None, "x", devices=["cuda:0"]).devices == []  # one device: no pool
     with pytest.raises(ValueError, match=r"model\.devices"):
         encode_devices("cuda")
+
+
+@pytest.mark.parametrize(("devices", "loaded_on"), [(["cpu"], "cpu"), ("auto", None), (["cpu", "cpu"], None)])
+def test_one_named_device_is_where_this_process_loads_the_model(tiny_embedder_path, monkeypatch, devices, loaded_on):
+    """model.devices: [cuda:1] alone encodes on that GPU in this process (it was ignored: the model stayed on the
+    default device); two or more devices leave the model here and start a process per device."""
+    from ragtune import models
+    from ragtune.retrieval import load_dense
+
+    real, seen = models.load_embedder, []
+
+    def spy(path, **kwargs):
+        seen.append(kwargs.get("device"))
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(models, "load_embedder", spy)
+    params = {"embedder": str(tiny_embedder_path), "max_seq_length": 64, "batch_size": 4, "devices": devices}
+    emb = load_dense(params)
+    assert seen == [loaded_on] and emb.encoder.devices == (devices if len(devices) > 1 and devices != "auto" else [])

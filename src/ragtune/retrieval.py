@@ -615,7 +615,8 @@ def encode_devices(setting: str | Sequence[str] | None, gpus: int | None = None)
 
     ``auto`` takes every CUDA GPU when there are two or more (one process per GPU; sentence-transformers' own pool),
     and this process otherwise: on a CPU, torch already spreads one process's matmuls over every core, and a second
-    process would only split them. A list (``[cuda:0, cuda:1]``, or ``[cpu, cpu]`` to try the path) is used as said.
+    process would only split them. A list (``[cuda:0, cuda:1]``, or ``[cpu, cpu]`` to try the path) is used as said;
+    a list of one device is this process, on that device (:func:`load_dense` loads the model there).
     ``gpus``: the GPU count (default: torch's), for tests.
     """
     if setting in (None, "", "auto"):
@@ -636,13 +637,16 @@ def load_dense(params: dict[str, Any], name: str | None = None) -> Embedder:
     revision = None if name else params.get("revision")  # model.revision pins model.embedder, not other folders
     name = name or params["embedder"]
     path = resolve_model(name, revision=revision)
-    model = load_embedder(path, max_seq_length=params.get("max_seq_length"))
+    devices = encode_devices(params.get("devices", "auto"))
+    # one device named (e.g. [cuda:1]): this process encodes there; two or more: a process each (DenseEncoder)
+    model = load_embedder(
+        path, max_seq_length=params.get("max_seq_length"), device=devices[0] if len(devices) == 1 else None
+    )
     ray = None
     if params.get("encode_on", "local") == "ray":
         from ragtune.ray_encode import RaySettings
 
         ray = RayEncoding(str(path), RaySettings.from_params(params))
-    devices = encode_devices(params.get("devices", "auto"))
     return Embedder(
         name=name,
         model=model,

@@ -272,8 +272,21 @@ def _rule_plot_ks(p: dict[str, Any]) -> str | None:
     return None
 
 
+def _rule_devices(p: dict[str, Any]) -> str | None:
+    devices = p.get("devices")
+    if devices in (None, "auto") or (
+        isinstance(devices, list) and devices and all(isinstance(d, str) and d.strip() for d in devices)
+    ):
+        return None
+    return (
+        f"model.devices is {show(devices)}: write auto, or a list of devices such as [cuda:0, cuda:1] "
+        "(one encoding process each; [cuda:1] alone encodes on that GPU in this process)"
+    )
+
+
 # Checks across keys of one section, run once every key has passed its own check.
 RULES: dict[str, tuple[Callable[[dict[str, Any]], str | None], ...]] = {
+    "model": (_rule_devices,),
     "pairs": (_rule_ratios,),
     "chunk": (_rule_overlap,),
     "negatives": (_rule_dense_range,),
