@@ -27,7 +27,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from repro_timing import cpu_name  # this VM is not always the same CPU (this script's folder)
+from cpu_bf16 import cpu_facts  # this VM is not always the same CPU (this script's folder)
 
 from ragtune.io import iter_jsonl, write_json
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     DenseEncoder(model, "", batch_size=bs, use_cache=False).encode(texts[:bs], prompt)  # warm-up
     local_s, local = timed(DenseEncoder(model, "", batch_size=bs, use_cache=False), texts)
     result: dict = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_facts()['model']}",
         "model": args.model,
         "passages": len(texts),
         "batch_size": bs,

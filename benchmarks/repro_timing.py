@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from cpu_bf16 import cpu_facts  # this VM is not always the same CPU (this script's folder)
+
 from ragtune.io import write_json
 
 DATA_OUTPUTS = [
@@ -48,14 +50,6 @@ def dvc(*args: str) -> tuple[float, str]:
 
 def digest() -> dict[str, str]:
     return {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in DATA_OUTPUTS}
-
-
-def cpu_name() -> str:
-    """The CPU model: this VM is not always the same hardware, and bf16 training speed differs several-fold."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -92,7 +86,7 @@ def main() -> None:
     noop = min(dvc("repro")[0] for _ in range(3))
     data_stages = ("ingest", "chunk", "pairs", "negatives", "evaluate")
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_facts()['model']}",
         "embedding_cache": "empty at the start (--cold)" if args.cold else "warm (a repro ran just before)",
         "full_repro_s": round(full, 1),
         "full_repro_measured_as": "sum of stage times (training time from its last run)"

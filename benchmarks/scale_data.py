@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from repro_timing import cpu_name  # this VM is not always the same CPU (this script's folder)
+from cpu_bf16 import cpu_facts  # this VM is not always the same CPU (this script's folder)
 
 from ragtune.plan import cold_cache_env, run_measured  # wall, peak RSS and CPU of a process tree (wait4)
 
@@ -142,7 +142,9 @@ def save_row(out: Path, row: dict[str, Any]) -> list[dict[str, Any]]:
     rows = json.loads(out.read_text(encoding="utf-8"))["rows"] if out.exists() else []
     rows = sorted([r for r in rows if r["docs"] != row["docs"]] + [row], key=lambda r: r["docs"])
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.machine()}, {os.cpu_count()} cores, {cpu_facts()['model']}, Python {platform.python_version()}"
+        ),
         "protocol": "benchmarks/make_corpus.py --seed 0 corpus per size; dvc repro --single-item per data stage in a "
         "fresh DVC project (negatives.dense off); wall time and peak RSS of each stage's process tree",
         "goals_at_1875511_docs": GOALS,
