@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ragtune.parallel import batched, ordered_map, pool_size
+from ragtune.schema import devices_problem
 
 if TYPE_CHECKING:
     from ragtune.bm25_matrix import TermCounts
@@ -619,14 +620,14 @@ def encode_devices(setting: str | Sequence[str] | None, gpus: int | None = None)
     a list of one device is this process, on that device (:func:`load_dense` loads the model there).
     ``gpus``: the GPU count (default: torch's), for tests.
     """
-    if setting in (None, "", "auto"):
+    if problem := devices_problem(setting):
+        raise ValueError(problem)
+    if setting in (None, "auto"):
         if gpus is None:
             import torch
 
             gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         return [f"cuda:{i}" for i in range(gpus)] if gpus > 1 else []
-    if isinstance(setting, str):
-        raise ValueError(f"model.devices: {setting!r}: use auto, or a list of devices such as [cuda:0, cuda:1]")
     return [str(d) for d in setting]
 
 

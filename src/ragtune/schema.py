@@ -272,16 +272,21 @@ def _rule_plot_ks(p: dict[str, Any]) -> str | None:
     return None
 
 
-def _rule_devices(p: dict[str, Any]) -> str | None:
-    devices = p.get("devices")
+def devices_problem(devices: Any) -> str | None:
+    """What is wrong with a ``model.devices`` value (None: nothing). The one check: params checking runs it, and so
+    does :func:`ragtune.retrieval.encode_devices` for a caller that built its params by hand."""
     if devices in (None, "auto") or (
-        isinstance(devices, list) and devices and all(isinstance(d, str) and d.strip() for d in devices)
+        isinstance(devices, list | tuple) and devices and all(isinstance(d, str) and d.strip() for d in devices)
     ):
         return None
     return (
         f"model.devices is {show(devices)}: write auto, or a list of devices such as [cuda:0, cuda:1] "
         "(one encoding process each; [cuda:1] alone encodes on that GPU in this process)"
     )
+
+
+def _rule_devices(p: dict[str, Any]) -> str | None:
+    return devices_problem(p.get("devices"))
 
 
 # Checks across keys of one section, run once every key has passed its own check.
