@@ -130,6 +130,7 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
     assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")
     assert "| lr | 7e-05 |" in card and "| max_steps | 11 |" in card and "| max_access_level | internal |" in card
+    assert "## Dev split (document level)" in card  # dev_level doc, the shipped default: the level measured
     assert summary["wrote"].startswith(f"{paths.embedder} (")
 
 

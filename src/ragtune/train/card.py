@@ -60,7 +60,7 @@ def access_line(cfg: Any) -> str:
 
 
 # What differs between the two cards besides their heading: Hub tags, how to load the model, the dev table.
-# ``{out_dir}``, ``{rows}`` and ``{rerank_k}`` are filled in by :func:`write_model_card`.
+# ``{out_dir}``, ``{rows}``, ``{level}`` and ``{rerank_k}`` are filled in by :func:`write_model_card`.
 CARDS = {
     "embedder": {
         "tags": "sentence-transformers, feature-extraction, retrieval, ragtune",
@@ -69,7 +69,7 @@ model = SentenceTransformer("{out_dir}")
 q = model.encode_query(["Nhân viên được nghỉ phép bao nhiêu ngày?"])
 d = model.encode_document(["Nhân viên chính thức có 12 ngày phép năm."])
 print(model.similarity(q, d))""",
-        "dev": """## Dev split (chunk level), before → after
+        "dev": """## Dev split ({level} level), before → after
 
 | metric | base | fine-tuned |
 |---|---:|---:|
@@ -140,6 +140,8 @@ def write_model_card(out_dir: str | Path, kind: str, base_model: str, cfg: Any, 
     fill = {"{out_dir}": str(out_dir), "{rows}": rows or "| not measured | | |"}
     if kind == "reranker":
         fill["{rerank_k}"] = str(cfg.rerank_k)
+    else:  # the relevance the dev figures were measured with (train_embedder.dev_level)
+        fill["{level}"] = {"doc": "document", "chunk": "chunk"}[cfg.dev_level]
     usage, dev = CARDS[kind]["usage"], CARDS[kind]["dev"]
     for key, value in fill.items():
         usage, dev = usage.replace(key, value), dev.replace(key, value)
