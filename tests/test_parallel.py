@@ -17,6 +17,10 @@ def test_workers_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     assert workers() == 3
     monkeypatch.delenv("RAGTUNE_WORKERS")
     assert workers() >= 1
+    for bad in ("two", "0", "-1", "1.5"):  # refused with what is wrong and how to fix it, not a bare int() error
+        monkeypatch.setenv("RAGTUNE_WORKERS", bad)
+        with pytest.raises(ValueError, match=rf"RAGTUNE_WORKERS='{bad}': not a whole number ≥ 1.*unset it"):
+            workers()
 
 
 @pytest.mark.parametrize("n_workers", [1, 2])

@@ -20,8 +20,14 @@ R = TypeVar("R")
 
 def workers() -> int:
     """Processes for CPU-bound text work: the cores this process may run on (``RAGTUNE_WORKERS`` overrides)."""
-    if os.environ.get("RAGTUNE_WORKERS"):
-        return int(os.environ["RAGTUNE_WORKERS"])
+    value = os.environ.get("RAGTUNE_WORKERS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"RAGTUNE_WORKERS={value!r}: not a whole number ≥ 1. Set it to the processes for text work "
+                "(e.g. RAGTUNE_WORKERS=2), or unset it to use the cores this process may run on."
+            )
+        return int(value)
     affinity = getattr(os, "sched_getaffinity", None)  # Linux; macOS and Windows have only cpu_count
     return len(affinity(0)) if affinity else os.cpu_count() or 1
 
