@@ -210,35 +210,26 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
     assert summary["wrote"].startswith(f"{paths.metrics('evaluate')}, {paths.report} (serving {system}; test ndcg@10: ")
 
 
-def test_a_weight_chosen_by_the_proxy_is_checked_on_dev_and_is_the_one_served_and_reported(
+def test_a_weight_chosen_by_the_proxy_among_dev_ties_is_the_one_served_and_reported(
     tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The evidence selection gets holds the *trained* reranker's dev scores at the weight the proxy chose; when
-    selection adopts the reranker at that weight, the served pipeline, the reranker report and the test figures of
-    that system all use it, not dev's own weight."""
-    from ragtune.evaluation.selection import RerankEvidence, Selection
+    """When selection adopts the reranker at a weight the proxy chose among dev's tied weights, the served pipeline,
+    the reranker report and the test figures of that system all use that weight, not dev's tie-break."""
+    from ragtune.evaluation.selection import Selection
 
     paths = _folder(tmp_path, tiny_embedder_path, tiny_reranker_path)
-    real, seen = run_module.choose_pipeline, {}
+    real = run_module.choose_pipeline
 
     def adopt_at_one(*args: Any, **kw: Any) -> Selection:
         chosen = real(*args, **kw)
-        seen["evidence"] = kw["rerank_proxy"]("ft_dense")
-        return Selection("ft_dense+rerank", chosen.steps, "adopted on the proxy", fusion_weight=1.0)
+        return Selection("ft_dense+rerank", chosen.steps, "the proxy broke dev's tie", fusion_weight=1.0)
 
-    # the proxy itself is measured in the test below; here it "chose" weight 1
-    stub = RerankEvidence({"q": 1.0}, {"q": 0.5}, weight=1.0)
-    monkeypatch.setattr(run_module, "rerank_proxy", lambda *a, **kw: stub)
     monkeypatch.setattr(run_module, "choose_pipeline", adopt_at_one)
     _run(paths, tiny_embedder_path, monkeypatch, fusion_weights=[0.0])  # dev can only choose weight 0
     pipeline, metrics = read_json(paths.pipeline), read_json(paths.metrics("evaluate"))
     assert (pipeline["system"], pipeline["fusion_weight"]) == ("ft_dense+rerank", 1.0)
     report = metrics["reranker"]["ft_dense"]
-    assert report["weight"] == 1.0 and "base model's late-interaction start" in report["weight_chosen_on"]
-    # the dev check is the trained reranker at the proxy's weight 1 (alone over the top rerank_k), per dev query
-    on_dev = seen["evidence"].dev
-    assert sorted(on_dev) == sorted(q["query_id"] for q in read_jsonl(paths.dev)) and seen["evidence"].weight == 1.0
-    assert sum(on_dev.values()) / len(on_dev) == pytest.approx(report["dev_ndcg@10"]["reranker"], abs=1e-4)
+    assert report["weight"] == 1.0 and "tied on dev" in report["weight_chosen_on"]
     # weight 1 is the reranker alone over the top rerank_k: the served system's test figure is that one
     assert report["test_ndcg@10"]["fused"] == report["test_ndcg@10"]["reranker"]
     assert metrics["test"]["ft_dense+rerank"]["ndcg@10"] == pytest.approx(report["test_ndcg@10"]["reranker"], abs=1e-4)
@@ -314,8 +305,7 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
     tmp_path: Path, tiny_embedder_path: Path, tiny_reranker_path: Path
 ) -> None:
     """rerank_proxy: the base model's untrained late-interaction start re-scores the retriever's base analogue over
-    train (capped, seeded) + dev, and chooses the fusion weight on those questions, cross-validated; only for a
-    late-interaction reranker."""
+    train (capped, seeded) + dev, at dev's fusion weight; only for a late-interaction reranker."""
     from ragtune.evaluation.systems import rerank_proxy
     from ragtune.rerankers.late_interaction import LateInteractionReranker
 
@@ -326,6 +316,7 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
     chunks, train, splits = read_jsonl(paths.chunks), read_jsonl(paths.train), load_splits(paths)
     r = Retrievers.load(chunks, model_p, bm25_p, paths)
     _, dev = rank_splits(r, splits, evaluate_p)
+    dev.weights |= {"ft_dense+rerank": 1.0, "bm25+rerank": 0.0, "ft_hybrid+rerank": 0.5}
 
     def proxy(retriever: str, reranker: Path = li, **e: Any) -> Any:
         return rerank_proxy(r, chunks, train, splits, reranker, tiny_embedder_path, dev, evaluate_p | e, retriever)
@@ -340,29 +331,32 @@ def test_rerank_proxy_rescores_the_base_analogues_with_the_base_models_late_inte
         s = start.predict([(qtext[qid], text[cid]) for cid in top])
         order = sorted(range(len(top)), key=lambda i: (-s[i], i))
         by_hand[qid] = [(top[i], 0.0) for i in order] + items[k:]
-    got = proxy("ft_dense", fusion_weights=[1.0])  # one weight: "chosen" as itself, its scores its own
+    got = proxy("ft_dense")
     rescored, plain = got.rescored, got.plain
     assert plain == ndcg_per_query(dense, pool, c2d) and len(plain) == len(train) + len(splits["dev"])
-    assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d)) and got.weight == 1.0 and got.dev == {}
-    bm25 = proxy("bm25", fusion_weights=[0.0])
+    assert rescored == pytest.approx(ndcg_per_query(by_hand, pool, c2d)) and got.weight == 1.0 and got.tied == ()
+    bm25 = proxy("bm25")
     assert bm25.rescored == bm25.plain and bm25.weight == 0.0  # weight 0: BM25's own order
     hybrid = rrf([r.bm25.search({q["query_id"]: q["query"] for q in pool}, 6), dense], k=60, depth=6)
     assert proxy("ft_hybrid").plain == ndcg_per_query(hybrid, pool, c2d)  # the base RRF hybrid, not re-scored
+    assert proxy("ft_convex") is None  # no dev weight for ft_convex+rerank
 
-    # the shipped grid: the weight is chosen on the proxy's own questions, and the re-scored figures are the
-    # cross-validated ones, so the choice cannot flatter itself
-    grid = [float(w) for w in evaluate_p["fusion_weights"]]
+    # dev tied weights 0, 0.5 and 1 (e.g. every dev question already first): the proxy chooses among them on its
+    # own questions, cross-validated, instead of measuring weight 0, where re-scoring changes nothing
+    dev.weights["ft_dense+rerank"], dev.ties["ft_dense+rerank"] = 0.0, (0.0, 0.5, 1.0)
+    tied = proxy("ft_dense")
     start_scores = {
         qid: start.predict([(qtext[qid], text[cid]) for cid, _ in items[:k]]) for qid, items in dense.items()
     }
-    per_w = {w: ndcg_per_query(apply_rerank(dense, start_scores, w), pool, c2d) for w in grid}
+    per_w = {w: ndcg_per_query(apply_rerank(dense, start_scores, w), pool, c2d) for w in (0.0, 0.5, 1.0)}
     tw = tune_weight(
         per_w, prefer=lambda w: -w, folds=int(evaluate_p["select_folds"]), seed=int(evaluate_p["select_seed"])
     )
-    chosen = proxy("ft_dense")
-    assert len(grid) > 2 and chosen.weight == tw.weight and chosen.plain == plain
-    assert chosen.rescored == pytest.approx(tw.out_of_fold)
-    assert per_w[1.0] == pytest.approx(rescored)  # weight 1 of the grid is the re-scoring checked by hand above
+    assert tied.tied == (0.0, 0.5, 1.0) and tied.weight == tw.weight and tied.plain == plain
+    assert tied.rescored == pytest.approx(tw.out_of_fold)
+    assert per_w[1.0] == pytest.approx(rescored)  # weight 1 among the tied is the re-scoring checked by hand above
+    dev.ties["ft_dense+rerank"] = (0.0,)  # one best weight: measured there, as before
+    assert proxy("ft_dense").rescored == plain
 
     capped = proxy("ft_dense", rerank_proxy_queries=3).plain
     assert len(capped) == 3 + len(splits["dev"]) and set(capped) >= {q["query_id"] for q in splits["dev"]}

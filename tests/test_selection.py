@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pytest
 
 from ragtune.evaluation.selection import RerankEvidence, choose_pipeline, tune_weight
 from ragtune.retrieval import convex_fusion
@@ -148,18 +147,16 @@ def test_bm25_fusion_may_borrow_evidence_from_the_base_model_over_train_and_dev(
     )
 
 
-def test_a_late_interaction_reranker_may_borrow_evidence_and_its_weight_from_the_base_models_start():
-    """When dev alone does not adopt the reranker, the base model's start re-scoring over train + dev is asked: it
-    chooses the fusion weight, and the trained reranker is adopted at that weight when the proxy's interval is above
-    0 and the trained reranker's dev gain *at that weight* is not negative. The proxy is costly, so it is asked for
-    only for the retriever kept, and only when dev alone did not adopt."""
+def test_a_late_interaction_reranker_may_borrow_evidence_from_the_base_models_start():
+    """The reranker step takes a base-model proxy as BM25 fusion does: adopted when the base model's start re-scoring
+    helps over train + dev and the trained reranker's dev gain is not negative. The proxy is costly, so it is asked
+    for only for the retriever kept, and only when dev alone cannot decide."""
     rng = random.Random(3)
     base = [rng.uniform(0.3, 0.7) for _ in range(20)]
-    noisy = [b + (0.2 if i % 5 == 0 else -0.03) for i, b in enumerate(base)]  # dev's own weight, cross-validated
-    at_proxy_weight = [b + (0.1 if i % 5 == 0 else 0.0) for i, b in enumerate(base)]
-    dev = {"ft_dense": scores(base), "ft_dense+rerank": scores(noisy)}
+    up = [b + (0.2 if i % 5 == 0 else -0.03) for i, b in enumerate(base)]
+    dev = {"ft_dense": scores(base), "ft_dense+rerank": scores(up)}
     many = [rng.uniform(0.3, 0.7) for _ in range(200)]
-    helps = RerankEvidence(scores([m + 0.04 for m in many]), scores(many), weight=0.6, dev=scores(at_proxy_weight))
+    helps = RerankEvidence(scores([m + 0.04 for m in many]), scores(many), weight=0.5)
     asked = []
 
     def proxy(retriever):
@@ -170,38 +167,28 @@ def test_a_late_interaction_reranker_may_borrow_evidence_and_its_weight_from_the
     kw["tuned"] = ["ft_dense+rerank"]
     assert choose_pipeline(dev, **kw).system == "ft_dense"  # dev alone (+1.6 mean over 20, noisy): no evidence
     chosen = choose_pipeline(dev, **kw, rerank_proxy=proxy)
-    on_dev, step = chosen.steps[-2], chosen.steps[-1]
-    assert chosen.system == "ft_dense+rerank" and asked == ["ft_dense"] and chosen.fusion_weight == 0.6
-    assert (on_dev.tuned, on_dev.adopted, on_dev.proxy) == (True, False, None)  # dev's own weight: not adopted
-    assert (step.component, step.tuned, step.adopted) == ("reranker", False, True)
-    assert step.evidence == "train+dev (base model)" and step.proxy["weight"] == 0.6
-    assert step.gain == pytest.approx(0.02) and step.proxy["n_queries"] == 200
-    assert "at fusion weight 0.6" in chosen.reason and chosen.to_json()["fusion_weight"] == 0.6
+    step = chosen.steps[-1]
+    assert (
+        chosen.system == "ft_dense+rerank" and step.component == "reranker" and step.adopted and asked == ["ft_dense"]
+    )
+    assert step.evidence == "train+dev (base model)" and step.proxy["n_queries"] == 200
+    assert step.proxy["weight"] == 0.5 and chosen.fusion_weight is None  # dev's own weight (no tie): nothing to change
     # no proxy for the retriever kept: dev alone
     assert choose_pipeline(dev, **kw, rerank_proxy=lambda r: None).system == "ft_dense"
-    # dev's cross-validated gain negative (its weight noise), the reranker at the proxy's weight not: still asked
+    # the trained reranker losing on dev vetoes it, without paying for the proxy
+    asked.clear()
     dev["ft_dense+rerank"] = scores([b - 0.005 for b in base])
-    asked.clear()
-    assert choose_pipeline(dev, **kw, rerank_proxy=proxy).system == "ft_dense+rerank" and asked == ["ft_dense"]
-    # the trained reranker losing on dev at the proxy's weight vetoes it, however strong the proxy
-    loses = RerankEvidence(helps.rescored, helps.plain, weight=0.6, dev=scores([b - 0.005 for b in base]))
-    vetoed = choose_pipeline(dev, **kw, rerank_proxy=lambda r: loses)
-    assert vetoed.system == "ft_dense" and vetoed.fusion_weight is None and not vetoed.steps[-1].adopted
-    # a proxy without dev scores at its weight is no evidence
-    unchecked = RerankEvidence(helps.rescored, helps.plain, weight=0.6)
-    assert choose_pipeline(dev, **kw, rerank_proxy=lambda r: unchecked).system == "ft_dense"
-    # dev alone is evidence enough: adopted on dev at dev's weight, the proxy not asked
-    asked.clear()
+    assert choose_pipeline(dev, **kw, rerank_proxy=proxy).system == "ft_dense" and asked == []
+    # dev alone is evidence enough: adopted on dev, the proxy not asked
     dev["ft_dense+rerank"] = scores([b + 0.05 for b in base])
     chosen = choose_pipeline(dev, **kw, rerank_proxy=proxy)
     assert chosen.system == "ft_dense+rerank" and chosen.steps[-1].evidence == "dev" and asked == []
-    assert chosen.fusion_weight is None and "fusion_weight" not in chosen.to_json()
 
 
-def test_when_dev_ties_every_weight_the_proxys_weight_is_the_one_the_reranker_ships_with():
-    """Every dev question already first: every fusion weight ties on dev, dev's tie-break is 0 (no re-scoring) and
-    its gain 0, so dev alone cannot adopt. The proxy's weight is the one the pipeline ships with; when the proxy
-    chose weight 0, where re-scoring changes nothing, nothing is adopted."""
+def test_a_proxy_that_breaks_a_tie_on_dev_sets_the_weight_the_reranker_ships_with():
+    """Every dev question already first: every fusion weight ties on dev, and the tie goes to 0 (no re-scoring),
+    where the proxy's gain is 0 by construction. When the proxy chose among the tied weights, the weight it was
+    measured at is the one the pipeline ships with; when it measured weight 0, nothing is adopted."""
     dev = {"ft_dense": scores([1.0] * 11), "ft_dense+rerank": scores([1.0] * 11)}
     rng = random.Random(5)
     many = [rng.uniform(0.3, 0.7) for _ in range(50)]
@@ -211,11 +198,17 @@ def test_when_dev_ties_every_weight_the_proxys_weight_is_the_one_the_reranker_sh
         "reranked": {"ft_dense": "ft_dense+rerank"},
         "tuned": ["ft_dense+rerank"],
     }
-    helps = RerankEvidence(scores([m + 0.05 for m in many]), scores(many), weight=0.7, dev=scores([1.0] * 11))
+    helps = RerankEvidence(scores([m + 0.05 for m in many]), scores(many), weight=0.7, tied=(0.0, 0.3, 0.7, 1.0))
     chosen = choose_pipeline(dev, **kw, rerank_proxy=lambda r: helps)
     assert chosen.system == "ft_dense+rerank" and chosen.fusion_weight == 0.7
-    assert chosen.steps[-1].proxy["weight"] == 0.7 and "fusion weight 0.7" in chosen.reason
+    assert chosen.steps[-1].proxy["tied"] == [0.0, 0.3, 0.7, 1.0] and "fusion weight 0.7" in chosen.reason
     assert chosen.to_json()["fusion_weight"] == 0.7
-    at_zero = RerankEvidence(scores(many), scores(many), weight=0.0, dev=scores([1.0] * 11))
+    at_zero = RerankEvidence(scores(many), scores(many), weight=0.0, tied=(0.0, 1.0))
     chosen = choose_pipeline(dev, **kw, rerank_proxy=lambda r: at_zero)
     assert chosen.system == "ft_dense" and chosen.fusion_weight is None and "fusion_weight" not in chosen.to_json()
+
+
+def test_tune_weight_reports_every_weight_tied_at_the_top():
+    per_w = {0.0: {"a": 1.0, "b": 0.5}, 0.5: {"a": 0.5, "b": 1.0}, 1.0: {"a": 0.0, "b": 1.0}}
+    assert tune_weight(per_w, prefer=lambda w: -w).tied == (0.0, 0.5)
+    assert tune_weight({0.0: {"a": 1.0}, 1.0: {"a": 0.0}}, prefer=lambda w: -w).tied == (0.0,)

@@ -302,9 +302,8 @@ def render_report(
                 "come from the base model over train + dev questions (never test): its RRF hybrid against it, and "
                 "its own untrained late-interaction start re-scoring its retrievers' top candidates against them. "
                 "Such a candidate is adopted when that interval is above 0 and its dev gain with the fine-tuned "
-                "models is not negative. For the reranker, w is the fusion weight these questions chose "
-                "(cross-validated); that row's dev gain is the trained reranker's at w, and an adopted reranker "
-                "ships at w.",
+                "models is not negative. For the reranker, w is the fusion weight it was measured at: dev's, or when "
+                "dev tied several weights, the one these questions chose among them (cross-validated).",
                 "",
             ]
     if gains:

@@ -9,7 +9,6 @@ part in a choice.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ragtune.console import warn
@@ -90,10 +89,7 @@ def run_evaluate(
     base_path = resolve_model(model_p["embedder"], revision=model_p.get("revision"))  # the folder load_dense used
 
     def reranker_evidence(retriever: str) -> RerankEvidence | None:
-        p = rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e, retriever)
-        if p is None or reranked is None:
-            return None
-        return replace(p, dev=reranked.per_query("dev", retriever, p.weight))  # the trained reranker at that weight
+        return rerank_proxy(r, chunks, train, splits, paths.reranker, base_path, dev, e, retriever)
 
     selection = choose_pipeline(
         dev.scores if r.tuned is not None else None,
@@ -106,9 +102,9 @@ def run_evaluate(
         seed=int(e["select_seed"]),
     )
     pipeline = selection.system if r.tuned is not None else None
-    if reranked is not None and selection.fusion_weight is not None:  # adopted at the weight the proxy chose
+    if reranked is not None and selection.fusion_weight is not None:  # the proxy broke a tie among dev's weights
         retr = selection.system.partition("+")[0]
-        how = "train + dev with the base model's late-interaction start (cross-validated)"
+        how = "train + dev with the base model, among the weights tied on dev"
         reranker_report[retr] = reranked.set_weight(retr, selection.fusion_weight, how)
 
     results, records, curves_k, test_per_query = {}, [], [], {}

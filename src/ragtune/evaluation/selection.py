@@ -17,18 +17,15 @@ The rule here:
   questions instead of 46). The candidate is then adopted when that interval lies above 0 *and* its dev gain on the
   fine-tuned model is not negative (fine-tuning makes the dense side stronger, which can only shrink what BM25 adds).
 * The same holds for a late-interaction reranker's mechanism: the *base* model's untrained late-interaction start
-  (MaxSim over its own token vectors) re-scoring the base model's analogue of the retriever kept, measured on
-  train + dev. The proxy also chooses the fusion weight, on its own questions (cross-validated, as dev chooses;
-  ties: the smaller weight): five times more questions than dev choose it, and dev then judges the *trained*
-  reranker at that one weight, a fixed weight that needs no cross-validation inside dev. The trained reranker is
-  adopted at that weight when the proxy's interval lies above 0 and the trained reranker's dev gain at that weight
-  is not negative. Why the weight comes from the proxy: a weight chosen on 37 dev questions and judged on the other
-  9, five times over, is mostly noise, so dev's cross-validated gain swings with the weight each fold happens to
-  pick; and when dev ties every weight (every dev question already first, as on ALQAC's fixed split) its
-  tie-break, weight 0, makes re-scoring change nothing. On the sample, re-scoring alone (weight 1) is +3.7 NDCG@10
-  points [+1.8, +5.8] over the base model and +0.8 [-1.0, +2.6] over its RRF hybrid (230 questions;
-  benchmarks/rerank_proxy.py). The proxy encodes passages token by token, so it is measured only for the retriever
-  kept and only when dev alone does not adopt the reranker. A cross-encoder's head starts random and an LLM
+  (MaxSim over its own token vectors) re-scoring the base model's analogue of the retriever kept, at the fusion
+  weight dev chose, measured on train + dev. (When dev ties several weights, as when every dev question is already
+  ranked first, the proxy chooses among them on its own questions, cross-validated; a tie would otherwise go to
+  weight 0, where re-scoring changes nothing.) The trained reranker is then adopted when that interval lies above 0
+  and its own dev gain is not negative (that training did not make it worse than its start is checked on dev when
+  it is trained). On the sample, re-scoring alone (weight 1) is +3.7 NDCG@10 points [+1.8, +5.8] over the base
+  model and +0.8 [-1.0, +2.6] over its RRF hybrid (230 questions; benchmarks/rerank_proxy.py): the evidence is
+  strong where the reranker adds most. The proxy encodes passages token by token, so it is measured only for the
+  retriever kept and only when dev alone neither adopts nor vetoes. A cross-encoder's head starts random and an LLM
   reranker's start needs a GPU, so those two kinds are judged on dev alone.
 * A candidate with a tuned weight (the convex hybrid's alpha, the reranker's fusion weight) is judged by
   cross-validation *inside* dev: each query is scored with the weight chosen on the other folds, so the weight's
@@ -55,6 +52,7 @@ class TunedWeight:
     weight: float
     curve: dict[float, float]  # weight → mean dev NDCG@10 (all of dev)
     out_of_fold: PerQuery  # each query scored with the weight chosen on the other folds
+    tied: tuple[float, ...] = ()  # every weight with the best mean on all of dev (dev cannot tell them apart)
 
 
 def tune_weight(
@@ -88,8 +86,10 @@ def tune_weight(
         w = best([q for q in order if q not in held_set])
         out_of_fold.update({q: per_weight[w][q] for q in held})
     means = {w: sum(per_weight[w].values()) / max(len(qids), 1) for w in weights}
+    top = max(round(m, 10) for m in means.values())
+    tied = tuple(w for w in weights if round(means[w], 10) == top)  # compared as best() compares them
     curve = {w: round(m, 4) for w, m in means.items()}
-    return TunedWeight(weight=best(qids), curve=curve, out_of_fold=out_of_fold)
+    return TunedWeight(weight=best(qids), curve=curve, out_of_fold=out_of_fold, tied=tied)
 
 
 @dataclass
@@ -107,14 +107,12 @@ class Step:
     adopted: bool = False
     evidence: str = "dev"  # "dev", or "train+dev (base model)" when the proxy decided
     # the base-model gain over train + dev: gain, ci_low, ci_high, n_queries (for the reranker also the fusion
-    # weight it chose, at which ``gain`` above is the trained reranker's dev gain)
+    # weight it was measured at and the weights dev tied)
     proxy: dict[str, Any] | None = None
 
     def describe(self) -> str:
         verdict = "adopted" if self.adopted else "not adopted"
         how = " (weight cross-validated within dev)" if self.tuned else ""
-        if self.proxy and "weight" in self.proxy:
-            how = f" at fusion weight {self.proxy['weight']:g} (chosen with the base model over train + dev)"
         text = (
             f"{self.candidate} vs {self.incumbent}{how}: {100 * self.gain:+.1f} pts dev NDCG@10, 95% interval "
             f"[{100 * self.ci_low:+.1f}, {100 * self.ci_high:+.1f}] over {self.n_queries} queries"
@@ -126,7 +124,9 @@ class Step:
                 f"{100 * p['ci_high']:+.1f}] over {p['n_queries']} queries"
             )
             if "weight" in p:
-                text += ", cross-validated over that choice"
+                text += f" at fusion weight {p['weight']:g}"
+                if len(p.get("tied", ())) > 1:
+                    text += f" (chosen on these queries among the weights tied on dev: {list(p['tied'])})"
         return f"{text} → {verdict} (evidence: {self.evidence})" if self.adopted else f"{text} → {verdict}"
 
 
@@ -137,8 +137,8 @@ class Selection:
     system: str
     steps: list[Step] = field(default_factory=list)
     reason: str = ""
-    # set when the reranker was adopted on the base-model proxy: the weight the proxy chose, which it ships with
-    # (None: dev's own weight)
+    # set when the reranker was adopted on the base-model proxy after dev tied several fusion weights: the one the
+    # proxy chose among them, which it ships with (None: dev's own weight)
     fusion_weight: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -148,16 +148,16 @@ class Selection:
 
 @dataclass(frozen=True)
 class RerankEvidence:
-    """The base-model proxy for a reranker (:func:`ragtune.evaluation.systems.rerank_proxy`) and dev's check of the
-    trained reranker at the weight it chose. ``rescored`` and ``plain``: per-query NDCG@10 over train + dev with and
-    without the base model's start re-scoring, ``rescored`` cross-validated over the choice of ``weight`` (chosen on
-    these questions among ``evaluate.fusion_weights``, so the pick cannot flatter itself). ``dev``: the *trained*
-    reranker's per-query dev NDCG@10 fused at ``weight`` (empty until evaluate adds it)."""
+    """The base-model proxy for a reranker (:func:`ragtune.evaluation.systems.rerank_proxy`): per-query NDCG@10 with
+    and without re-scoring over train + dev, at ``weight``. When dev ties several fusion weights (``tied``; e.g.
+    every dev question already first, so every weight scores 1.0), the proxy chooses among them on its own queries
+    and ``rescored`` holds that choice's cross-validated scores, so the pick cannot flatter itself. Without this,
+    a tie goes to the smallest weight, 0, where re-scoring changes nothing and the evidence is 0 by construction."""
 
     rescored: PerQuery
     plain: PerQuery
     weight: float
-    dev: PerQuery = field(default_factory=dict)
+    tied: tuple[float, ...] = ()
 
 
 def _gain(candidate: PerQuery, incumbent: PerQuery, n_resamples: int, seed: int) -> dict[str, float]:
@@ -202,20 +202,6 @@ def _climb(
     return winner.candidate, steps
 
 
-def _proxy_step(
-    candidate: str, retriever: str, p: RerankEvidence, incumbent: PerQuery, n_resamples: int, seed: int
-) -> Step:
-    """The reranker judged at the weight its base-model proxy chose: the trained reranker's dev gain at that fixed
-    weight (not tuned on dev, so not cross-validated) and the proxy's own gain; adopted when the proxy's interval
-    lies above 0 and the dev gain is not negative."""
-    g = _gain(p.dev, incumbent, n_resamples, seed)
-    step = Step("reranker", candidate, retriever, g["gain"], g["ci_low"], g["ci_high"], g["n_queries"], tuned=False)
-    step.proxy = _gain(p.rescored, p.plain, n_resamples, seed) | {"weight": p.weight}
-    if step.proxy["ci_low"] > 0 and step.gain >= 0:
-        step.adopted, step.evidence = True, "train+dev (base model)"
-    return step
-
-
 def choose_pipeline(
     dev: Mapping[str, PerQuery] | None,
     *,
@@ -233,9 +219,8 @@ def choose_pipeline(
     most complex; ``reranked`` maps a retriever to its ``+rerank`` system. ``proxy`` maps a retriever candidate to
     (its base-model analogue's, the base model's) per-query scores over train + dev questions; ``rerank_proxy``
     gives the same for the reranker on a retriever (:class:`RerankEvidence`), or None. It is costly, so it is called
-    only for the retriever kept and only when dev alone does not adopt the reranker; the trained reranker is then
-    judged on dev at the weight the proxy chose (:class:`RerankEvidence`), a second reranker step. When the reranker
-    is adopted on it, ``Selection.fusion_weight`` is that weight."""
+    only for the retriever kept and only when dev alone neither adopts nor vetoes the reranker. When the reranker is
+    adopted on it, ``Selection.fusion_weight`` is the weight the proxy was measured at."""
     if not dev or not dev.get(start):
         return Selection(
             start,
@@ -249,15 +234,16 @@ def choose_pipeline(
     system = retriever
     if retriever in reranked:
         candidate = reranked[retriever]
-        system, rerank_steps = _climb("reranker", retriever, [candidate], dev, tuned_set, n_resamples, seed)
-        # costly: asked only for the retriever kept, and only when dev alone did not adopt the reranker
-        if system == retriever and rerank_proxy is not None and candidate in dev:
-            p = rerank_proxy(retriever)
-            if p is not None and p.dev:
-                step = _proxy_step(candidate, retriever, p, dev[retriever], n_resamples, seed)
-                rerank_steps.append(step)
-                if step.adopted:
-                    system, fusion_weight = candidate, p.weight
+        evidence, p = {}, None
+        if rerank_proxy is not None and candidate in dev:  # costly: asked only when dev alone cannot decide
+            on_dev = _gain(dev[candidate], dev[retriever], n_resamples, seed)
+            if on_dev["ci_low"] <= 0 and on_dev["gain"] >= 0 and (p := rerank_proxy(retriever)) is not None:
+                evidence[candidate] = (p.rescored, p.plain)
+        system, rerank_steps = _climb("reranker", retriever, [candidate], dev, tuned_set, n_resamples, seed, evidence)
+        if p is not None and rerank_steps[0].proxy is not None:
+            rerank_steps[0].proxy |= {"weight": p.weight, "tied": list(p.tied)}
+            if rerank_steps[0].adopted and rerank_steps[0].evidence != "dev" and len(p.tied) > 1:
+                fusion_weight = p.weight
         steps += rerank_steps
     adopted = [s for s in steps if s.adopted]
     if adopted:

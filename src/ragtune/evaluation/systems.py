@@ -83,6 +83,7 @@ class DevChoices:
     scores: dict[str, PerQuery] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
     curves: dict[str, dict[float, float]] = field(default_factory=dict)
+    ties: dict[str, tuple[float, ...]] = field(default_factory=dict)  # the weights tied at the top on all of dev
 
     def tune(
         self,
@@ -96,6 +97,7 @@ class DevChoices:
         folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
         tw = tune_weight(per_weight, prefer=prefer, folds=folds, seed=seed)
         self.weights[name], self.curves[name], self.scores[name] = tw.weight, tw.curve, tw.out_of_fold
+        self.ties[name] = tw.tied
 
     def curve_json(self, name: str) -> dict[str, float]:
         return {f"{w:.2f}": v for w, v in self.curves.get(name, {}).items()}
@@ -168,23 +170,23 @@ def rerank_proxy(
     :func:`hybrid_proxy` gives BM25 fusion: the *base* model's untrained late-interaction start (its own token
     vectors, MaxSim, nothing trained) re-scores the top ``rerank_k`` of the retriever's base-model analogue
     (ft_dense → the base model, ft_hybrid → its RRF hybrid, ft_convex → its convex hybrid at the alpha chosen on dev,
-    bm25 → itself), over train + dev questions, which neither the base model nor its start has seen. The fusion
-    weight is chosen on these questions among ``evaluate.fusion_weights`` by
+    bm25 → itself), fused at the weight dev chose for ``<retriever>+rerank``. Over train + dev questions, which
+    neither the base model nor its start has seen. Returns the per-query NDCG@10 re-scored and not re-scored. When
+    dev tied several weights, the weight is chosen among them on these questions by
     :func:`~ragtune.evaluation.selection.tune_weight` (ties: the smaller), and the re-scored figures are its
-    cross-validated ones. Returns the per-query NDCG@10 re-scored and not re-scored, and the weight; evaluate adds
-    the trained reranker's dev scores at that weight (:class:`~ragtune.evaluation.selection.RerankEvidence`).
+    cross-validated ones.
 
     Only a late-interaction reranker has such an analogue: a cross-encoder's new head starts random, and an LLM
-    reranker's start costs a GPU. None without a dev split or train questions, or with
+    reranker's start costs a GPU. None without a dev split, train questions, a dev weight for the retriever, or with
     ``evaluate.rerank_proxy_queries: 0``. The train questions are a seeded sample of at most that many: their top
     passages are encoded token by token, the costly part, so :func:`~ragtune.evaluation.selection.choose_pipeline`
-    asks only for the retriever it kept, and only when dev alone did not adopt the reranker."""
+    asks only for the retriever it kept, and only when dev alone cannot decide."""
     from ragtune.rerank import reranker_kind
     from ragtune.rerankers import MARKER
     from ragtune.rerankers.late_interaction import LateInteractionReranker
 
-    cap = int(evaluate_p["rerank_proxy_queries"])
-    if "dev" not in splits or not train or cap <= 0:
+    cap, name = int(evaluate_p["rerank_proxy_queries"]), f"{retriever}+rerank"
+    if "dev" not in splits or not train or cap <= 0 or name not in dev.weights:
         return None
     if reranker_kind(reranker) != "late_interaction":
         return None
@@ -209,11 +211,13 @@ def rerank_proxy(
     bf16 = use_cpu_bf16(evaluate_p["rerank_bf16"])
     scores = rerank_scores(start, {"proxy": {retriever: ranking}}, {"proxy": pool}, [retriever], chunks, k, bf16)
     s = {qid: [scores["proxy"][qid][cid] for cid, _ in items[:k]] for qid, items in ranking.items()}
-    grid = [float(w) for w in evaluate_p["fusion_weights"]]
-    per_w = {w: ndcg_per_query(apply_rerank(ranking, s, w), pool, r.chunk_to_doc) for w in grid}
+    tied = dev.ties.get(name, ())
+    tied = tied if len(tied) > 1 else ()
+    # one weight (dev's) is "chosen" by tune_weight as itself, its out-of-fold scores being its own
+    per_w = {w: ndcg_per_query(apply_rerank(ranking, s, w), pool, r.chunk_to_doc) for w in tied or [dev.weights[name]]}
     folds, seed = int(evaluate_p["select_folds"]), int(evaluate_p["select_seed"])
     tw = tune_weight(per_w, prefer=lambda w: -w, folds=folds, seed=seed)  # as dev breaks its ties: less reranker
-    return RerankEvidence(tw.out_of_fold, ndcg_per_query(ranking, pool, r.chunk_to_doc), tw.weight)
+    return RerankEvidence(tw.out_of_fold, ndcg_per_query(ranking, pool, r.chunk_to_doc), tw.weight, tied)
 
 
 @dataclass
@@ -232,10 +236,6 @@ class RerankedSystems:
         ranking = self.systems_by_split[split][retr]
         s = {qid: [self.scores[split][qid][cid] for cid, _ in items[: self.k]] for qid, items in ranking.items()}
         return apply_rerank(ranking, s, w)
-
-    def per_query(self, split: str, retr: str, w: float) -> PerQuery:
-        """``<retr>+rerank`` at fusion weight ``w``: per-query NDCG@10 on ``split``."""
-        return ndcg_per_query(self.ranking(split, retr, w), self.splits[split], self.chunk_to_doc)
 
     def ndcg(self, split: str, ranking: Ranking) -> float:
         per_query = ndcg_per_query(ranking, self.splits[split], self.chunk_to_doc)
@@ -295,7 +295,7 @@ def add_reranked_systems(
     for retr in retrievers:
         name = f"{retr}+rerank"
         if "dev" in splits:
-            per_w = {w: rs.per_query("dev", retr, w) for w in grid}
+            per_w = {w: ndcg_per_query(rs.ranking("dev", retr, w), splits["dev"], chunk_to_doc) for w in grid}
             dev.tune(name, per_w, prefer=lambda w: -w, evaluate_p=e)  # ties: the smaller weight (less reranker)
         chosen_on = "dev" if "dev" in splits else "none (no dev split)"
         report[retr] = rs.set_weight(retr, dev.weights.get(name, UNTUNED), chosen_on)
