@@ -130,7 +130,7 @@ def test_every_param_reaches_the_trainer_through_the_stage(tmp_path, tiny_embedd
     assert m["shipped"].startswith("fine-tuned") and "evidence" in m["dev"]  # keep_base_if_worse: false
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")
     assert "| lr | 7e-05 |" in card and "| max_steps | 11 |" in card and "| max_access_level | internal |" in card
-    assert "## Dev split (document level)" in card  # dev_level doc, the shipped default: the level measured
+    assert "## Dev split (chunk level)" in card  # dev_level: chunk here: the card names the level measured
     assert summary["wrote"].startswith(f"{paths.embedder} (")
 
 
@@ -140,7 +140,7 @@ def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
 ):
     """A run whose dev evidence cannot rule out a loss (lr so small that the rankings cannot move: gain 0, interval
     [0, 0]) ships the base model unchanged with keep_base_if_worse, and the trained one without it."""
-    overrides = {"lr": 1e-9, "max_steps": 2, "keep_base_if_worse": keep_base_if_worse}
+    overrides = {"lr": 1e-9, "max_steps": 2, "keep_base_if_worse": keep_base_if_worse, "dev_level": "doc"}
     work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder=overrides)
     paths = Paths(work)
     params = _params(work)
@@ -153,6 +153,7 @@ def test_run_train_embedder_ships_the_base_model_when_dev_shows_no_gain(
     # precision auto + cpu_bf16 auto (shipped): bf16 exactly where this CPU computes it natively
     assert m["effective"]["optimizer_steps"] == 2 and m["effective"]["bf16"] is cpu_has_fast_bf16()
     card = (paths.embedder / "README.md").read_text(encoding="utf-8")
+    assert "## Dev split (document level)" in card  # dev_level: doc, the shipped default (was always "chunk level")
     if keep_base_if_worse:
         assert m["shipped"] == "base"
         assert any("is the BASE model, unchanged" in w for w in m["warnings"])
