@@ -23,10 +23,28 @@ def test_with_overrides_parses_yaml_values_and_leaves_the_params_unchanged():
     assert params["train_embedder"]["seed"] == 42 and params["model"]["embedder"] == "x"
 
 
-@pytest.mark.parametrize("item", ["train_embedder.sede=1", "trainer.seed=1", "seed=1"])
+def test_with_overrides_reaches_a_nested_key_and_keeps_its_siblings():
+    params = {"train_reranker": {"seed": 42, "late_interaction": {"scale": 20.0, "attention_dropout": None}}}
+
+    out = with_overrides(params, ["train_reranker.late_interaction.attention_dropout=0"])
+
+    assert out["train_reranker"]["late_interaction"] == {"scale": 20.0, "attention_dropout": 0}
+    assert params["train_reranker"]["late_interaction"]["attention_dropout"] is None  # the input is not changed
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train_embedder.sede=1",
+        "trainer.seed=1",
+        "seed=1",
+        "train_embedder.seed.x=1",
+        "train_reranker.late_interaction.sclae=1",
+    ],
+)
 def test_with_overrides_refuses_a_key_params_yaml_lacks(item):
     with pytest.raises(ParamsError, match=r"expected section\.key=value"):
-        with_overrides({"train_embedder": {"seed": 42}}, [item])
+        with_overrides({"train_embedder": {"seed": 42}, "train_reranker": {"late_interaction": {"scale": 20}}}, [item])
 
 
 def _scratch(tmp_path, tiny_embedder_path, **train_embedder):

@@ -207,16 +207,22 @@ class StageConfig:
 
 def with_overrides(params: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``params`` with ``section.key=value`` overrides applied (value parsed as YAML), as ``dvc exp run -S`` applies
-    them; ``params`` itself is left unchanged.
+    them; ``params`` itself is left unchanged. A dotted path reaches a nested key, as in ``dvc exp run -S``:
+    ``train_reranker.late_interaction.attention_dropout=0`` changes that one key and keeps its siblings.
 
     Why: a benchmark varies a param the way an experiment would, so an override may only change a key params.yaml
     has; a typo would otherwise add a key nobody reads and the run would measure the unchanged config.
     """
-    params = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
+    import copy
+
+    params = copy.deepcopy(params)
     for item in overrides:
         key, _, value = item.partition("=")
-        section_name, _, name = key.partition(".")
-        if not name or section_name not in params or name not in params[section_name]:
+        *parents, name = key.split(".")
+        node: Any = params
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not parents or not isinstance(node, dict) or name not in node:
             raise ParamsError(f"--set {item!r}: expected section.key=value with a key that params.yaml has")
-        params[section_name][name] = yaml.safe_load(value)
+        node[name] = yaml.safe_load(value)
     return params
