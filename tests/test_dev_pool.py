@@ -168,6 +168,48 @@ def test_pooled_scores_equal_full_corpus_scores_when_the_top_10_lies_in_the_pool
     assert optimistic["ndcg@10"] > full["ndcg@10"] + 0.3
 
 
+@pytest.mark.parametrize("level", ["doc", "chunk"])
+def test_the_base_score_from_the_pools_vectors_equals_a_re_encode(model, tiny_embedder_path, level):
+    """The stage scores the base model before training from the vectors the pool was ranked with, not by encoding
+    the pool again: the rows follow the evaluator's corpus order, and every metric equals the re-encoded one."""
+    chunks = corpus()
+    dev = questions(["d03", "d17", "d31", "d05"])
+    built = pool(model, dev, chunks, level, 4, tiny_embedder_path)
+    vectors = built.base_corpus_embeddings()
+    evaluator = build_ir_evaluator(dev, chunks, "query: ", "passage: ", level=level, pool=built.chunk_ids)
+    assert evaluator.corpus_ids == built.chunk_ids and tuple(vectors.shape) == (len(built.chunk_ids), 32)
+    text = {c["chunk_id"]: c["text"] for c in chunks}
+    fresh = model.encode([text[c] for c in built.chunk_ids], prompt="passage: ", normalize_embeddings=True)
+    assert vectors.numpy() == pytest.approx(fresh, abs=1e-5)  # row i is chunk_ids[i]'s vector
+
+    reused = evaluator(model, corpus_embeddings=vectors)
+    encoded = evaluator(model)
+    assert reused.keys() == encoded.keys()
+    for name, value in encoded.items():
+        assert reused[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_the_stage_scores_the_base_model_from_the_pools_vectors(tmp_path, tiny_embedder_path, monkeypatch):
+    """dev before training reads the pool's base vectors (no corpus encode of its own); with no pool it encodes."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator as cls
+
+    calls: list[bool] = []
+    real = cls.compute_all_metrics  # the document-level evaluator inherits it
+
+    def spy(self, model, *args, corpus_embeddings=None, **kwargs):
+        calls.append(corpus_embeddings is not None)
+        return real(self, model, *args, corpus_embeddings=corpus_embeddings, **kwargs)
+
+    monkeypatch.setattr(cls, "compute_all_metrics", spy)
+    for k in (1, 0):
+        calls.clear()
+        work = make_stage_dir(tmp_path / str(k), tiny_embedder_path, train_embedder={"max_steps": 2, "dev_pool_k": k})
+        params = yaml.safe_load((work / "params.yaml").read_text(encoding="utf-8"))
+        run_train_embedder(params["model"], params["train_embedder"], Paths(work), bm25_p=params["bm25"])
+        assert calls[0] is (k > 0) and not any(calls[1:])  # only the first check, the base model's, reuses vectors
+        assert read_json(Paths(work).metrics("train_embedder"))["dev"]["before"]["ndcg@10"] >= 0
+
+
 def _spy_trainers(monkeypatch) -> list:
     built: list = []
     real = embedder_run.build_trainer

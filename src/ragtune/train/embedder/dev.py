@@ -7,13 +7,15 @@ import contextlib
 import functools
 import time
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ragtune.train.embedder.config import TrainConfigError
 
 if TYPE_CHECKING:
-    from ragtune.retrieval import Ranking
+    from ragtune.retrieval import DenseIndex, Ranking
 
 
 def _document_ir_evaluator_class() -> type:
@@ -155,6 +157,35 @@ def pool_rankings(
     same corpus with the same base model, so whichever of the two runs first pays for the encode, once (and pairs and
     negatives have usually paid it already: ``max_seq_length``, their ``model.max_seq_length``, makes the vectors the
     ones they cached)."""
+    rankings, _ = _rankings_and_base_index(
+        dev,
+        chunks,
+        k,
+        base=base,
+        base_fingerprint=base_fingerprint,
+        query_prompt=query_prompt,
+        passage_prompt=passage_prompt,
+        bm25_params=bm25_params,
+        batch_size=batch_size,
+        max_seq_length=max_seq_length,
+    )
+    return rankings
+
+
+def _rankings_and_base_index(
+    dev: Sequence[dict[str, Any]],
+    chunks: Sequence[dict[str, Any]],
+    k: int,
+    *,
+    base: Any,
+    base_fingerprint: str,
+    query_prompt: str,
+    passage_prompt: str,
+    bm25_params: dict[str, Any],
+    batch_size: int,
+    max_seq_length: int | None,
+) -> tuple[dict[str, Ranking], DenseIndex]:
+    """:func:`pool_rankings`, and the base model's index of the whole corpus it ranked with."""
     from ragtune.retrieval import DenseEncoder, DenseIndex, build_bm25
 
     queries = {q["query_id"]: q["query"] for q in dev}
@@ -164,10 +195,11 @@ def pool_rankings(
         texts = [c["text"] for c in chunks]
         index = DenseIndex([c["chunk_id"] for c in chunks], enc.encode(texts, passage_prompt, "Dev pool: base model"))
         query_vecs = enc.encode(list(queries.values()), query_prompt, "Dev pool: queries")
-    return {
+    rankings = {
         "bm25": {qid: [(cid, s) for cid, s in hits if s > 0] for qid, hits in bm25.items()},
         "base": index.search_vectors(list(queries), query_vecs, k),
     }
+    return rankings, index
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,21 @@ class DevPool:
     corpus_chunks: int
     docs_per_query_min: int  # distinct documents in the smallest question's own pool (MaxP NDCG@10 wants ≥ 10)
     seconds: float
+    # the base model's passage vectors of chunk_ids, row for row (see base_corpus_embeddings); not in the metrics
+    base_vectors: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def base_corpus_embeddings(self, device: Any = None) -> Any:
+        """The base model's vectors of the pool, in the evaluator's corpus order, for its ``corpus_embeddings``.
+
+        Why: the dev score before training is the base model's, and the pool was just ranked with the base model's
+        vectors of every chunk (from the embedding cache, which pairs and negatives usually filled). Re-encoding
+        the pool to score it was the stage's slowest dev check (28.6 of its 521 s on the sample): fp32, and not
+        needed. The vectors were encoded at ``model.max_seq_length``; the chunk stage guarantees that every chunk
+        fits ``train_embedder.max_seq_length`` too, so both truncations keep every token. ``device``: the model's, where
+        the evaluator puts the queries' vectors."""
+        import torch
+
+        return None if self.base_vectors is None else torch.from_numpy(self.base_vectors).to(device or "cpu")
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -228,7 +275,7 @@ def build_dev_pool(
     still ranks the whole corpus.
     """
     t0 = time.perf_counter()
-    rankings = pool_rankings(
+    rankings, index = _rankings_and_base_index(
         dev,
         chunks,
         k,
@@ -243,7 +290,9 @@ def build_dev_pool(
     ids, per_query = dev_pool(dev, chunks, level, rankings.values(), k)
     chunk_to_doc = {c["chunk_id"]: c["doc_id"] for c in chunks}
     docs = [len({chunk_to_doc[c] for c in own if c in chunk_to_doc}) for own in per_query.values()]
-    return DevPool(ids, k, len(chunks), min(docs, default=0), time.perf_counter() - t0)
+    row = {cid: i for i, cid in enumerate(index.ids)}
+    vectors = np.ascontiguousarray(index.embeddings[[row[c] for c in ids]], dtype=np.float32)
+    return DevPool(ids, k, len(chunks), min(docs, default=0), time.perf_counter() - t0, vectors)
 
 
 def dev_metrics(scores: dict[str, float]) -> dict[str, float]:

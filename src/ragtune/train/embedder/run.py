@@ -273,7 +273,9 @@ def run_train_embedder(
     if untrained is not None and not rank0:
         return EMPTY
     trains = untrained is None
-    dev_before = evaluator(model) if evaluator and rank0 and trains else {}
+    # the base model's pool vectors, not a re-encode: the pool was ranked with them (DevPool.base_corpus_embeddings)
+    base_vectors = {"corpus_embeddings": pool.base_corpus_embeddings(model.device)} if pool is not None else {}
+    dev_before = evaluator(model, **base_vectors) if evaluator and rank0 and trains else {}
     resume, callbacks = ResumePoint(), []
     if trains:
         fingerprint = cfg.fingerprint(
