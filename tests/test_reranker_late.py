@@ -77,6 +77,36 @@ def test_scores_match_hand_computed_maxsim(tiny_embedder_path: Path) -> None:
     assert mixed[[0, 2]].tolist() == pytest.approx(want, abs=1e-5)
 
 
+def test_evaluate_scores_every_split_in_one_call_each_passage_encoded_once(tiny_embedder_path: Path) -> None:
+    """rerank_scores (evaluate) over dev and test: every (query, chunk) the retrievers proposed gets the score the
+    pair gets alone, and a chunk both splits retrieved is encoded once, not once per split."""
+    from ragtune.rerank import rerank_scores
+
+    reranker = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
+    chunks = [{"chunk_id": f"c{i}", "text": t} for i, t in enumerate(DOCS + VI_SENTENCES[:3])]
+    splits = {"dev": [{"query_id": "q1", "query": QUERY}], "test": [{"query_id": "q2", "query": VI_SENTENCES[0]}]}
+    systems = {  # two retrievers; c1 and c2 come back for both splits
+        "dev": {"a": {"q1": [("c0", 1.0), ("c1", 0.5)]}, "b": {"q1": [("c2", 1.0), ("c0", 0.2)]}},
+        "test": {"a": {"q2": [("c1", 1.0), ("c2", 0.5)]}, "b": {"q2": [("c3", 1.0), ("c4", 0.9)]}},
+    }
+    encoded: list[str] = []
+    real = reranker.model.encode_document
+    reranker.model.encode_document = lambda docs, **kw: encoded.extend(docs) or real(docs, **kw)
+
+    got = rerank_scores(reranker, systems, splits, ["a", "b"], chunks, k=2, bf16=False)
+
+    assert {s: {q: list(c) for q, c in v.items()} for s, v in got.items()} == {
+        "dev": {"q1": ["c0", "c1", "c2"]},
+        "test": {"q2": ["c1", "c2", "c3", "c4"]},
+    }
+    assert sorted(encoded) == sorted(c["text"] for c in chunks)  # five distinct chunks, five encodes
+    text = {c["chunk_id"]: c["text"] for c in chunks}
+    for split, qs in splits.items():
+        q = qs[0]
+        alone = reranker.predict([(q["query"], text[c]) for c in got[split][q["query_id"]]])
+        assert list(got[split][q["query_id"]].values()) == pytest.approx(alone.tolist(), abs=1e-5)
+
+
 def test_untrained_reranker_ranks_identical_passage_first(tiny_embedder_path: Path) -> None:
     reranker = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=48, max_doc_length=48)
     text = VI_SENTENCES[0]

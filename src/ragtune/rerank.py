@@ -123,19 +123,22 @@ def rerank_scores(
     bf16: bool,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Reranker score per split, query and chunk over the union of the retrievers' top ``k``: one forward pass per
-    (query, chunk), however many retrievers proposed it."""
+    (query, chunk), however many retrievers proposed it, and one ``predict`` call for every split, so a reranker that
+    encodes each distinct passage once (late interaction) encodes a passage dev and test both retrieved once."""
     chunk_text = {c["chunk_id"]: c["text"] for c in chunks}
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    union: dict[tuple[str, str], dict[str, float]] = {}  # (split, query id) → its candidates
+    qtext: dict[tuple[str, str], str] = {}
     for split, queries in splits.items():
-        qtext = {q["query_id"]: q["query"] for q in queries}
-        union: dict[str, dict[str, float]] = {}
+        qtext |= {(split, q["query_id"]): q["query"] for q in queries}
         for retr in retrievers:
             for qid, items in systems_by_split[split][retr].items():
                 for cid, _ in items[:k]:
-                    union.setdefault(qid, {})[cid] = 0.0
-        flat = {qid: [(cid, 0.0) for cid in cids] for qid, cids in union.items()}
-        got = rerank_ranking(model, flat, qtext, chunk_text, k=10**9, bf16=bf16)
-        out[split] = {qid: dict(zip(union[qid], got[qid], strict=True)) for qid in union}
+                    union.setdefault((split, qid), {})[cid] = 0.0
+    pairs = [(qtext[key], chunk_text[cid]) for key, cids in union.items() for cid in cids]
+    scores = iter(predict(model, pairs, 32, bf16))
+    out: dict[str, dict[str, dict[str, float]]] = {split: {} for split in splits}
+    for (split, qid), cids in union.items():
+        out[split][qid] = {cid: next(scores) for cid in cids}
     return out
 
 
