@@ -75,7 +75,7 @@ def phase_names(calls: Sequence[dict[str, Any]]) -> list[str]:
 
 def summarize(calls: Sequence[dict[str, Any]], stage: str, merge_tolerance: float) -> dict[str, Any]:
     """Per evaluator: the eval step it would keep (first best ndcg@10 among the training evals), its mean seconds
-    per eval, whether it keeps the full corpus's step, and the full corpus's ndcg@10 there; per scoring, every
+    per training eval, whether it keeps the full corpus's step, and the full corpus's ndcg@10 there; per scoring, every
     evaluator's ndcg@10 and seconds; and each evaluator's merge decision. ``calls``: one record per dev scoring,
     ``{"step": int, "scores": {evaluator: {"ndcg@10": x, "seconds": s}}}``; ``stage`` names the evaluator the stage
     chose with."""
@@ -91,7 +91,9 @@ def summarize(calls: Sequence[dict[str, Any]], stage: str, merge_tolerance: floa
     for ev in evaluators:
         row: dict[str, Any] = {
             "used_by_stage": ev == stage,
-            "seconds_per_eval": round(statistics.mean(c["scores"][ev]["seconds"] for c in calls), 2),
+            # over the training evals: the stage's check before training reads the pool's base vectors, so it
+            # costs its evaluator less than the observers (who encode), and would bias the comparison
+            "seconds_per_eval": round(statistics.mean(by_name[n]["scores"][ev]["seconds"] for n in steps or names), 2),
             "chosen_step": chosen[ev],
         }
         if FULL in chosen and chosen[ev] is not None:
@@ -127,11 +129,15 @@ def observed(stage: Any, stage_label: str, observers: dict[str, Any]) -> Any:
             self.primary_metric = stage.primary_metric
             self.calls: list[dict[str, Any]] = []
 
-        def __call__(self, model: Any, output_path: str | None = None, epoch: float = -1, steps: int = -1) -> dict:
+        def __call__(
+            self, model: Any, output_path: str | None = None, epoch: float = -1, steps: int = -1, **kwargs: Any
+        ) -> dict:
+            # kwargs (the base model's pool vectors before training) fit the stage's own corpus only: the observers,
+            # each over another corpus, encode theirs
             scores, result = {}, {}
             for name, ev in zip(self.labels, self.evaluators, strict=True):
                 t0 = time.perf_counter()
-                got = ev(model, output_path if ev is stage else None, epoch, steps)
+                got = ev(model, output_path if ev is stage else None, epoch, steps, **(kwargs if ev is stage else {}))
                 seconds = time.perf_counter() - t0
                 scores[name] = {"ndcg@10": float(got[f"{ev.name}_cosine_ndcg@10"]), "seconds": seconds}
                 if ev is stage:
