@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     base = load_embedder(resolve_model(model_p["embedder"], revision=model_p.get("revision")))
     base.max_seq_length = cfg.max_seq_length
     t0 = time.perf_counter()
-    rankings = pool_rankings(
+    rankings, _ = pool_rankings(
         dev,
         chunks,
         max(ks),

@@ -149,43 +149,15 @@ def pool_rankings(
     bm25_params: dict[str, Any],
     batch_size: int,
     max_seq_length: int | None = None,
-) -> dict[str, Ranking]:
+) -> tuple[dict[str, Ranking], DenseIndex]:
     """BM25's and the base model's top ``k`` chunks per dev question (``{"bm25": …, "base": …}``), ties broken by
     chunk id. BM25 is built from the ``bm25:`` params as every other stage builds it, and lists only chunks sharing
     a term with the question (a score of 0 is no candidate). The base model's passage vectors come from the
     embedding cache under ``base_fingerprint`` (an empty one: no cache); the stage's final dev check encodes the
     same corpus with the same base model, so whichever of the two runs first pays for the encode, once (and pairs and
     negatives have usually paid it already: ``max_seq_length``, their ``model.max_seq_length``, makes the vectors the
-    ones they cached)."""
-    rankings, _ = _rankings_and_base_index(
-        dev,
-        chunks,
-        k,
-        base=base,
-        base_fingerprint=base_fingerprint,
-        query_prompt=query_prompt,
-        passage_prompt=passage_prompt,
-        bm25_params=bm25_params,
-        batch_size=batch_size,
-        max_seq_length=max_seq_length,
-    )
-    return rankings
-
-
-def _rankings_and_base_index(
-    dev: Sequence[dict[str, Any]],
-    chunks: Sequence[dict[str, Any]],
-    k: int,
-    *,
-    base: Any,
-    base_fingerprint: str,
-    query_prompt: str,
-    passage_prompt: str,
-    bm25_params: dict[str, Any],
-    batch_size: int,
-    max_seq_length: int | None,
-) -> tuple[dict[str, Ranking], DenseIndex]:
-    """:func:`pool_rankings`, and the base model's index of the whole corpus it ranked with."""
+    ones they cached). Also returns the base model's index of the whole corpus, whose vectors score the base
+    model before training (:meth:`DevPool.base_corpus_embeddings`)."""
     from ragtune.retrieval import DenseEncoder, DenseIndex, build_bm25
 
     queries = {q["query_id"]: q["query"] for q in dev}
@@ -275,7 +247,7 @@ def build_dev_pool(
     still ranks the whole corpus.
     """
     t0 = time.perf_counter()
-    rankings, index = _rankings_and_base_index(
+    rankings, index = pool_rankings(
         dev,
         chunks,
         k,
