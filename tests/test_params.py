@@ -121,6 +121,36 @@ def test_every_shipped_params_file_validates(path):
     assert key(params, "train_embedder.max_seq_length") == params["train_embedder"]["max_seq_length"]
 
 
+# The keys each example changes on purpose (its header says which); every other value must follow params.yaml, or a
+# default changed later silently stays old in the example a user copies (attention_dropout did, until 2026-12-05).
+EXAMPLE_CHANGES = {
+    "alqac2023.params.yaml": {"pairs.dev_ratio", "pairs.test_ratio", "train_embedder.max_seq_length"},
+    "alqac2023-fixed.params.yaml": {"pairs.dev_ratio", "pairs.test_ratio", "train_embedder.max_seq_length"},
+}
+
+
+def flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": value}`` for every leaf of a nested mapping."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for k, v in node.items():
+        out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+@pytest.mark.parametrize("path", SHIPPED[1:], ids=lambda p: p.name)
+def test_every_example_follows_the_shipped_defaults(path):
+    assert path.name in EXAMPLE_CHANGES, f"{path.name}: list the keys it changes in EXAMPLE_CHANGES"
+    base = {k: v for k, v in flat(shipped()).items() if not k.startswith("ingest.")}
+    example = {k: v for k, v in flat(load_params(path)).items() if not k.startswith("ingest.")}
+    assert example.keys() == base.keys()
+    differ = {k for k in base if example[k] != base[k]}
+    assert differ == EXAMPLE_CHANGES[path.name], {
+        k: (base[k], example.get(k)) for k in differ ^ EXAMPLE_CHANGES[path.name]
+    }
+
+
 def test_the_sample_ingest_file_validates():
     data = yaml.safe_load((REPO / "examples/sample-ingest.yaml").read_text(encoding="utf-8"))
     assert load_config(data, repo=REPO / "examples").documents
