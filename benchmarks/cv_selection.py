@@ -319,13 +319,15 @@ def _wrap(scores: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 def compare(a_path: str, b_path: str) -> None:
-    """B's paired out-of-fold gain over A, per policy, and B's policies against A's shipped (checked) policy."""
+    """B's paired out-of-fold gain over A, per policy (per system for two ``--pipeline`` files), and B's policies
+    against A's shipped (checked) policy where A has one."""
     a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (a_path, b_path))
     rows = {}
     for p in [p for p in b["per_query"] if p != "base"]:
         if p in a["per_query"]:
             rows[f"{p} vs {p}"] = paired_bootstrap(_wrap(b["per_query"][p]), _wrap(a["per_query"][p]))
-        rows[f"{p} vs A checked"] = paired_bootstrap(_wrap(b["per_query"][p]), _wrap(a["per_query"]["checked"]))
+        if "checked" in a["per_query"]:  # a --pipeline file has systems, not shipping policies
+            rows[f"{p} vs A checked"] = paired_bootstrap(_wrap(b["per_query"][p]), _wrap(a["per_query"]["checked"]))
     print(json.dumps({"A": a["overrides"], "B": b["overrides"], "B_minus_A": rows}, indent=2))
 
 

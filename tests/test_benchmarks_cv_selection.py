@@ -63,3 +63,21 @@ def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp
     calls.clear()
     cv.run_pipeline_fold(other, cv.pipeline_splits(pool, 3, seed=1)[0], work)
     assert calls[0] == "train_embedder"
+
+
+def test_compare_pairs_two_pipeline_files_system_by_system(tmp_path, capsys):
+    """--compare reads two --pipeline files (systems, no shipping policy): B's gain over A per shared system."""
+    import json
+
+    cv = load_benchmark("cv_selection")
+    a = {"overrides": [], "per_query": {"served": {"q1": 0.5, "q2": 1.0}, "ft_dense": {"q1": 0.5, "q2": 0.5}}}
+    b = {"overrides": ["x=1"], "per_query": {"served": {"q1": 1.0, "q2": 1.0}, "ft_dense": {"q1": 0.5, "q2": 0.5}}}
+    paths = []
+    for name, data in (("a", a), ("b", b)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data), encoding="utf-8")
+    cv.compare(str(paths[0]), str(paths[1]))
+    rows = json.loads(capsys.readouterr().out)["B_minus_A"]
+    assert set(rows) == {"served vs served", "ft_dense vs ft_dense"}
+    assert rows["served vs served"]["gain"] == pytest.approx(0.25)
+    assert rows["ft_dense vs ft_dense"]["gain"] == 0.0
