@@ -223,3 +223,53 @@ def test_run_train_reranker_mines_trains_and_writes(tmp_path, tiny_embedder_path
     # base: embedder, the local fine-tuned folder (a Hub start model would give its commit); no checkpoint was cut short
     assert m["effective"]["base_model"]["commit"] == "local" and m["train"]["incomplete_checkpoints"] == []
     assert summary["read"] == f"{len(train)} training pairs (0 capped), 2 dev queries"
+
+
+@pytest.mark.parametrize("how", ["enabled: false", "no dev evidence"])
+def test_a_shipped_base_model_reads_the_base_model_s_cached_vectors(tmp_path, tiny_embedder_path, how):
+    """When the base model ships, models/embedder is a re-save of it with other files (a card, its own config), so
+    its fingerprint differs; it must still read the vectors the base model cached instead of the index stage
+    encoding the corpus again, and the vectors it reads are the bytes its own encode gives."""
+    import hashlib
+
+    import numpy as np
+
+    from ragtune.retrieval import DenseEncoder, load_dense
+
+    overrides = {"enabled": False} if how == "enabled: false" else {"lr": 1e-9, "max_steps": 2}
+    work = make_stage_dir(tmp_path, tiny_embedder_path, train_embedder=overrides)
+    paths, params = Paths(work), _params(work)
+    texts = [c["text"] for c in read_jsonl(paths.chunks)]
+    base = load_dense(params["model"])
+    base.encode_passages(texts)  # what pairs and negatives leave in the cache
+
+    run_train_embedder(params["model"], params["train_embedder"], paths, bm25_p=params["bm25"])
+
+    m = read_json(paths.metrics("train_embedder"))
+    assert m["shipped"].startswith("base") and m["reads_base_vectors"] is True
+    shipped = load_dense(params["model"], name=str(paths.embedder))  # as the index stage loads it
+    assert shipped.encoder.fingerprint == base.encoder.fingerprint
+    hashes = {hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts}
+    assert set(shipped.encoder._store(shipped.passage_prompt).lookup(hashes)) == hashes
+    fresh = DenseEncoder(shipped.model, "", use_cache=False)
+    assert np.array_equal(shipped.encode_passages(texts), fresh.encode(texts, shipped.passage_prompt))
+
+
+def test_a_folder_that_computes_other_vectors_keeps_its_own_cache(tmp_path, tiny_embedder_path):
+    """share_cached_vectors writes no alias for a folder whose weights differ by one value."""
+    import torch
+
+    from ragtune.models import load_embedder, model_fingerprint
+    from ragtune.retrieval import cached_as, share_cached_vectors
+
+    other = load_embedder(str(tiny_embedder_path))
+    with torch.no_grad():
+        next(p for n, p in other.named_parameters() if "dense.weight" in n)[0, 0] += 0.5
+    other.save(str(tmp_path / "other"))
+    probe = ["Nhân viên chính thức có mười hai ngày nghỉ phép năm.", "Mật khẩu dài ít nhất mười hai ký tự."]
+
+    assert not share_cached_vectors(tmp_path / "other", tiny_embedder_path, probe, max_seq_length=64, batch_size=4)
+    assert cached_as(model_fingerprint(tmp_path / "other")) == model_fingerprint(tmp_path / "other")
+    load_embedder(str(tiny_embedder_path)).save(str(tmp_path / "same"))  # a re-save: other files, the same weights
+    assert share_cached_vectors(tmp_path / "same", tiny_embedder_path, probe, max_seq_length=64, batch_size=4)
+    assert cached_as(model_fingerprint(tmp_path / "same")) == model_fingerprint(tiny_embedder_path)

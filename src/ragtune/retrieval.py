@@ -225,6 +225,48 @@ def cache_root() -> Path:
     return Path(os.environ.get("RAGTUNE_CACHE", Path.home() / ".cache" / "ragtune"))
 
 
+def _alias_file(fingerprint: str) -> Path:
+    return cache_root() / "embeddings" / "aliases" / fingerprint
+
+
+def cached_as(fingerprint: str) -> str:
+    """The fingerprint whose cached vectors a model with ``fingerprint`` reads and writes: its own, or the one an
+    alias (:func:`share_cached_vectors`) names. Fingerprints hash a folder's contents, so an alias never goes stale."""
+    alias = _alias_file(fingerprint) if fingerprint else None
+    return alias.read_text(encoding="utf-8").strip() if alias is not None and alias.is_file() else fingerprint
+
+
+def share_cached_vectors(
+    saved: str | Path, original: str | Path, probe: Sequence[str], *, max_seq_length: int | None, batch_size: int
+) -> bool:
+    """Let the model folder ``saved`` read the embedding cache of ``original`` when the two compute identical vectors.
+
+    Why: when train_embedder ships the base model (no dev evidence for the fine-tune, or ``enabled: false``), it
+    re-saves the base under ``models/embedder``, whose files (config, card) differ from the base folder's, so its
+    fingerprint differs and the index stage encoded the whole corpus a second time: 206 s of ALQAC's 3,308 chunks
+    on 2 cores, hours at a million documents, for vectors the base model had already cached. Both folders are
+    loaded as the later stages load them (:func:`load_dense`: ``model.max_seq_length``) and encode ``probe``; only
+    bit-identical vectors write the alias, so a folder that computes anything differently keeps its own cache.
+    Returns whether the alias was written.
+    """
+    from ragtune.models import load_embedder, model_fingerprint
+
+    if not probe:
+        return False
+    vectors = []
+    for path in (saved, original):
+        model = load_embedder(str(path), max_seq_length=max_seq_length)
+        vectors.append(model.encode(list(probe), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False))
+    if not np.array_equal(vectors[0], vectors[1]):
+        return False
+    alias = _alias_file(model_fingerprint(saved))
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    tmp = alias.with_name(f"{alias.name}.{os.getpid()}.tmp")
+    tmp.write_text(cached_as(model_fingerprint(original)) + "\n", encoding="utf-8")
+    os.replace(tmp, alias)
+    return True
+
+
 def model_prompt(model: Any, role: Literal["query", "passage"], override: str | None = None) -> str:
     """The instruction prefix the model was trained with (``query: `` / ``passage: `` for e5).
 
@@ -296,7 +338,8 @@ class DenseEncoder:
         devices: Sequence[str] = (),
     ):
         self.model = model
-        self.fingerprint = fingerprint
+        # a folder that computes what another computes reads that one's vectors (share_cached_vectors)
+        self.fingerprint = cached_as(fingerprint) if use_cache else fingerprint
         self.batch_size = batch_size
         self.use_cache = use_cache
         self.ray = ray  # encode the blocks on a Ray cluster instead of here (model.encode_on: ray)

@@ -26,7 +26,7 @@ from ragtune.io import dumps, read_jsonl, sha256_file, write_json
 from ragtune.models import load_embedder, model_fingerprint, model_source, resolve_model
 from ragtune.pairs import query_key
 from ragtune.paths import Paths
-from ragtune.retrieval import model_prompt
+from ragtune.retrieval import model_prompt, share_cached_vectors
 from ragtune.train import batching
 from ragtune.train.card import write_model_card
 from ragtune.train.checkpoints import (
@@ -131,11 +131,27 @@ def run_metrics(
     }
 
 
+def share_base_vectors(out: str, base_path: str, model_p: dict[str, Any], probe: list[str]) -> bool:
+    """Once the base model is saved as ``out``: let ``out`` read the base's cached corpus vectors, which pairs and
+    negatives already paid for, so index does not encode the corpus again (:func:`share_cached_vectors` checks that
+    both folders compute the same vectors on ``probe``, a few chunk texts, first)."""
+    return share_cached_vectors(
+        out, base_path, probe, max_seq_length=model_p.get("max_seq_length"), batch_size=int(model_p["batch_size"])
+    )
+
+
 def ship_untrained(
-    model_p: dict, cfg: EmbedderTrainConfig, plan: SchedulePlan, base_path: str, metrics: dict, why: str, paths: Paths
+    model_p: dict,
+    cfg: EmbedderTrainConfig,
+    plan: SchedulePlan,
+    base_path: str,
+    metrics: dict,
+    why: str,
+    paths: Paths,
+    probe: list[str],
 ) -> None:
     """Write the base model to ``paths.embedder`` unchanged, with every file a training run writes (metrics, card,
-    folders).
+    folders). ``probe``: chunk texts for :func:`share_base_vectors`.
 
     Why: index, train_reranker, evaluate and ``dvc metrics`` read these outputs whether or not training ran.
     ``enabled: false`` is a choice (a base-model bake-off) and says so once; no dev question is a warning.
@@ -153,6 +169,7 @@ def ship_untrained(
     model = load_embedder(base_path)  # fresh: the training copy's attention modules were changed in place
     model.max_seq_length = cfg.max_seq_length
     model.save(out, safe_serialization=True)
+    metrics["reads_base_vectors"] = share_base_vectors(out, base_path, model_p, probe)
     untrained_outputs(paths.live("train_embedder"), paths.embedder_checkpoints)
     write_model_card(out, "embedder", model_p["embedder"], cfg, metrics)
     write_json(paths.metrics("train_embedder"), metrics)
@@ -185,6 +202,7 @@ def run_train_embedder(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank0 = int(os.environ.get("RANK", "0")) == 0
     chunks = read_jsonl(paths.chunks)
+    probe = [c["text"] for c in chunks[:8]]  # what share_base_vectors compares, when the base model ships
     access = access_rule(cfg, access_p, paths.documents, chunks)  # a level off the scale stops the stage here
     groups = read_jsonl(paths.train_groups)
     dev = read_jsonl(paths.dev)
@@ -343,7 +361,7 @@ def run_train_embedder(
     if access is not None and excluded is not None:
         read += f" ({access.summary(excluded)})"
     if not trains:
-        ship_untrained(model_p, cfg, plan, base_path, metrics, untrained or "", paths)
+        ship_untrained(model_p, cfg, plan, base_path, metrics, untrained or "", paths, probe)
         return {"read": read, "wrote": f"{out} ({metrics['shipped']}: not trained), {paths.metrics('train_embedder')}"}
 
     # 5. what ships: the fine-tune (merged with the base when dev allows), or the base model without dev evidence
@@ -397,6 +415,8 @@ def run_train_embedder(
     if not dev or metrics["shipped"] == "base":  # else the trained model was saved above, before its dev evidence
         shutil.rmtree(out, ignore_errors=True)  # no file of the trained model's save stays beside the base's
         model.save(out, safe_serialization=True)
+    if metrics["shipped"] == "base":
+        metrics["reads_base_vectors"] = share_base_vectors(out, base_path, model_p, probe)
     clear_checkpoints(ckpt)
     write_model_card(out, "embedder", model_p["embedder"], cfg, metrics)
     write_json(paths.metrics("train_embedder"), metrics)
