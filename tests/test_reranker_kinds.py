@@ -56,7 +56,14 @@ def _stage(tmp_path, tiny_embedder_path, **reranker):
     return Paths(work), read_json(Paths(work).metrics("train_reranker")), summary
 
 
-LI = {"max_query_length": 32, "max_doc_length": 64, "scale": 20.0, "n_negatives": 1, "attention_dropout": None}
+LI = {
+    "max_query_length": 32,
+    "max_doc_length": 64,
+    "scale": 20.0,
+    "n_negatives": 1,
+    "attention_dropout": None,
+    "freeze_embeddings": False,
+}
 
 
 def test_late_interaction_kind_trains_ships_and_loads_through_the_common_loader(tmp_path, tiny_embedder_path):
@@ -98,6 +105,26 @@ def test_late_interaction_attention_dropout_reaches_the_model_it_trains(
     assert m["effective"]["attention_dropout"] == dropout
     assert m["effective"]["attention_dropout_modules"] == (0 if dropout is None else len(seen))
     assert "attention_dropout" in m["not_read"]  # the cross-encoder's key, not this kind's
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_late_interaction_freeze_embeddings_reaches_the_model_it_trains(
+    tmp_path, tiny_embedder_path, monkeypatch, freeze
+):
+    from ragtune.train.reranker import late_interaction
+
+    real, seen = late_interaction.build_trainer, []
+
+    def spy(reranker, *args, **kwargs):  # what the trainer gets: is the token-embedding matrix trainable?
+        seen.append(reranker.model[0].auto_model.get_input_embeddings().weight.requires_grad)
+        return real(reranker, *args, **kwargs)
+
+    monkeypatch.setattr(late_interaction, "build_trainer", spy)
+    _, m, _ = _stage(
+        tmp_path, tiny_embedder_path, kind="late_interaction", late_interaction={**LI, "freeze_embeddings": freeze}
+    )
+    assert seen == [not freeze]
+    assert (m["effective"]["frozen_params"] > 0) is freeze and m["effective"]["trainable_params"] > 0
 
 
 def test_a_kind_that_dev_says_got_worse_ships_its_untrained_start(tmp_path, tiny_embedder_path, monkeypatch):

@@ -39,6 +39,7 @@ def settings(**overrides: Any) -> LateInteractionSettings:
         weight_decay=0.01,
         bf16=False,
         attention_dropout=None,
+        freeze_embeddings=False,
         logging_steps=1,
     )
     return LateInteractionSettings.from_params({**values, **overrides})
@@ -160,6 +161,28 @@ def test_training_runs_reaches_optimizer_and_ships_what_it_measured(tiny_embedde
     untrained = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
     pairs = [(QUERY, d) for d in DOCS]
     assert loaded.predict(pairs).tolist() != untrained.predict(pairs).tolist()  # the weights moved
+
+
+def test_freeze_embeddings_keeps_the_token_embeddings_and_trains_the_rest(tiny_embedder_path: Path, tmp_path: Path):
+    """freeze_embeddings: the saved reranker's token-embedding matrix is the embedder's, bit for bit, while the
+    encoder layers moved; the metrics count the frozen parameters."""
+    from safetensors.torch import load_file
+
+    metrics = train_late_interaction(
+        tiny_groups(), [], settings(freeze_embeddings=True), tmp_path / "r", tmp_path / "ckpt",
+        embedder_dir=tiny_embedder_path,
+    )  # fmt: skip
+    start, trained = (load_file(str(p / "model.safetensors")) for p in (tiny_embedder_path, tmp_path / "r"))
+    name = next(k for k in start if "word_embeddings" in k)
+    assert trained[name].equal(start[name])
+    layer = next(k for k in start if "layer.0" in k and k.endswith("dense.weight"))
+    assert not trained[layer].equal(start[layer])
+    assert metrics["effective"]["frozen_params"] == start[name].numel()
+    unfrozen = train_late_interaction(
+        tiny_groups(), [], settings(), tmp_path / "u", tmp_path / "ckpt2", embedder_dir=tiny_embedder_path
+    )
+    assert unfrozen["effective"]["frozen_params"] == 0
+    assert not load_file(str(tmp_path / "u" / "model.safetensors"))[name].equal(start[name])
 
 
 def test_settings_refuse_missing_and_bad_keys() -> None:

@@ -54,6 +54,9 @@ class LateInteractionSettings(StageConfig):
     # dropout on attention probabilities while training; None = the embedder's own (0.1 for e5). Not the
     # cross-encoder's train_reranker.attention_dropout: dev chose another default for this kind (docs/rerankers.md)
     attention_dropout: float | None
+    # keep the token-embedding matrix (96M of e5-small's 118M parameters) fixed, as train_embedder.freeze_embeddings
+    # does: its dense gradient was zero-filled and the optimizer swept it at every step (docs/rerankers.md)
+    freeze_embeddings: bool
     logging_steps: int  # log the loss every N steps (the first step is always logged)
 
     def validate(self) -> None:
@@ -117,6 +120,24 @@ def dev_rerank_metrics(
             for k in keys:
                 sums[prefix + k] += m[k]
     return {k: round(v / max(len(samples), 1), 4) for k, v in sums.items()}
+
+
+def trainable_counts(model: Any) -> dict[str, int]:
+    """Trainable and frozen parameter counts, for the metrics."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "frozen_params": sum(p.numel() for p in model.parameters()) - trainable}
+
+
+def freeze_embeddings(model: Any) -> dict[str, int]:
+    """Fix the transformer's token-embedding matrix; returns :func:`trainable_counts`.
+
+    Why: a late-interaction reranker reads the same vocabulary the embedder froze
+    (``train_embedder.freeze_embeddings``), and a few hundred groups touch a few thousand of XLM-R's 250k rows. Left
+    trainable, the 96M-parameter matrix cost every step a zero-filled dense gradient of 384 MB and an AdamW sweep
+    over it: py-spy (``--native``) put 14% of a step in ``embedding_dense_backward``'s fill alone.
+    """
+    model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+    return trainable_counts(model)
 
 
 def _optimizer_lr(trainer: Any) -> float:
@@ -211,6 +232,7 @@ def train_late_interaction(
     )
     # 0 lets the CPU use the fused attention kernel: 1.9x faster steps on the sample, at a dev cost (docs/rerankers.md)
     attention, warnings = apply_attention_dropout(reranker.model, s.attention_dropout, s.SECTION)
+    counts = freeze_embeddings(reranker.model) if s.freeze_embeddings else trainable_counts(reranker.model)
     rows, n = groups_to_rows(groups, s.n_negatives)
     if len(rows) < s.batch_size:
         raise LateInteractionConfigError(
@@ -241,6 +263,7 @@ def train_late_interaction(
             "in_batch_negatives": (s.batch_size - 1) * (1 + n),
             "bf16": bool(trainer.args.bf16),
             **attention,
+            **counts,
         },
         "train": {
             "rows": len(rows),
