@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import VI_SENTENCES
 
+from ragtune import rerank
 from ragtune.rerankers.late_interaction import MARKER, LateInteractionError, LateInteractionReranker
 from ragtune.train.reranker.late_interaction import (
     LateInteractionConfigError,
@@ -161,6 +162,31 @@ def test_training_runs_reaches_optimizer_and_ships_what_it_measured(tiny_embedde
     untrained = LateInteractionReranker.from_embedder(tiny_embedder_path, max_query_length=16, max_doc_length=48)
     pairs = [(QUERY, d) for d in DOCS]
     assert loaded.predict(pairs).tolist() != untrained.predict(pairs).tolist()  # the weights moved
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_dev_is_scored_in_the_precision_evaluate_serves_the_reranker_in(
+    tiny_embedder_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bf16: bool
+):
+    """bf16 training scores dev under CPU bf16 autocast, as evaluate and search run the saved reranker
+    (rerank_bf16: auto → rerank.predict(bf16=True)), before and after; fp32 training scores it in fp32."""
+    real, flags = rerank.predict, []
+
+    def spy(*args: Any, **kwargs: Any) -> list[float]:
+        flags.append(kwargs.get("bf16"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rerank, "predict", spy)
+    dev = [
+        {"query": s.split(" ", 4)[-1], "positive": [s], "documents": [VI_SENTENCES[(i + 3) % 10], s]}
+        for i, s in enumerate(VI_SENTENCES[:6])
+    ]
+    metrics = train_late_interaction(
+        tiny_groups(), dev, settings(bf16=bf16), tmp_path / "r", tmp_path / "ckpt", embedder_dir=tiny_embedder_path
+    )
+    assert flags == [bf16, bf16]  # dev before and after
+    loaded = LateInteractionReranker.load(tmp_path / "r")
+    assert metrics["dev"]["after"] == dev_rerank_metrics(loaded, dev, batch_size=4, bf16=bf16)
 
 
 def test_freeze_embeddings_keeps_the_token_embeddings_and_trains_the_rest(tiny_embedder_path: Path, tmp_path: Path):

@@ -95,16 +95,20 @@ def groups_to_rows(groups: Sequence[dict[str, Any]], n_negatives: int) -> tuple[
 
 
 def dev_rerank_metrics(
-    reranker: LateInteractionReranker, samples: Sequence[dict[str, Any]], batch_size: int
+    reranker: LateInteractionReranker, samples: Sequence[dict[str, Any]], batch_size: int, bf16: bool = False
 ) -> dict[str, float]:
     """NDCG@10, Recall@1 and MRR@10 of the reranked dev lists, and of the retrieved order as given (``base_*``).
 
     ``samples``: ``{"query", "positive": [texts], "documents": [texts]}``, documents in retrieval order. A query
     with no relevant document retrieved scores 0 on both (the first stage missed it; reranking cannot help), so the
-    mean is over every dev question, as evaluate counts them.
+    mean is over every dev question, as evaluate counts them. ``bf16``: score under CPU bf16 autocast, as evaluate and
+    search run the reranker where the CPU computes bf16 natively (``rerank_bf16: auto``), through the same
+    :func:`ragtune.rerank.predict`; so dev measures the model as it is served (and twice as fast on such a CPU).
     """
+    from ragtune.rerank import predict
+
     pairs = [(s["query"], d) for s in samples for d in s["documents"]]
-    scores = list(reranker.predict(pairs, batch_size=batch_size)) if pairs else []
+    scores = predict(reranker, pairs, batch_size=batch_size, bf16=bf16)
     keys = ("ndcg@10", "recall@1", "mrr@10")
     sums = dict.fromkeys([*keys, *(f"base_{k}" for k in keys)], 0.0)
     at = 0
@@ -238,12 +242,13 @@ def train_late_interaction(
         raise LateInteractionConfigError(
             f"{s.SECTION}: only {len(rows)} training groups with a positive; need ≥ batch_size={s.batch_size}"
         )
-    before = dev_rerank_metrics(reranker, dev_samples, s.batch_size) if dev_samples else {}
+    # scored as evaluate and search run it: bf16 on a CPU with native bf16 (the training flag follows the same rule)
+    before = dev_rerank_metrics(reranker, dev_samples, s.batch_size, bf16=s.bf16) if dev_samples else {}
     trainer = build_trainer(reranker, s, rows, n, checkpoint_dir, callbacks)
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    after = dev_rerank_metrics(reranker, dev_samples, s.batch_size) if dev_samples else {}
+    after = dev_rerank_metrics(reranker, dev_samples, s.batch_size, bf16=s.bf16) if dev_samples else {}
 
     steps = int(trainer.state.global_step)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
