@@ -98,7 +98,7 @@ def main() -> None:
         "data_outputs_byte_identical_across_runs": identical,
         "targets": {
             "data_and_evaluate_stages_s": "< 180",
-            "full_repro_s": "< 1200 (all eight stages); the embedder issue's < 720 predates the reranker stages",
+            "full_repro_s": "<= 900 (issue 18: the full default repro within 15 min on a 2-core machine)",
             "noop_repro_s": "< 5",
         },
     }
