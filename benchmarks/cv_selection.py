@@ -6,6 +6,8 @@ Usage (repo root, venv active, after `dvc repro pairs`):
         metrics/benchmarks/cv_selection/<name>.json
     python benchmarks/cv_selection.py --pipeline --name default [--set train_reranker.kind=late_interaction] \
         [--keep /tmp/cvp]   # keep fold models: a rerun re-runs only evaluate (resume, or a new selection rule)
+    python benchmarks/cv_selection.py --pipeline --name b6 --set train_reranker.batch_size=6 --keep /tmp/cvp-b6 \
+        --embedders-from /tmp/cvp   # the same folds' data and embedders: only the reranker is retrained
 
 ``--pipeline`` (issue 18) cross-validates the whole served pipeline, reranker and evaluate's dev choice included:
 fold i is the test split, fold i+1 the dev split the pipeline is chosen on, the rest train; see
@@ -48,6 +50,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -205,10 +208,39 @@ def _training_key(params: dict, splits: dict[str, list[dict]]) -> dict:
     }
 
 
-def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path) -> tuple[list[dict], dict, dict]:
+def _embedder_key(key: dict) -> dict:
+    """A training key without the reranker's section: what a fold's data and embedder depend on."""
+    return {**key, "params": {k: v for k, v in key["params"].items() if k != "train_reranker"}}
+
+
+def reuse_embedder(source: Path, workdir: Path, key: dict) -> bool:
+    """``--embedders-from``: copy ``source`` (a kept fold) into ``workdir`` without its reranker, when its data and
+    embedder were made from the same params and splits as ``key``'s; returns whether it did.
+
+    Why: a reranker setting is cross-validated on the same fold embedders as the run it is compared with, so the
+    paired difference is the reranker's alone, and each fold costs the reranker's minutes instead of the whole
+    chain's (2026-12-05: attention dropout, n_negatives, batch size and the frozen vocabulary were chosen this way).
+    """
+    marker = source / TRAINED
+    if source.resolve() == workdir.resolve():
+        raise SystemExit(f"--embedders-from {source.parent} is the --keep folder: name another one")
+    if not marker.exists() or _embedder_key(read_json(marker)["key"]) != _embedder_key(key):
+        return False
+    shutil.rmtree(workdir, ignore_errors=True)
+    ignore = shutil.ignore_patterns("*_checkpoints", TRAINED)
+    shutil.copytree(source, workdir, ignore=ignore)
+    shutil.rmtree(Paths(workdir).reranker, ignore_errors=True)
+    return True
+
+
+def run_pipeline_fold(
+    params: dict, splits: dict[str, list[dict]], workdir: Path, embedders_from: Path | None = None
+) -> tuple[list[dict], dict, dict]:
     """negatives, train_embedder, train_reranker and evaluate in ``workdir`` on these splits, with the params as
     shipped; returns evaluate's per-query test records, the served pipeline record and timings. When ``workdir``
-    already holds models trained on the same splits and params (``--keep``), only evaluate runs again."""
+    already holds models trained on the same splits and params (``--keep``), only evaluate runs again; when
+    ``embedders_from`` holds this fold with the same data and embedder params (:func:`reuse_embedder`), only
+    train_reranker and evaluate run."""
     paths = Paths(workdir)
     key = _training_key(params, splits)
     marker = workdir / TRAINED
@@ -216,6 +248,12 @@ def run_pipeline_fold(params: dict, splits: dict[str, list[dict]], workdir: Path
     reused = marker.exists() and read_json(marker).get("key") == key
     if reused:
         train_seconds = float(read_json(marker)["seconds"])
+    elif embedders_from is not None and reuse_embedder(embedders_from, workdir, key):
+        t0 = time.perf_counter()
+        with stage("train_reranker") as summary:
+            summary.update(run_train_reranker(model_p, section(params, "train_reranker"), paths))
+        train_seconds = time.perf_counter() - t0
+        write_json(marker, {"key": key, "seconds": round(train_seconds, 1), "reranker_only": True})
     else:
         marker.unlink(missing_ok=True)
         copy_inputs(Paths(), paths, ("documents", "chunks", "synthetic"))
@@ -274,7 +312,8 @@ def cross_validate_pipeline(args: argparse.Namespace) -> None:
                 workdir.mkdir(parents=True, exist_ok=True)
             else:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"ragtune-cvp{i}-")))
-            records, pipeline, timing = run_pipeline_fold(params, splits, workdir)
+            source = Path(args.embedders_from) / f"fold{i}" if args.embedders_from else None
+            records, pipeline, timing = run_pipeline_fold(params, splits, workdir, source)
             steps = _steps(workdir)
         served, retriever = pipeline["system"], pipeline["retriever"]
         for rec in records:
@@ -350,6 +389,12 @@ def main() -> None:
         default=None,
         metavar="DIR",
         help="--pipeline: keep fold folders (models included) under DIR; a rerun reuses their training",
+    )
+    ap.add_argument(
+        "--embedders-from",
+        metavar="DIR",
+        help="--pipeline with --keep: start each fold from DIR's kept fold (its data and embedder, made with the same "
+        "params and splits) and retrain only the reranker, so a reranker setting is compared on the same embedders",
     )
     args = ap.parse_args()
     if args.compare:

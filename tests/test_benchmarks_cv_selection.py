@@ -65,6 +65,62 @@ def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp
     assert calls[0] == "train_embedder"
 
 
+def test_embedders_from_retrains_only_the_reranker_on_a_fold_with_the_same_embedder(tmp_path, monkeypatch):
+    """--embedders-from: a fold whose data and embedder were made with the same params and splits is copied without
+    its reranker, and only train_reranker and evaluate run; another embedder setting trains the whole chain."""
+    from ragtune.io import write_json, write_jsonl
+    from ragtune.paths import Paths
+
+    cv = load_benchmark("cv_selection")
+    calls = []
+
+    def evaluate(*args):
+        paths = args[-1]
+        write_jsonl(paths.per_query_test, [{"query_id": "q0", "systems": {"ft_dense": {"ndcg@10": 1.0}}}])
+        write_json(paths.pipeline, {"system": "ft_dense", "retriever": "ft_dense", "rerank": False})
+        calls.append("evaluate")
+        return {}
+
+    def train_reranker(model_p, section, paths):
+        assert not paths.reranker.exists()  # the source fold's reranker was not copied
+        assert (paths.embedder / "weights").read_text() == "fold embedder"  # its embedder was
+        calls.append("train_reranker")
+        return {}
+
+    def train_embedder(params, paths, negatives):
+        (paths.embedder).mkdir(parents=True, exist_ok=True)
+        (paths.embedder / "weights").write_text("fold embedder")
+        (paths.reranker).mkdir(parents=True, exist_ok=True)
+        calls.append("train_embedder")
+
+    monkeypatch.setattr(cv, "copy_inputs", lambda *a: None)
+    monkeypatch.setattr(cv, "train_embedder", train_embedder)
+    monkeypatch.setattr(cv, "run_train_reranker", lambda *a: {})
+    monkeypatch.setattr(cv, "run_evaluate", evaluate)
+    params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    pool = [{"query_id": f"q{i}", "query": str(i)} for i in range(6)]
+    splits = cv.pipeline_splits(pool, 3, seed=0)[0]
+    source, work = tmp_path / "a" / "fold0", tmp_path / "b" / "fold0"
+    Paths(source).per_query_test.parent.mkdir(parents=True, exist_ok=True)
+    cv.run_pipeline_fold(params, splits, source)
+    calls.clear()
+    monkeypatch.setattr(cv, "run_train_reranker", train_reranker)
+
+    other_reranker = {**params, "train_reranker": {**params["train_reranker"], "batch_size": 4}}
+    _, _, timing = cv.run_pipeline_fold(other_reranker, splits, work, source)
+    assert calls == ["train_reranker", "evaluate"] and not timing["reused_training"]
+    calls.clear()
+    _, _, timing = cv.run_pipeline_fold(other_reranker, splits, work, source)  # kept: evaluate only
+    assert calls == ["evaluate"] and timing["reused_training"]
+    calls.clear()
+    monkeypatch.setattr(cv, "run_train_reranker", lambda *a: calls.append("train_reranker") or {})
+    other_embedder = {**other_reranker, "train_embedder": {**params["train_embedder"], "lr": 1e-4}}
+    cv.run_pipeline_fold(other_embedder, splits, work, source)
+    assert calls == ["train_embedder", "train_reranker", "evaluate"]
+    with pytest.raises(SystemExit, match="is the --keep folder"):
+        cv.reuse_embedder(work, work, cv._training_key(params, splits))
+
+
 def test_compare_pairs_two_pipeline_files_system_by_system(tmp_path, capsys):
     """--compare reads two --pipeline files (systems, no shipping policy): B's gain over A per shared system."""
     import json
