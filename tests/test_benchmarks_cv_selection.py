@@ -26,13 +26,9 @@ def test_every_question_is_tested_once_by_a_pipeline_that_neither_trained_nor_ch
         cv.pipeline_splits(pool, 2, seed=0)
 
 
-def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp_path, monkeypatch):
-    """--keep: a second run on a kept fold re-runs only evaluate; other params or other splits retrain."""
+def fake_evaluate(calls: list[str]):
+    """A stand-in for run_evaluate that writes the two files a pipeline fold reads back and records its call."""
     from ragtune.io import write_json, write_jsonl
-    from ragtune.paths import Paths
-
-    cv = load_benchmark("cv_selection")
-    calls = []
 
     def evaluate(*args):
         paths = args[-1]
@@ -40,6 +36,18 @@ def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp
         write_json(paths.pipeline, {"system": "ft_dense", "retriever": "ft_dense", "rerank": False})
         calls.append("evaluate")
         return {}
+
+    return evaluate
+
+
+def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp_path, monkeypatch):
+    """--keep: a second run on a kept fold re-runs only evaluate; other params or other splits retrain."""
+    from ragtune.paths import Paths
+
+    cv = load_benchmark("cv_selection")
+    calls = []
+
+    evaluate = fake_evaluate(calls)
 
     monkeypatch.setattr(cv, "copy_inputs", lambda *a: None)
     monkeypatch.setattr(cv, "train_embedder", lambda *a, **k: calls.append("train_embedder"))
@@ -68,18 +76,12 @@ def test_kept_folds_reuse_their_training_only_for_the_same_params_and_splits(tmp
 def test_embedders_from_retrains_only_the_reranker_on_a_fold_with_the_same_embedder(tmp_path, monkeypatch):
     """--embedders-from: a fold whose data and embedder were made with the same params and splits is copied without
     its reranker, and only train_reranker and evaluate run; another embedder setting trains the whole chain."""
-    from ragtune.io import write_json, write_jsonl
     from ragtune.paths import Paths
 
     cv = load_benchmark("cv_selection")
     calls = []
 
-    def evaluate(*args):
-        paths = args[-1]
-        write_jsonl(paths.per_query_test, [{"query_id": "q0", "systems": {"ft_dense": {"ndcg@10": 1.0}}}])
-        write_json(paths.pipeline, {"system": "ft_dense", "retriever": "ft_dense", "rerank": False})
-        calls.append("evaluate")
-        return {}
+    evaluate = fake_evaluate(calls)
 
     def train_reranker(model_p, section, paths):
         assert not paths.reranker.exists()  # the source fold's reranker was not copied
