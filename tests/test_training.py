@@ -274,7 +274,9 @@ def test_auto_plan_is_sized_to_the_data():
 
 def test_sample_plan_reproduces_the_hand_tuned_schedule():
     """params.yaml's defaults on the sample's row counts resolve to the values they replaced, so the sample's
-    TrainingArguments, and with them the trained weights, are unchanged."""
+    TrainingArguments, and with them the trained weights, are unchanged. The reranker's are the late-interaction
+    kind's since batch 6 (2026-12-05): its 184 groups at 6 a step, 2 epochs = 62 steps, checked every 31
+    (metrics/train_reranker.json → plan in the lock)."""
     from ragtune.params import load_params, section
     from ragtune.train.reranker.config import RerankerTrainConfig
 
@@ -283,8 +285,8 @@ def test_sample_plan_reproduces_the_hand_tuned_schedule():
     assert (emb.epochs, emb.eval_steps, emb.save_steps) == ("auto", "auto", "auto")
     cfg, plan = resolve_schedule(emb, 184)
     assert (cfg.epochs, cfg.max_steps, cfg.eval_steps, cfg.save_steps) == (5.0, -1, 18, 18) and plan.total_steps == 60
-    rr, plan = resolve_schedule(RerankerTrainConfig.from_params(section(params, "train_reranker")), 736)
-    assert (rr.epochs, rr.max_steps, rr.eval_steps, rr.save_steps) == (1.0, -1, 46, 46) and plan.total_steps == 92
+    rr, plan = resolve_schedule(RerankerTrainConfig.from_params(section(params, "train_reranker")), 184)
+    assert (rr.epochs, rr.max_steps, rr.eval_steps, rr.save_steps) == (2.0, -1, 31, 31) and plan.total_steps == 62
     assert (emb.ship_unchecked, rr.ship_unchecked, emb.enabled) == (False, False, True)
 
 
