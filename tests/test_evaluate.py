@@ -32,6 +32,7 @@ PIPELINE_KEYS = {
     "rerank",
     "rerank_k",
     "fusion_weight",
+    "fusion_weights",
     "alpha",
     "candidate_k",
     "rrf_k",
@@ -139,6 +140,9 @@ def test_with_dev_and_a_reranker_the_weights_come_from_the_params_grids(
     assert pipeline["reason"] == metrics["selection"]["reason"]
     assert pipeline["retriever"] == system.partition("+")[0] and pipeline["rerank"] == system.endswith("+rerank")
     assert (pipeline["fusion_weight"], pipeline["alpha"]) == (0.3, 0.2)
+    # every retriever's dev weight, as the report has it, so that search --pipeline fuses at the right one
+    assert pipeline["fusion_weights"] == {r: rep["weight"] for r, rep in metrics["reranker"].items()}
+    assert set(pipeline["fusion_weights"]) == {"bm25", "ft_dense", "ft_hybrid", "ft_convex"}
     assert (pipeline["rerank_k"], pipeline["candidate_k"], pipeline["rrf_k"], pipeline["rerank_bf16"]) == (
         4,
         6,

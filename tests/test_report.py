@@ -104,7 +104,11 @@ def test_evaluate_json_holds_the_pipeline_only_when_one_was_chosen() -> None:
 def test_pipeline_record_is_what_search_reads() -> None:
     e = {"rerank_k": "7", "candidate_k": 50, "rrf_k": 60, "rerank_bf16": 1}
     rec = pipeline_record(
-        Selection("ft_convex+rerank", reason="r"), e, fusion_weight=0.4, alpha=0.6, chosen_on_dev=True
+        Selection("ft_convex+rerank", reason="r"),
+        e,
+        fusion_weights={"ft_dense": 0.9, "ft_convex": 0.4},
+        alpha=0.6,
+        chosen_on_dev=True,
     )
     assert rec == {
         "system": "ft_convex+rerank",
@@ -112,6 +116,7 @@ def test_pipeline_record_is_what_search_reads() -> None:
         "rerank": True,
         "rerank_k": 7,
         "fusion_weight": 0.4,
+        "fusion_weights": {"ft_dense": 0.9, "ft_convex": 0.4},
         "alpha": 0.6,
         "candidate_k": 50,
         "rrf_k": 60,
@@ -119,5 +124,6 @@ def test_pipeline_record_is_what_search_reads() -> None:
         "chosen_on": "dev",
         "reason": "r",
     }
-    rec = pipeline_record(Selection("ft_dense"), e, fusion_weight=1.0, alpha=0.5, chosen_on_dev=False)
+    rec = pipeline_record(Selection("ft_dense"), e, fusion_weights={}, alpha=0.5, chosen_on_dev=False)
     assert rec["chosen_on"] == "nothing (no dev split): the simplest pipeline" and rec["rerank"] is False
+    assert rec["fusion_weight"] == 1.0  # no reranker weight chosen: the reranker alone if one is asked for

@@ -32,6 +32,12 @@ def repo(tmp_path: Path, tiny_embedder_path: Path) -> Path:
 def test_pipeline_file_and_names():
     p = Pipeline.parse("ft_dense+rerank", Pipeline(rerank_k=7, fusion_weight=0.3))
     assert (p.retriever, p.rerank, p.rerank_k, p.fusion_weight, p.name) == ("ft_dense", True, 7, 0.3, "ft_dense+rerank")
+    # a pipeline named at query time fuses at dev's weight for its own retriever, not the served one's
+    served = Pipeline("ft_hybrid", rerank_k=7, fusion_weight=0.0, fusion_weights={"ft_hybrid": 0.0, "ft_dense": 0.7})
+    p = Pipeline.parse("ft_dense+rerank", served)
+    assert (p.fusion_weight, p.rerank_k, p.fusion_weights) == (0.7, 7, served.fusion_weights)
+    assert Pipeline.parse("ft_hybrid+rerank", served).fusion_weight == 0.0
+    assert Pipeline.parse("bm25+rerank", served).fusion_weight == 0.0  # no weight for it: the file's own
     with pytest.raises(SearchSetupError, match="unknown pipeline"):
         Pipeline.parse("base_dense")
     # every retriever evaluate can choose is servable, with or without the reranker; alpha comes from the file

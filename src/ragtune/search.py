@@ -70,6 +70,9 @@ class Pipeline:
     rrf_k: int = 60
     alpha: float = 0.5  # ft_convex: weight of the dense score (1 − alpha for BM25), chosen on dev
     rerank_bf16: bool | str = "auto"  # bf16 autocast for the reranker on CPU; auto: where the CPU has native bf16
+    # dev's reranker weight for each retriever: a pipeline named at query time (``parse``) fuses at its own
+    # retriever's weight, not at the one chosen for the served retriever
+    fusion_weights: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -85,8 +88,17 @@ class Pipeline:
                 + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank"))
             )
         b = base or cls()
+        weight = b.fusion_weights.get(retriever, b.fusion_weight)
         return cls(
-            retriever, suffix == "rerank", b.rerank_k, b.fusion_weight, b.candidate_k, b.rrf_k, b.alpha, b.rerank_bf16
+            retriever,
+            suffix == "rerank",
+            b.rerank_k,
+            weight,
+            b.candidate_k,
+            b.rrf_k,
+            b.alpha,
+            b.rerank_bf16,
+            dict(b.fusion_weights),
         )
 
     @classmethod

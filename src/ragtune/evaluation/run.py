@@ -122,13 +122,12 @@ def run_evaluate(
         if name not in ("base_dense", "bm25")
     }
     if pipeline:
-        retriever = pipeline.partition("+")[0]
         write_json(
             paths.pipeline,
             pipeline_record(
                 selection,
                 e,
-                fusion_weight=reranker_report.get(retriever, {}).get("weight", 1.0),
+                fusion_weights={retr: float(rep["weight"]) for retr, rep in reranker_report.items()},
                 alpha=dev.weights.get("ft_convex", UNTUNED),
                 chosen_on_dev="dev" in results,
             ),

@@ -259,17 +259,26 @@ def choose_pipeline(
 
 
 def pipeline_record(
-    selection: Selection, evaluate_p: dict[str, Any], *, fusion_weight: float, alpha: float, chosen_on_dev: bool
+    selection: Selection,
+    evaluate_p: dict[str, Any],
+    *,
+    fusion_weights: dict[str, float],
+    alpha: float,
+    chosen_on_dev: bool,
 ) -> dict[str, Any]:
     """What ``models/pipeline.json`` holds (:class:`ragtune.search.Pipeline` reads it): the chosen system, its
-    retriever, whether it reranks, the weights chosen on dev, the candidate depths, and why it was chosen."""
+    retriever, whether it reranks, the weights chosen on dev, the candidate depths, and why it was chosen.
+    ``fusion_weights`` is dev's reranker weight per retriever; ``fusion_weight`` is the served retriever's (1.0, the
+    reranker alone, where none was chosen), and the others let ``search --pipeline`` run another system at dev's
+    weight."""
     retriever, _, rr = selection.system.partition("+")
     return {
         "system": selection.system,
         "retriever": retriever,
         "rerank": bool(rr),
         "rerank_k": int(evaluate_p["rerank_k"]),
-        "fusion_weight": fusion_weight,
+        "fusion_weight": fusion_weights.get(retriever, 1.0),
+        "fusion_weights": dict(fusion_weights),
         "alpha": alpha,
         "candidate_k": int(evaluate_p["candidate_k"]),
         "rrf_k": int(evaluate_p["rrf_k"]),
