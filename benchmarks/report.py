@@ -28,7 +28,8 @@ def render() -> str:
     bench = Path("metrics/benchmarks")
     for path in sorted(bench.glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
-        lines.append(f"**{path.stem}** (`benchmarks/{path.stem}.py`; measured on {data.get('machine', machine())})")
+        script = data.get("script", f"benchmarks/{path.stem}.py")  # a script's second output names it
+        lines.append(f"**{path.stem}** (`{script}`; measured on {data.get('machine', machine())})")
         lines.append("")
         lines.append("| figure | value |")
         lines.append("|---|---|")
@@ -36,7 +37,7 @@ def render() -> str:
         def walk(prefix: str, obj: object) -> None:
             if isinstance(obj, dict):
                 for k, v in obj.items():
-                    if k != "machine":
+                    if k not in ("machine", "script"):
                         walk(f"{prefix}.{k}" if prefix else k, v)
             elif isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj):
                 for i, item in enumerate(obj):  # a table's rows: one line per figure, not one unreadable cell

@@ -1,12 +1,14 @@
 """Time the pipeline on the shipped sample and check that data outputs are reproducible byte for byte.
 
-Usage: python benchmarks/repro_timing.py [--cold DIR]   (repo root, venv active; the base model must already be built)
+Usage: python benchmarks/repro_timing.py [--cold DIR] [--out FILE]   (repo root, venv active)
 
 1. `dvc repro --force` (or, with --skip-training, every stage but train_embedder, whose time is then read from
    metrics/train_embedder.json of the last run), timed per stage from each stage's summary line;
 2. `dvc repro --force negatives`: the data stages again; their outputs must be byte-identical to step 1's;
 3. `dvc repro` with nothing changed, best of 3: the no-op cost (DVC hashing + lock checks).
-Writes metrics/benchmarks/repro_timing.json; `python benchmarks/report.py` copies the figures into docs/benchmarks.md.
+Writes metrics/benchmarks/repro_timing.json (or --out FILE: one file per kind of CPU, since the time is a
+property of the CPU's arithmetic, bf16 or fp32); `python benchmarks/report.py` copies the figures into
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from pathlib import Path
 from cpu_bf16 import cpu_facts  # this VM is not always the same CPU (this script's folder)
 
 from ragtune.io import write_json
+from ragtune.precision import cpu_has_fast_bf16
+
+DEFAULT_OUT = "metrics/benchmarks/repro_timing.json"
 
 DATA_OUTPUTS = [
     "data/interim/documents.jsonl",
@@ -39,6 +44,12 @@ STAGE_LINE = re.compile(r"\[(\w+)\] read .*?\(([\d.]+)s\)", re.S)
 
 
 ENV = dict(os.environ)  # --cold: an empty embedding cache (ragtune.plan.cold_cache_env)
+
+
+def machine_line() -> str:
+    """Architecture, cores, CPU model and its bf16-relevant flags: two "AMD EPYC" can differ by 1.6× here."""
+    facts = cpu_facts()
+    return f"{platform.machine()}, {os.cpu_count()} cores, {facts['model']} ({', '.join(facts['flags']) or 'no avx2'})"
 
 
 def dvc(*args: str) -> tuple[float, str]:
@@ -64,6 +75,7 @@ def main() -> None:
         help="time a first run: the forced repro starts with an empty embedding cache in DIR (models linked in), "
         "as on a fresh clone, and no warm-up repro runs before it",
     )
+    ap.add_argument("--out", default=DEFAULT_OUT, help="where the JSON goes")
     args = ap.parse_args()
     if args.cold:
         from ragtune.plan import cold_cache_env
@@ -86,7 +98,11 @@ def main() -> None:
     noop = min(dvc("repro")[0] for _ in range(3))
     data_stages = ("ingest", "chunk", "pairs", "negatives", "evaluate")
     result = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {cpu_facts()['model']}",
+        "machine": machine_line(),
+        "script": "benchmarks/repro_timing.py" + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""),
+        "precision": "bf16 autocast (cpu_bf16: auto on a CPU with native bf16)"
+        if cpu_has_fast_bf16()
+        else "fp32 (cpu_bf16: auto on a CPU without native bf16)",
         "embedding_cache": "empty at the start (--cold)" if args.cold else "warm (a repro ran just before)",
         "full_repro_s": round(full, 1),
         "full_repro_measured_as": "sum of stage times (training time from its last run)"
@@ -102,7 +118,7 @@ def main() -> None:
             "noop_repro_s": "< 5",
         },
     }
-    write_json("metrics/benchmarks/repro_timing.json", result)
+    write_json(args.out, result)
     print(result)
     if not identical:
         raise SystemExit("data outputs differ between two forced runs")
