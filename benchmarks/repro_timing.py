@@ -25,7 +25,6 @@ from pathlib import Path
 from cpu_bf16 import cpu_facts  # this VM is not always the same CPU (this script's folder)
 
 from ragtune.io import write_json
-from ragtune.precision import cpu_has_fast_bf16
 
 DEFAULT_OUT = "metrics/benchmarks/repro_timing.json"
 
@@ -97,12 +96,11 @@ def main() -> None:
     identical = digest() == first
     noop = min(dvc("repro")[0] for _ in range(3))
     data_stages = ("ingest", "chunk", "pairs", "negatives", "evaluate")
+    trained_in_bf16 = json.loads(Path("metrics/train_embedder.json").read_text())["effective"]["bf16"]
     result = {
         "machine": machine_line(),
         "script": "benchmarks/repro_timing.py" + (f" --out {args.out}" if args.out != DEFAULT_OUT else ""),
-        "precision": "bf16 autocast (cpu_bf16: auto on a CPU with native bf16)"
-        if cpu_has_fast_bf16()
-        else "fp32 (cpu_bf16: auto on a CPU without native bf16)",
+        "precision": "bf16 autocast" if trained_in_bf16 else "fp32",  # what train_embedder ran in, as it recorded
         "embedding_cache": "empty at the start (--cold)" if args.cold else "warm (a repro ran just before)",
         "full_repro_s": round(full, 1),
         "full_repro_measured_as": "sum of stage times (training time from its last run)"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,17 +88,12 @@ class Pipeline:
                 + ", ".join(r + s for r in RETRIEVERS for s in ("", "+rerank"))
             )
         b = base or cls()
-        weight = b.fusion_weights.get(retriever, b.fusion_weight)
-        return cls(
-            retriever,
-            suffix == "rerank",
-            b.rerank_k,
-            weight,
-            b.candidate_k,
-            b.rrf_k,
-            b.alpha,
-            b.rerank_bf16,
-            dict(b.fusion_weights),
+        return replace(
+            b,
+            retriever=retriever,
+            rerank=suffix == "rerank",
+            fusion_weight=b.fusion_weights.get(retriever, b.fusion_weight),
+            fusion_weights=dict(b.fusion_weights),
         )
 
     @classmethod
